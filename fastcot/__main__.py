@@ -1,0 +1,3 @@
+from fastcot.cli import main
+
+raise SystemExit(main())

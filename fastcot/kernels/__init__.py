@@ -1,0 +1,1 @@
+"""Kernel implementations: `triton/` (Triton), `cuda` (the compiled extension), `reference` (pure torch)."""

@@ -1,0 +1,1 @@
+"""Triton kernels, one file per kernel family. Launchers live in `fastcot.ops`."""

@@ -1,0 +1,129 @@
+"""W4A16 matmul: `out[M, N] = x[M, K] @ dequant(W)[N, K].T (+ bias)` over fastcot's int4 layout.
+
+One kernel serves every M:
+- ``BLOCK_M == 1`` (decode, M = 1): a GEMV on CUDA cores. Many small programs, each streaming
+  ``BLOCK_N`` weight rows, with an optional split of K so batch 1 fills every SM.
+- ``BLOCK_M >= 16``: tensor-core ``tl.dot`` tiles. Decode sizes (M <= 64) pad M to one tile and
+  split K; prefill sizes use large tiles with a grouped launch order for L2 reuse.
+Weights are dequantized in registers right before use, in float32 exactly as the reference
+does, and accumulated in float32. A split of K writes float32 partials that a second small
+kernel sums (deterministic, unlike atomics), adding the bias and rounding once.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _int4_matmul_kernel(
+    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
+    M, N, K, stride_xm, stride_om, k_per_split,
+    GROUP_SIZE: tl.constexpr, TILE_GROUPS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped order: consecutive programs share a band of x rows and reuse weight tiles in L2.
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    x_rows = x_ptr + offs_m.to(tl.int64) * stride_xm
+    words_per_row = K // 8
+    w_rows = qweight_ptr + offs_n.to(tl.int64)[:, None] * words_per_row
+    offs_w = tl.arange(0, BLOCK_K // 8)
+    shifts = tl.arange(0, 8) * 4
+    offs_g = tl.arange(0, TILE_GROUPS)
+    num_groups = K // GROUP_SIZE
+
+    if BLOCK_M == 1:
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    k_start = pid_k * k_per_split
+    k_end = k_start + k_per_split
+    if k_end > K:
+        k_end = K
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        word = k0 // 8 + offs_w
+        words = tl.load(
+            w_rows + word[None, :], mask=mask_n[:, None] & (word < words_per_row)[None, :],
+            other=0, eviction_policy="evict_first",
+        )
+        q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
+
+        # A tile spans TILE_GROUPS whole groups (or lies inside one): one scale per row per group.
+        group = k0 // GROUP_SIZE + offs_g
+        sz_offs = group.to(tl.int64)[None, :] * N + offs_n[:, None]
+        sz_mask = mask_n[:, None] & (group < num_groups)[None, :]
+        scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+        else:
+            zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=tl.float32)
+        q3 = tl.reshape(q.to(tl.float32), (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS))
+        w = tl.reshape((q3 - zero[:, :, None]) * scale[:, :, None], (BLOCK_N, BLOCK_K))
+
+        if HAS_PERM:
+            cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
+        else:
+            cols = offs_k
+        if BLOCK_M == 1:
+            x = tl.load(x_rows + cols, mask=mask_k & mask_m, other=0.0, eviction_policy="evict_last")
+            acc += w * x.to(tl.float32)[None, :]
+        else:
+            x = tl.load(
+                x_rows[:, None] + cols[None, :], mask=mask_m[:, None] & mask_k[None, :],
+                other=0.0, eviction_policy="evict_last",
+            )
+            if IEEE_FP32:
+                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+
+    if BLOCK_M == 1:
+        result = tl.sum(acc, axis=1)[None, :]
+    else:
+        result = acc
+    out_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            result += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        out_offs = offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        tl.store(out_ptr + out_offs, result.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # out_ptr is the float32 partials buffer [SPLIT_K, M, N].
+        part_offs = (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
+        tl.store(out_ptr + part_offs, result, mask=out_mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    partial_ptr, bias_ptr, out_ptr, M, N, stride_om,
+    SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(partial_ptr + (s * M + row) * N + offs_n, mask=mask_n, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)

@@ -1,0 +1,12 @@
+"""fastcot's public kernel API. Each op validates its inputs, picks a backend, and launches.
+
+Ops are registered with `torch.library` under the `fastcot::` namespace (with fake
+implementations), so they work under `torch.compile` and CUDA-graph capture.
+"""
+
+from fastcot.ops._backend import BACKENDS, BackendError, backend, resolve
+from fastcot.ops.int4_matmul import int4_matmul
+
+OPS = ("int4_matmul",)
+
+__all__ = ["BACKENDS", "OPS", "BackendError", "backend", "int4_matmul", "resolve"]

@@ -1,0 +1,172 @@
+"""`fastcot.ops.int4_matmul`: W4A16 matmul over an `Int4Weight`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastcot.kernels import reference
+from fastcot.ops import _backend
+from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, triton_cdiv
+from fastcot.quant.int4 import Int4Weight
+
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_autotuner = Autotuner()
+
+
+def int4_matmul(
+    x: torch.Tensor,
+    weight: Int4Weight,
+    bias: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`x @ weight.dequantize(x.dtype).T + bias`, reading the weight as packed int4.
+
+    Args:
+        x: `[..., K]` float16/bfloat16 (float32 also accepted); any number of leading dims.
+        weight: an `Int4Weight` of shape `(N, K)` on x's device.
+        bias: optional `[N]` float tensor.
+        out: optional contiguous `[..., N]` tensor of x's dtype to write into.
+
+    Returns:
+        `[..., N]` in x's dtype (`out` when given). Accumulation is in float32.
+
+    Example::
+
+        w = fastcot.quantize_int4(torch.randn(4096, 4096, device="cuda", dtype=torch.float16))
+        y = fastcot.ops.int4_matmul(torch.randn(1, 4096, device="cuda", dtype=torch.float16), w)
+    """
+    x2d, out2d, result = _validate(x, weight, bias, out)
+    if x2d.shape[0] > 0:
+        backend = _backend.resolve("int4_matmul", x.device)
+        torch.ops.fastcot.int4_matmul(
+            x2d, weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size,
+            bias, out2d, backend,
+        )
+    return result
+
+
+def _validate(x, weight, bias, out):
+    """Check every argument before any kernel runs; returns 2-D views of x and out."""
+    if not isinstance(weight, Int4Weight):
+        raise TypeError(f"weight must be a fastcot.Int4Weight, got {type(weight).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in ACTIVATION_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
+    n, k = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"x must have shape [..., K] with K={k} (the weight's in_features), got {list(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but weight is on {weight.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if not bias.is_floating_point():
+            raise TypeError(f"bias must be a float tensor, got {bias.dtype}")
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must have shape [N] = [{n}], got {list(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+        bias = bias.contiguous()
+    out_shape = (*x.shape[:-1], n)
+    if out is None:
+        out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    else:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
+        if tuple(out.shape) != out_shape:
+            raise ValueError(f"out must have shape {list(out_shape)}, got {list(out.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"out must have x's dtype {x.dtype}, got {out.dtype}")
+        if out.device != x.device:
+            raise ValueError(f"out is on {out.device} but x is on {x.device}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+        if out.numel() and x.numel() and out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            raise ValueError("out must not share memory with x")
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    return x2d, out.view(-1, n), out
+
+
+@torch.library.custom_op("fastcot::int4_matmul", mutates_args=("out",))
+def _int4_matmul_op(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    perm: Optional[torch.Tensor],
+    group_size: int,
+    bias: Optional[torch.Tensor],
+    out: torch.Tensor,
+    backend: str,
+) -> None:
+    """Registered op: `out[M, N] = x[M, K] @ W.T (+ bias)` with the named backend."""
+    if backend == "triton":
+        int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out)
+    elif backend == "torch":
+        out.copy_(reference.int4_matmul(x, qweight, scales, zeros, perm, group_size, bias))
+    else:
+        raise _backend.BackendError(f"backend {backend!r} has no int4_matmul kernel")
+
+
+@_int4_matmul_op.register_fake
+def _(x, qweight, scales, zeros, perm, group_size, bias, out, backend):
+    return None
+
+
+def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, config: Int4MatmulConfig | None = None):
+    """Launch the Triton kernel(s) on 2-D `x [M, K]` into `out [M, N]` (layouts already checked).
+
+    `config` forces a launch configuration (tests use it to cover every code path);
+    otherwise the autotuner picks one.
+    """
+    m, k = x.shape
+    n = out.shape[1]
+
+    def run(cfg: Int4MatmulConfig) -> None:
+        _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg)
+
+    if config is None:
+        key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, x.device)
+        config = _autotuner.pick(key, candidate_configs(m, n, k, x.device), run, x.device)
+    run(config)
+
+
+def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4MatmulConfig) -> None:
+    from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
+
+    m, k = x.shape
+    n = out.shape[1]
+    gs = k if group_size == -1 else group_size
+    tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
+    k_per_split = triton_cdiv(triton_cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    split_k = triton_cdiv(k, k_per_split)  # never launch a split with no K to cover
+    target = out if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n), split_k)
+    _int4_matmul_kernel[grid](
+        x_ptr=x, qweight_ptr=qweight, scales_ptr=scales,
+        zeros_ptr=scales if zeros is None else zeros,
+        perm_ptr=qweight if perm is None else perm,
+        bias_ptr=scales if bias is None else bias,
+        out_ptr=target,
+        M=m, N=n, K=k, stride_xm=x.stride(0), stride_om=out.stride(0), k_per_split=k_per_split,
+        GROUP_SIZE=gs, TILE_GROUPS=tile_groups,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        SPLIT_K=split_k, GROUP_M=cfg.group_m,
+        HAS_ZEROS=zeros is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
+        IEEE_FP32=x.dtype == torch.float32,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split_k > 1:
+        block_n = 512
+        _splitk_reduce_kernel[(m, triton_cdiv(n, block_n))](
+            partial_ptr=target, bias_ptr=scales if bias is None else bias, out_ptr=out,
+            M=m, N=n, stride_om=out.stride(0),
+            SPLIT_K=split_k, BLOCK_N=block_n, HAS_BIAS=bias is not None,
+            num_warps=4,
+        )
