@@ -37,7 +37,7 @@ class Shape:
 
     @property
     def name(self) -> str:
-        return f"{self.model}.{self.layer}"
+        return f"{self.model}.{self.layer}" if self.layer else self.model
 
 
 MODEL_SHAPES = {
@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def select_shapes(args, tiny: bool) -> list[Shape]:
     tokens = [t.strip() for t in args.shapes.split(",")] if args.shapes else []
     sizes = [t for t in tokens if "x" in t]
-    custom = [Shape("custom", t, *map(int, t.split("x"))) for t in sizes]
+    custom = [Shape("custom", "", *map(int, t.split("x"))) for t in sizes]
     if tiny:
         return custom or CPU_SHAPES
     layers = set(tokens) - set(sizes)
@@ -300,7 +300,8 @@ class ShapeBench:
 
 
 def _row_label(r) -> list[str]:
-    return [f"{r['model']}.{r['layer']} {r['n']}x{r['k']}", str(r["m"])]
+    name = Shape(r["model"], r["layer"], r["n"], r["k"]).name
+    return [f"{name} {r['n']}x{r['k']}", str(r["m"])]
 
 
 def _linear(w, x):

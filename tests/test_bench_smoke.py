@@ -35,9 +35,11 @@ def _import_bench():
     return _common, bench_int4_matmul
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=120, interpret=False):
     env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # the interpreted Triton path is slow; smoke covers torch
+    env.pop("TRITON_INTERPRET", None)  # interpreted Triton is slow: only where a test asks for it
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -96,6 +98,20 @@ def test_smoke_json_schema(smoke_run):
         if r["impl"].startswith("fastcot_"):
             assert r["max_abs_err"] <= r["tol"], r
         assert r["bytes"] >= r["m"] * r["k"] * 2  # at least the activations were counted
+
+
+def test_smoke_interpreted_triton_row(tmp_path):
+    """With TRITON_INTERPRET=1 the Triton backend gets its own checked row (one small shape)."""
+    proc = _run("--smoke", "--shapes", "96x384", "--m", "1,3", "--reps", "2", "--out-dir", str(tmp_path),
+                interpret=True)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    (path,) = tmp_path.glob("*.json")
+    rows = json.loads(path.read_text())["rows"]
+    triton_rows = [r for r in rows if r["impl"] == "fastcot_triton"]
+    assert [r["m"] for r in triton_rows] == [1, 3]
+    for r in triton_rows:
+        assert (r["n"], r["k"], r["status"]) == (96, 384, "ok"), r
+        assert r["max_abs_err"] <= r["tol"]
 
 
 def test_rotation_exceeds_twice_l2():
