@@ -90,6 +90,8 @@ def unavailable_reason(op: str, name: str, device: torch.device) -> str | None:
     return f"unknown backend {name!r}"
 
 
+# Under torch.compile the choice is made once at trace time and baked into the graph.
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device) -> str:
     """The concrete backend that will run `op` for tensors on `device`."""
     name = requested_backend()

@@ -31,10 +31,13 @@ def m_bucket(m: int) -> int:
     return 1 if m <= 1 else 1 << (m - 1).bit_length()
 
 
-def _num_sms(device: torch.device) -> int:
+H100_SMS = 132
+
+
+def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132  # Size the CPU/interpreter path as for an H100 so its code paths match.
+    return H100_SMS  # Size the CPU/interpreter path as for an H100 so its code paths match.
 
 
 def _split_k(tiles: int, k: int, block_k: int, num_sms: int) -> int:
@@ -52,11 +55,10 @@ def fit_block_k(block_k: int, k: int) -> int:
     return block_k
 
 
-def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[Int4MatmulConfig]:
-    """Shipped configurations for this problem, best guess first."""
-    sms = _num_sms(device)
+def candidate_configs(m: int, n: int, k: int, sms: int) -> list[Int4MatmulConfig]:
+    """Shipped configurations for this problem on a GPU with `sms` SMs, best guess first."""
     if m == 1:
-        tiles = [(16, 256, 4, 2), (32, 256, 4, 2), (8, 512, 4, 2), (16, 512, 4, 3), (32, 128, 4, 3), (64, 128, 4, 2)]
+        tiles = [(16, 256, 8, 2), (8, 256, 4, 2), (32, 256, 8, 2), (32, 128, 4, 3), (64, 128, 4, 2)]
         out = []
         for bn, bk, warps, stages in tiles:
             bk = fit_block_k(bk, k)
@@ -66,7 +68,7 @@ def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[Int4
         return out
     if m <= 64:
         bm = max(16, m_bucket(m))
-        tiles = [(64, 128, 4, 3), (32, 256, 4, 2), (128, 64, 4, 3), (64, 256, 8, 2)]
+        tiles = [(64, 128, 8, 3), (128, 128, 8, 2), (32, 256, 4, 3)]
         out = []
         for bn, bk, warps, stages in tiles:
             bk = fit_block_k(bk, k)
@@ -74,7 +76,7 @@ def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[Int4
             for s in sorted({split, max(1, split // 2)}):
                 out.append(Int4MatmulConfig(bm, bn, bk, s, 1, warps, stages))
         return out
-    tiles = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3)]
+    tiles = [(128, 128, 64, 8, 3), (128, 256, 32, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3)]
     return [
         Int4MatmulConfig(bm, bn, fit_block_k(bk, k), 1, 8, warps, stages)
         for bm, bn, bk, warps, stages in tiles
@@ -115,3 +117,78 @@ class Autotuner:
             raise RuntimeError(f"no int4_matmul configuration could run for {key}")
         self.best[key] = min(timings, key=lambda t: t[0])[1]
         return self.best[key]
+
+
+# Layer shapes (N, K) of the models we tune for: Llama-3-8B and Llama-3-70B.
+TUNED_SHAPES = (
+    (6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336),
+    (10240, 8192), (8192, 8192), (28672, 8192), (8192, 28672),
+)
+TUNED_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+
+
+def shipped_configs() -> list[Int4MatmulConfig]:
+    """Every configuration the autotuner can pick for the tuned shapes, split-K folded to 1 or 2
+    (only "split or not" changes the compiled code)."""
+    seen = {}
+    for n, k in TUNED_SHAPES:
+        for m in TUNED_M:
+            for cfg in candidate_configs(m, n, k, H100_SMS):
+                folded = Int4MatmulConfig(**{**cfg.__dict__, "split_k": min(cfg.split_k, 2)})
+                seen.setdefault(folded, None)
+    return list(seen)
+
+
+def aot_specs():
+    """Compile specs for the AOT check: every shipped configuration with the common flags
+    (fp16, asymmetric g128), plus the other dtype, flag and group-size variants on one decode
+    and one prefill configuration, plus the split-K reduction."""
+    from fastcot.kernels.aot import KernelSpec
+    from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
+
+    def matmul_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False):
+        gs = 4096 if group_size == -1 else group_size
+        tile_groups = cfg.block_k // gs if cfg.block_k > gs else 1
+        split = cfg.split_k > 1
+        name = (
+            f"int4_matmul m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+            f"{' splitk' if split else ''} {dtype} g{group_size}{'' if zeros else ' sym'}"
+            f"{' perm' if perm else ''}{' bias' if bias else ''}"
+        )
+        return KernelSpec(
+            name=name, fn=_int4_matmul_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            signature={
+                "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
+                "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}",
+                "out_ptr": "*fp32" if split else f"*{dtype}",
+                "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32", "k_per_split": "i32",
+            },
+            constexprs={
+                "GROUP_SIZE": gs, "TILE_GROUPS": tile_groups, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k, "GROUP_M": cfg.group_m,
+                "HAS_ZEROS": zeros, "HAS_PERM": perm, "HAS_BIAS": bias, "IEEE_FP32": False,
+                "DEQUANT_NATIVE": cfg.block_m > 1,
+            },
+            aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
+                     "N", "K", "stride_xm", "stride_om", "k_per_split"),
+        )
+
+    configs = shipped_configs()
+    specs = [matmul_spec(cfg) for cfg in configs]
+    decode = next(c for c in configs if c.block_m == 1)
+    prefill = next(c for c in configs if c.block_m >= 64)
+    for cfg in (decode, prefill):
+        specs += [
+            matmul_spec(cfg, dtype="bf16"),
+            matmul_spec(cfg, zeros=False, perm=True, bias=True),
+            matmul_spec(cfg, group_size=32),
+            matmul_spec(cfg, group_size=-1),
+        ]
+    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, H100_SMS)} - {1}):
+        specs.append(KernelSpec(
+            name=f"splitk_reduce split{split} fp16", fn=_splitk_reduce_kernel, num_warps=4, num_stages=1,
+            signature={"partial_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32", "stride_om": "i32"},
+            constexprs={"SPLIT_K": split, "BLOCK_N": 512, "HAS_BIAS": True},
+            aligned=("partial_ptr", "bias_ptr", "out_ptr", "N", "stride_om"),
+        ))
+    return specs

@@ -8,7 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, triton_cdiv
+from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, num_sms, triton_cdiv
 from fastcot.quant.int4 import Int4Weight
 
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -133,7 +133,7 @@ def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, c
 
     if config is None:
         key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, x.device)
-        config = _autotuner.pick(key, candidate_configs(m, n, k, x.device), run, x.device)
+        config = _autotuner.pick(key, candidate_configs(m, n, k, num_sms(x.device)), run, x.device)
     run(config)
 
 
@@ -160,6 +160,7 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         SPLIT_K=split_k, GROUP_M=cfg.group_m,
         HAS_ZEROS=zeros is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
         IEEE_FP32=x.dtype == torch.float32,
+        DEQUANT_NATIVE=cfg.block_m > 1 and x.dtype != torch.float32 and scales.dtype == x.dtype,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split_k > 1:

@@ -24,7 +24,7 @@ def _int4_matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    IEEE_FP32: tl.constexpr,
+    IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -50,7 +50,7 @@ def _int4_matmul_kernel(
     num_groups = K // GROUP_SIZE
 
     if BLOCK_M == 1:
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
@@ -72,13 +72,20 @@ def _int4_matmul_kernel(
         group = k0 // GROUP_SIZE + offs_g
         sz_offs = group.to(tl.int64)[None, :] * N + offs_n[:, None]
         sz_mask = mask_n[:, None] & (group < num_groups)[None, :]
-        scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+        scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0)
         if HAS_ZEROS:
-            zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0).to(tl.float32)
+            zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
         else:
-            zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=tl.float32)
-        q3 = tl.reshape(q.to(tl.float32), (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS))
-        w = tl.reshape((q3 - zero[:, :, None]) * scale[:, :, None], (BLOCK_N, BLOCK_K))
+            zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=scale.dtype)
+        # (q - zero) is a small exact integer, so one multiply in the scales' own dtype rounds
+        # exactly like float32 math rounded once: dequantize natively when that is the dot's dtype.
+        if DEQUANT_NATIVE:
+            dq_dtype = scale.dtype
+        else:
+            dq_dtype = tl.float32
+        q3 = tl.reshape(q, (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS)).to(dq_dtype)
+        w = (q3 - zero.to(dq_dtype)[:, :, None]) * scale.to(dq_dtype)[:, :, None]
+        w = tl.reshape(w, (BLOCK_N, BLOCK_K))
 
         if HAS_PERM:
             cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
@@ -86,7 +93,7 @@ def _int4_matmul_kernel(
             cols = offs_k
         if BLOCK_M == 1:
             x = tl.load(x_rows + cols, mask=mask_k & mask_m, other=0.0, eviction_policy="evict_last")
-            acc += w * x.to(tl.float32)[None, :]
+            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
         else:
             x = tl.load(
                 x_rows[:, None] + cols[None, :], mask=mask_m[:, None] & mask_k[None, :],
@@ -98,7 +105,7 @@ def _int4_matmul_kernel(
                 acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
 
     if BLOCK_M == 1:
-        result = tl.sum(acc, axis=1)[None, :]
+        result = acc[None, :]
     else:
         result = acc
     out_mask = mask_m[:, None] & mask_n[None, :]

@@ -1,0 +1,47 @@
+"""Comparison helpers shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+# Tolerances versus a float64 reference (DESIGN.md §4).
+TOLERANCE = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=1e-3, rtol=1e-3),
+    torch.bfloat16: dict(atol=1e-2, rtol=1e-2),
+}
+
+
+def poisoned(shape, dtype, device) -> torch.Tensor:
+    """An output buffer full of NaN, so an element the kernel never writes cannot pass."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str | None:
+    """None if `actual` matches `expected` within `atol + rtol * |expected|`, else a description
+    of the worst element, the mismatch count and any NaN/inf."""
+    if actual.shape != expected.shape:
+        return f"shape {list(actual.shape)} != expected {list(expected.shape)}"
+    a, e = actual.double(), expected.double()
+    nonfinite = (~torch.isfinite(a)).sum().item()
+    err = (a - e).abs()
+    bad = ~(err <= atol + rtol * e.abs())  # NaN counts as bad
+    if not bad.any():
+        return None
+    worst = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err).argmax()
+    idx = tuple(int(i) for i in torch.unravel_index(worst, a.shape))
+    return (
+        f"{int(bad.sum())}/{a.numel()} elements off (atol={atol}, rtol={rtol}); {nonfinite} non-finite; "
+        f"worst at {idx}: got {a[idx].item():.6g}, expected {e[idx].item():.6g}"
+    )
+
+
+def assert_close(actual, expected, *, atol, rtol):
+    report = mismatch_report(actual, expected, atol, rtol)
+    assert report is None, report
+
+
+def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    err = (actual.double() - expected.double()).abs()
+    assert torch.isfinite(err).all(), "non-finite values in the output"
+    return err.max().item() if err.numel() else 0.0

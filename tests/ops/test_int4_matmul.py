@@ -1,0 +1,237 @@
+"""`fastcot.ops.int4_matmul` against the float64 dequantized reference, on every backend that can run here."""
+
+import pytest
+import torch
+from helpers import TOLERANCE, assert_close, max_abs_error, poisoned
+
+import fastcot
+from fastcot.kernels import reference
+from fastcot.ops import _backend
+from fastcot.ops._int4_configs import Int4MatmulConfig
+from fastcot.ops.int4_matmul import int4_matmul_triton
+
+ON_GPU = torch.cuda.is_available()
+TRITON_HERE = ON_GPU or _backend.triton_interpreter_enabled()
+BACKENDS = ["torch"] + (["triton"] if TRITON_HERE else [])
+# The interpreter has no bf16 arithmetic; bf16 is covered on the GPU.
+DTYPES = [torch.float16, torch.bfloat16] if ON_GPU else [torch.float32, torch.float16]
+
+
+def make_weight(n, k, group_size, device, *, symmetric=False, dtype=torch.float16):
+    w = torch.randn(n, k, device=device, dtype=torch.float32).to(dtype)
+    return fastcot.quantize_int4(w, group_size=group_size, symmetric=symmetric)
+
+
+def reference_out(x, weight, bias):
+    return reference.int4_matmul(
+        x.double(), weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size,
+        bias, compute_dtype=torch.float64,
+    )
+
+
+def check_against_reference(out, x, weight, bias):
+    """Kernel error must be within the dtype's tolerance, and for 16-bit inputs within twice
+    the error torch itself makes computing the same product in that dtype."""
+    expected = reference_out(x, weight, bias)
+    scale = max(1.0, expected.abs().max().item())
+    tol = TOLERANCE[x.dtype]
+    assert_close(out, expected, atol=tol["atol"] * scale, rtol=tol["rtol"])
+    if x.dtype != torch.float32:
+        w = weight.dequantize(x.dtype)
+        same_dtype = x.float() @ w.float().t() if x.device.type == "cpu" else x @ w.t()
+        if bias is not None:
+            same_dtype = same_dtype + bias.to(same_dtype.dtype)
+        torch_err = max_abs_error(same_dtype.to(x.dtype), expected)
+        assert max_abs_error(out, expected) <= 2 * torch_err + 1e-6 * scale
+
+
+SHAPES = [  # (N, K, group_size): N and K not powers of two, several groups per row
+    (200, 384, 128),
+    (37, 96, 32),
+    (72, 192, 64),
+    (40, 136, -1),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,group_size", SHAPES)
+@pytest.mark.parametrize("m", [1, 3, 17, 64, 300])
+def test_matches_reference(backend, dtype, n, k, group_size, m, device):
+    if device.type == "cpu" and m == 300 and (n, k) != (200, 384):
+        pytest.skip("one prefill shape is enough under the interpreter")
+    weight = make_weight(n, k, group_size, device, dtype=dtype)
+    x = torch.randn(m, k, device=device).to(dtype)
+    out = poisoned((m, n), dtype, device)
+    with fastcot.backend(backend):
+        result = fastcot.ops.int4_matmul(x, weight, out=out)
+    assert result is out
+    check_against_reference(out, x, weight, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_bias_and_leading_dims(backend, symmetric, device):
+    dtype = DTYPES[-1]
+    weight = make_weight(96, 256, 64, device, symmetric=symmetric, dtype=dtype)
+    x = torch.randn(2, 3, 256, device=device).to(dtype)
+    bias = torch.randn(96, device=device).to(dtype)
+    with fastcot.backend(backend):
+        y = fastcot.ops.int4_matmul(x, weight, bias)
+    assert y.shape == (2, 3, 96) and y.dtype == dtype
+    check_against_reference(y.reshape(6, 96), x.reshape(6, 256), weight, bias)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_input(backend, device):
+    weight = make_weight(48, 128, 32, device)
+    x = torch.randn(5, 2 * 128, device=device)[:, ::2]  # last dim not contiguous
+    with fastcot.backend(backend):
+        y = fastcot.ops.int4_matmul(x, weight)
+    check_against_reference(y, x, weight, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend, device):
+    weight = make_weight(48, 128, 32, device)
+    with fastcot.backend(backend):
+        y = fastcot.ops.int4_matmul(torch.randn(0, 128, device=device), weight)
+    assert y.shape == (0, 48)
+
+
+# Every code path of the Triton kernel, forced: GEMV with and without split-K, tensor-core
+# tiles with and without split-K, several groups per tile, grouped launch order.
+FORCED = [
+    Int4MatmulConfig(1, 16, 64, split_k=1),
+    Int4MatmulConfig(1, 8, 32, split_k=4),
+    Int4MatmulConfig(1, 32, 256, split_k=2),  # 256-wide tile spans several 64-groups
+    Int4MatmulConfig(16, 32, 64, split_k=3),
+    Int4MatmulConfig(32, 64, 128, split_k=1),
+    Int4MatmulConfig(64, 32, 32, split_k=1, group_m=2),
+]
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("config", FORCED, ids=str)
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_triton_code_paths(config, act_order, with_bias, device):
+    n, k, gs = 70, 448, 64
+    weight = make_weight(n, k, gs, device)
+    if act_order:
+        perm = torch.randperm(k, device=device).to(torch.int32)
+        weight = fastcot.Int4Weight(
+            qweight=weight.qweight, scales=weight.scales, zeros=weight.zeros, perm=perm,
+            group_size=gs, shape=(n, k),
+        )
+    m = max(1, config.block_m * 2 - 5) if config.block_m > 1 else 1
+    dtype = DTYPES[-1]
+    x = torch.randn(m, k, device=device).to(dtype)
+    bias = torch.randn(n, device=device).to(dtype) if with_bias else None
+    out = poisoned((m, n), dtype, device)
+    int4_matmul_triton(
+        x, weight.qweight, weight.scales, weight.zeros, weight.perm, gs, bias, out, config=config
+    )
+    check_against_reference(out, x, weight, bias)
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+def test_split_count_does_not_change_result_beyond_rounding(device):
+    weight = make_weight(64, 1024, 128, device)
+    x = torch.randn(1, 1024, device=device)
+    outs = []
+    for split in (1, 2, 8):
+        out = poisoned((1, 64), torch.float32, device)
+        cfg = Int4MatmulConfig(1, 16, 64, split_k=split)
+        int4_matmul_triton(x, weight.qweight, weight.scales, weight.zeros, None, 128, None, out, config=cfg)
+        outs.append(out)
+    for other in outs[1:]:
+        assert_close(other, outs[0], atol=1e-4, rtol=1e-5)
+
+
+def test_opcheck():
+    weight = make_weight(40, 64, 32, torch.device("cpu"), dtype=torch.float32)
+    x = torch.randn(3, 64)
+    out = torch.empty(3, 40)
+    for backend in BACKENDS:
+        torch.library.opcheck(
+            torch.ops.fastcot.int4_matmul.default,
+            (x, weight.qweight, weight.scales, weight.zeros, None, 32, None, out, backend),
+        )
+
+
+def test_compiles_without_graph_breaks():
+    weight = make_weight(40, 64, 32, torch.device("cpu"), dtype=torch.float32)
+    x = torch.randn(3, 64)
+    expected = fastcot.ops.int4_matmul(x, weight)
+    compiled = torch.compile(lambda t: fastcot.ops.int4_matmul(t, weight) * 2, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(x), expected * 2, atol=1e-6, rtol=1e-6)
+
+
+class TestBackendSelection:
+    def test_auto_on_cpu_is_torch(self, monkeypatch):
+        monkeypatch.delenv("FASTCOT_BACKEND", raising=False)
+        assert _backend.resolve("int4_matmul", torch.device("cpu")) == "torch"
+
+    def test_env_var_and_context(self, monkeypatch):
+        monkeypatch.setenv("FASTCOT_BACKEND", "torch")
+        assert _backend.requested_backend() == "torch"
+        with fastcot.backend("auto"):
+            assert _backend.requested_backend() == "auto"
+        assert _backend.requested_backend() == "torch"
+
+    def test_bad_names(self, monkeypatch):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            with fastcot.backend("fast"):
+                pass
+        monkeypatch.setenv("FASTCOT_BACKEND", "cudnn")
+        with pytest.raises(ValueError, match="FASTCOT_BACKEND"):
+            _backend.requested_backend()
+
+    def test_triton_on_cpu_needs_interpreter(self, monkeypatch):
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with fastcot.backend("triton"), pytest.raises(_backend.BackendError, match="TRITON_INTERPRET"):
+            _backend.resolve("int4_matmul", torch.device("cpu"))
+
+    def test_cuda_backend_refuses_clearly(self):
+        weight = make_weight(16, 64, 32, torch.device("cpu"))
+        with fastcot.backend("cuda"), pytest.raises(_backend.BackendError, match="cuda"):
+            fastcot.ops.int4_matmul(torch.randn(1, 64, dtype=torch.float16), weight)
+
+
+class TestBadInput:
+    weight = make_weight(16, 64, 32, torch.device("cpu"), dtype=torch.float32)
+
+    def test_wrong_k(self):
+        with pytest.raises(ValueError, match=r"K=64"):
+            fastcot.ops.int4_matmul(torch.randn(2, 63), self.weight)
+
+    def test_wrong_dtype(self):
+        with pytest.raises(TypeError, match="x must be float16"):
+            fastcot.ops.int4_matmul(torch.ones(2, 64, dtype=torch.int32), self.weight)
+
+    def test_weight_type(self):
+        with pytest.raises(TypeError, match="fastcot.Int4Weight"):
+            fastcot.ops.int4_matmul(torch.randn(2, 64), torch.randn(16, 64))
+
+    def test_device_mix(self):
+        with pytest.raises(ValueError, match="x is on meta"):
+            fastcot.ops.int4_matmul(torch.randn(2, 64, device="meta"), self.weight)
+
+    def test_bias(self):
+        with pytest.raises(ValueError, match=r"bias must have shape \[N\] = \[16\]"):
+            fastcot.ops.int4_matmul(torch.randn(2, 64), self.weight, torch.randn(15))
+        with pytest.raises(TypeError, match="bias must be a float"):
+            fastcot.ops.int4_matmul(torch.randn(2, 64), self.weight, torch.ones(16, dtype=torch.int64))
+
+    def test_out(self):
+        x = torch.randn(2, 64)
+        with pytest.raises(ValueError, match="out must have shape"):
+            fastcot.ops.int4_matmul(x, self.weight, out=torch.empty(2, 17))
+        with pytest.raises(TypeError, match="out must have x's dtype"):
+            fastcot.ops.int4_matmul(x, self.weight, out=torch.empty(2, 16, dtype=torch.float16))
+        with pytest.raises(ValueError, match="contiguous"):
+            fastcot.ops.int4_matmul(x, self.weight, out=torch.empty(16, 2).t())
+        buf = torch.empty(2, 64)
+        with pytest.raises(ValueError, match="share memory"):
+            fastcot.ops.int4_matmul(buf, self.weight, out=buf.view(-1)[:32].view(2, 16))
