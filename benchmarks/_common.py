@@ -116,6 +116,7 @@ def collect_env(device: torch.device) -> dict:
             device_name=_cpu_name(),
             sm_count=None,
             cpu_count=os.cpu_count(),
+            torch_threads=torch.get_num_threads(),
             l2_bytes=l2 or 1 << 20,
             l2_bytes_source="sysfs (per core)" if l2 else "assumed 1 MiB",
         )

@@ -406,6 +406,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = pick_device(args)
     tiny = device.type == "cpu" or args.smoke
+    if device.type == "cpu":
+        # At these sizes intra-op thread wake-ups on a shared machine (10-1000x jitter) would
+        # be all the CPU table shows.
+        torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     fastcot = common.import_fastcot()
     env = common.collect_env(device)
