@@ -68,7 +68,7 @@ def candidate_configs(m: int, n: int, k: int, sms: int) -> list[Int4MatmulConfig
         return out
     if m <= 64:
         bm = max(16, m_bucket(m))
-        tiles = [(64, 128, 8, 3), (128, 128, 8, 2), (32, 256, 4, 3)]
+        tiles = [(64, 128, 8, 3), (128, 128, 8, 2)]
         out = []
         for bn, bk, warps, stages in tiles:
             bk = fit_block_k(bk, k)

@@ -198,7 +198,10 @@ def quantize_int4(weight: torch.Tensor, group_size: int = 128, symmetric: bool =
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     # Quantize against the scale as stored, so dequantization reproduces the rounding bound;
     # a scale that underflows the storage dtype becomes 1 (its group is all but zero anyway).
-    scale = scale.to(weight.dtype).float()
+    # Round the stored scale up, never down, so the group's range still fits in 0..15.
+    stored = scale.to(weight.dtype)
+    stored = torch.where(stored.float() < scale, torch.nextafter(stored, torch.full_like(stored, float("inf"))), stored)
+    scale = stored.float()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if not symmetric:
         zero = torch.round(-lo / scale).clamp(0, 15)
