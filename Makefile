@@ -1,0 +1,42 @@
+# fastcot — the two commands a fresh machine needs:
+#   make demo   the main job (for now the int4 matmul microbenchmark on whatever device is here)
+#   make test   install what the tests need, then run them
+# On a GPU machine with its own torch/triton and no network: make gpu-check OUT_DIR=...
+
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# A CPU build of torch when none is installed (a bare `pip install torch` pulls CUDA wheels).
+TORCH_CPU ?= torch==2.13.0
+OUT_DIR ?= gpu-report
+
+.PHONY: demo test install install-dev gpu-check aot-report clean
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
+	$(PIP) install -e .
+
+install-dev:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
+	$(PIP) install -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m fastcot info
+	$(PYTHON) benchmarks/bench_int4_matmul.py
+
+test: install-dev
+	$(PYTHON) -m fastcot info
+	$(PYTHON) -m pytest -q
+
+aot-report: install-dev
+	env -u TRITON_INTERPRET $(PYTHON) -m fastcot.kernels.aot
+
+# GPU machine: the image's own torch and triton, no network, so no dependency resolution.
+gpu-check:
+	mkdir -p $(OUT_DIR)
+	FASTCOT_BUILD_CUDA=1 $(PIP) install --no-build-isolation --no-deps -e . 2>&1 | tee $(OUT_DIR)/install.log
+	$(PYTHON) -m fastcot info --json | tee $(OUT_DIR)/info.json
+	$(PYTHON) -m pytest -q -p no:cacheprovider --junitxml=$(OUT_DIR)/tests.xml 2>&1 | tee $(OUT_DIR)/tests.log
+	$(PYTHON) benchmarks/bench_int4_matmul.py --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_int4_matmul.log
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache fastcot/_C*.so fastcot/_C.ptxas.log
