@@ -149,15 +149,16 @@ def test_split_count_does_not_change_result_beyond_rounding(device):
         assert_close(other, outs[0], atol=1e-4, rtol=1e-5)
 
 
-def test_opcheck():
-    weight = make_weight(40, 64, 32, torch.device("cpu"), dtype=torch.float32)
-    x = torch.randn(3, 64)
-    out = torch.empty(3, 40)
-    for backend in BACKENDS:
-        torch.library.opcheck(
-            torch.ops.fastcot.int4_matmul.default,
-            (x, weight.qweight, weight.scales, weight.zeros, None, 32, None, out, backend),
-        )
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend, device):
+    dtype = DTYPES[-1]
+    weight = make_weight(40, 64, 32, device, dtype=dtype)
+    x = torch.randn(3, 64, device=device).to(dtype)
+    out = torch.empty(3, 40, device=device, dtype=dtype)
+    torch.library.opcheck(
+        torch.ops.fastcot.int4_matmul.default,
+        (x, weight.qweight, weight.scales, weight.zeros, None, 32, None, out, backend),
+    )
 
 
 def test_compiles_without_graph_breaks():
