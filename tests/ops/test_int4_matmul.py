@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from helpers import TOLERANCE, assert_close, max_abs_error, poisoned
 
 import fastcot
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._int4_configs import Int4MatmulConfig
+from fastcot.ops._int4_configs import H100_SMS, Int4MatmulConfig, candidate_configs
 from fastcot.ops.int4_matmul import int4_matmul_triton
 
 ON_GPU = torch.cuda.is_available()
@@ -236,3 +238,26 @@ class TestBadInput:
         buf = torch.empty(2, 64)
         with pytest.raises(ValueError, match="share memory"):
             fastcot.ops.int4_matmul(buf, self.weight, out=buf.view(-1)[:32].view(2, 16))
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 150),
+    groups=st.integers(1, 4),
+    group_size=st.sampled_from([32, 64, 128, -1]),
+    m=st.integers(1, 70),
+    pick=st.integers(0, 20),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_shapes_and_shipped_configs(n, groups, group_size, m, pick, seed, device):
+    """Any shape, any configuration the autotuner could pick for it."""
+    torch.manual_seed(seed)
+    k = groups * (group_size if group_size != -1 else 40)
+    weight = make_weight(n, k, group_size, device, dtype=DTYPES[-1])
+    configs = candidate_configs(m, n, k, H100_SMS)
+    config = configs[pick % len(configs)]
+    x = torch.randn(m, k, device=device).to(DTYPES[-1])
+    out = poisoned((m, n), x.dtype, device)
+    int4_matmul_triton(x, weight.qweight, weight.scales, weight.zeros, None, group_size, None, out, config=config)
+    check_against_reference(out, x, weight, None)
