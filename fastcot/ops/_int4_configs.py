@@ -17,6 +17,10 @@ import torch
 
 @dataclass(frozen=True)
 class Int4MatmulConfig:
+    """A launch configuration. `dequant_then_matmul` selects the large-M strategy instead:
+    dequantize the weight into a temporary buffer, then one cuBLAS matmul (block sizes are
+    then those of the dequantization kernel)."""
+
     block_m: int
     block_n: int
     block_k: int
@@ -24,6 +28,7 @@ class Int4MatmulConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 2
+    dequant_then_matmul: bool = False
 
 
 def m_bucket(m: int) -> int:
@@ -77,10 +82,14 @@ def candidate_configs(m: int, n: int, k: int, sms: int) -> list[Int4MatmulConfig
                 out.append(Int4MatmulConfig(bm, bn, bk, s, 1, warps, stages))
         return out
     tiles = [(128, 128, 64, 8, 3), (128, 256, 32, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3)]
-    return [
+    fused = [
         Int4MatmulConfig(bm, bn, fit_block_k(bk, k), 1, 8, warps, stages)
         for bm, bn, bk, warps, stages in tiles
     ]
+    # For long prefills, rewriting the weight in 16 bits costs little next to the GEMM, and
+    # cuBLAS may beat the fused tiles: let the autotuner decide.
+    dequant = Int4MatmulConfig(1, 32, fit_block_k(128, k), num_warps=4, num_stages=1, dequant_then_matmul=True)
+    return fused + ([dequant] if m >= 256 else [])
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -144,7 +153,11 @@ def aot_specs():
     (fp16, asymmetric g128), plus the other dtype, flag and group-size variants on one decode
     and one prefill configuration, plus the split-K reduction."""
     from fastcot.kernels.aot import KernelSpec
-    from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
+    from fastcot.kernels.triton.int4_matmul import (
+        _int4_dequantize_kernel,
+        _int4_matmul_kernel,
+        _splitk_reduce_kernel,
+    )
 
     def matmul_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False):
         gs = 4096 if group_size == -1 else group_size
@@ -173,7 +186,7 @@ def aot_specs():
                      "N", "K", "stride_xm", "stride_om", "k_per_split"),
         )
 
-    configs = shipped_configs()
+    configs = [c for c in shipped_configs() if not c.dequant_then_matmul]
     specs = [matmul_spec(cfg) for cfg in configs]
     decode = next(c for c in configs if c.block_m == 1)
     prefill = next(c for c in configs if c.block_m >= 64)
@@ -184,6 +197,17 @@ def aot_specs():
             matmul_spec(cfg, group_size=32),
             matmul_spec(cfg, group_size=-1),
         ]
+    for dtype, zeros, perm in (("fp16", True, False), ("bf16", False, True)):
+        cfg = next(c for c in shipped_configs() if c.dequant_then_matmul)
+        specs.append(KernelSpec(
+            name=f"int4_dequantize n{cfg.block_n} k{cfg.block_k} {dtype}{'' if zeros else ' sym'}{' perm' if perm else ''}",
+            fn=_int4_dequantize_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            signature={"qweight_ptr": "*i32", "scales_ptr": f"*{dtype}", "zeros_ptr": f"*{dtype}",
+                       "perm_ptr": "*i32", "out_ptr": f"*{dtype}", "N": "i32", "K": "i32"},
+            constexprs={"GROUP_SIZE": 128, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                        "HAS_ZEROS": zeros, "HAS_PERM": perm},
+            aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
+        ))
     for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, H100_SMS)} - {1}):
         specs.append(KernelSpec(
             name=f"splitk_reduce split{split} fp16", fn=_splitk_reduce_kernel, num_warps=4, num_stages=1,

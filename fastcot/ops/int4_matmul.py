@@ -137,10 +137,34 @@ def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, c
     run(config)
 
 
+def int4_dequantize_triton(qweight, scales, zeros, perm, group_size, out, *, block_n=32, block_k=128) -> None:
+    """Dequantize into `out [N, K]` (any float dtype) in input-channel order."""
+    from fastcot.kernels.triton.int4_matmul import _int4_dequantize_kernel
+
+    n, k = out.shape
+    gs = k if group_size == -1 else group_size
+    block_k = min(block_k, gs) if group_size != -1 else block_k  # one scale per row per tile
+    _int4_dequantize_kernel[(triton_cdiv(n, block_n), triton_cdiv(k, block_k))](
+        qweight_ptr=qweight, scales_ptr=scales, zeros_ptr=scales if zeros is None else zeros,
+        perm_ptr=qweight if perm is None else perm, out_ptr=out, N=n, K=k,
+        GROUP_SIZE=gs, BLOCK_N=block_n, BLOCK_K=block_k,
+        HAS_ZEROS=zeros is not None, HAS_PERM=perm is not None,
+        num_warps=4, num_stages=1,
+    )
+
+
 def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4MatmulConfig) -> None:
     from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
 
     m, k = x.shape
+    if cfg.dequant_then_matmul:
+        w = torch.empty((out.shape[1], k), dtype=x.dtype, device=x.device)
+        int4_dequantize_triton(qweight, scales, zeros, perm, group_size, w, block_n=cfg.block_n, block_k=cfg.block_k)
+        if bias is None:
+            torch.mm(x, w.t(), out=out)
+        else:
+            torch.addmm(bias.to(x.dtype), x, w.t(), out=out)
+        return
     n = out.shape[1]
     gs = k if group_size == -1 else group_size
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1

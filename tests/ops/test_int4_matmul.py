@@ -110,6 +110,7 @@ FORCED = [
     Int4MatmulConfig(16, 32, 64, split_k=3),
     Int4MatmulConfig(32, 64, 128, split_k=1),
     Int4MatmulConfig(64, 32, 32, split_k=1, group_m=2),
+    Int4MatmulConfig(1, 32, 64, dequant_then_matmul=True),
 ]
 
 

@@ -134,3 +134,37 @@ def _splitk_reduce_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _int4_dequantize_kernel(
+    qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, out_ptr, N, K,
+    GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
+):
+    """`out[N, K]` = the dequantized weight in input-channel order; BLOCK_K <= GROUP_SIZE
+    or one group per row, so a tile has one scale per row."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    mask = mask_n[:, None] & (offs_k < K)[None, :]
+    word = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    words = tl.load(
+        qweight_ptr + offs_n.to(tl.int64)[:, None] * (K // 8) + word[None, :],
+        mask=mask_n[:, None] & (word < K // 8)[None, :], other=0,
+    )
+    shifts = tl.arange(0, 8) * 4
+    q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
+    group = k0 // GROUP_SIZE
+    scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    else:
+        zero = tl.full((BLOCK_N,), 8.0, dtype=tl.float32)
+    w = (q.to(tl.float32) - zero[:, None]) * scale[:, None]
+    if HAS_PERM:
+        cols = tl.load(perm_ptr + offs_k, mask=offs_k < K, other=0)
+    else:
+        cols = offs_k
+    tl.store(out_ptr + offs_n.to(tl.int64)[:, None] * K + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
