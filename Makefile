@@ -9,7 +9,7 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 OUT_DIR ?= gpu-report
 
-.PHONY: demo test install install-dev gpu-check aot-report clean
+.PHONY: demo test install install-dev gpu-check aot-report csrc-report clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
@@ -27,14 +27,20 @@ test: install-dev
 	$(PYTHON) -m fastcot info
 	$(PYTHON) -m pytest -q
 
+# Registers, spills and shared memory of every shipped Triton configuration (sm_80, sm_90)
 aot-report: install-dev
 	env -u TRITON_INTERPRET $(PYTHON) -m fastcot.kernels.aot
+
+# The same for the compiled CUDA extension (from ptxas -v and cuobjdump)
+csrc-report: install-dev
+	$(PYTHON) tools/csrc_report.py
 
 # GPU machine: the image's own torch and triton, no network, so no dependency resolution.
 gpu-check:
 	mkdir -p $(OUT_DIR)
 	FASTCOT_BUILD_CUDA=1 $(PIP) install --no-build-isolation --no-deps -e . 2>&1 | tee $(OUT_DIR)/install.log
 	$(PYTHON) -m fastcot info --json | tee $(OUT_DIR)/info.json
+	$(PYTHON) tools/csrc_report.py --json > $(OUT_DIR)/csrc_report.json
 	$(PYTHON) -m pytest -q -p no:cacheprovider --junitxml=$(OUT_DIR)/tests.xml 2>&1 | tee $(OUT_DIR)/tests.log
 	$(PYTHON) benchmarks/bench_int4_matmul.py --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_int4_matmul.log
 

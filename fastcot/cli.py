@@ -49,11 +49,19 @@ def collect_info() -> dict:
         "numpy": numpy.__version__,
         "device": device_desc,
         "triton_interpreter": _backend.triton_interpreter_enabled(),
-        "cuda_extension": "loaded" if cuda.available() else f"not loaded: {cuda.unavailable_reason()}",
+        "cuda_extension": _extension_status(cuda),
         "cuda_extension_build": cuda.build_info(),
         "requested_backend": _backend.requested_backend(),
         "backends": backends,
     }
+
+
+def _extension_status(cuda) -> str:
+    if cuda.available():
+        return "loaded"
+    if cuda.loaded():
+        return f"loaded, cannot run kernels: {cuda.unavailable_reason()}"
+    return f"not loaded: {cuda.unavailable_reason()}"
 
 
 def _print_info(info: dict) -> None:

@@ -5,8 +5,9 @@ implementations), so they work under `torch.compile` and CUDA-graph capture.
 """
 
 from fastcot.ops._backend import BACKENDS, BackendError, backend, resolve
+from fastcot.ops.int4_dequantize import int4_dequantize
 from fastcot.ops.int4_matmul import int4_matmul
 
-OPS = ("int4_matmul",)
+OPS = ("int4_matmul", "int4_dequantize")
 
-__all__ = ["BACKENDS", "OPS", "BackendError", "backend", "int4_matmul", "resolve"]
+__all__ = ["BACKENDS", "OPS", "BackendError", "backend", "int4_dequantize", "int4_matmul", "resolve"]

@@ -20,9 +20,11 @@ BACKENDS = ("auto", "cuda", "triton", "torch")
 # choice only after a GPU measurement showed it faster (recorded in benchmarks/results/).
 IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "int4_matmul": ("triton", "torch"),
+    "int4_dequantize": ("cuda", "triton", "torch"),
 }
 AUTO_ON_CUDA: dict[str, str] = {
     "int4_matmul": "triton",
+    "int4_dequantize": "triton",  # the cuda kernel has not been measured against it yet
 }
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastcot_backend", default=None)
