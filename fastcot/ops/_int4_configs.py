@@ -60,20 +60,27 @@ def fit_block_k(block_k: int, k: int) -> int:
     return block_k
 
 
-def candidate_configs(m: int, n: int, k: int, sms: int) -> list[Int4MatmulConfig]:
+def gemv_block_k(block_k: int, k: int, group_size: int) -> int:
+    """GEMV tiles stay inside one group (one scale per row per step)."""
+    block_k = fit_block_k(block_k, k)
+    return block_k if group_size == -1 else min(block_k, group_size)
+
+
+def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
     """Shipped configurations for this problem on a GPU with `sms` SMs, best guess first."""
     if m == 1:
-        tiles = [(16, 256, 8, 2), (8, 256, 4, 2), (32, 256, 8, 2), (32, 128, 4, 3), (64, 128, 4, 2)]
+        # Many small programs with few registers keep many loads in flight per SM.
+        tiles = [(64, 128, 4, 1), (128, 128, 8, 1), (128, 64, 4, 1), (256, 64, 8, 1), (32, 256, 2, 1), (64, 64, 2, 1)]
         out = []
         for bn, bk, warps, stages in tiles:
-            bk = fit_block_k(bk, k)
+            bk = gemv_block_k(bk, k, group_size)
             split = _split_k(triton_cdiv(n, bn), k, bk, sms)
             for s in sorted({split, max(1, split // 2)}):
                 out.append(Int4MatmulConfig(1, bn, bk, s, 1, warps, stages))
         return out
     if m <= 64:
         bm = max(16, m_bucket(m))
-        tiles = [(64, 128, 8, 3), (128, 128, 8, 2)]
+        tiles = [(64, 128, 8, 2), (128, 128, 8, 2)]
         out = []
         for bn, bk, warps, stages in tiles:
             bk = fit_block_k(bk, k)
@@ -142,7 +149,7 @@ def shipped_configs() -> list[Int4MatmulConfig]:
     seen = {}
     for n, k in TUNED_SHAPES:
         for m in TUNED_M:
-            for cfg in candidate_configs(m, n, k, H100_SMS):
+            for cfg in candidate_configs(m, n, k, 128, H100_SMS):
                 folded = Int4MatmulConfig(**{**cfg.__dict__, "split_k": min(cfg.split_k, 2)})
                 seen.setdefault(folded, None)
     return list(seen)
@@ -174,7 +181,8 @@ def aot_specs():
                 "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}",
                 "out_ptr": "*fp32" if split else f"*{dtype}",
-                "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32", "k_per_split": "i32",
+                "M": "i32", "N": "i32", "K": "i32", "words_per_row": "i32",
+                "stride_xm": "i32", "stride_om": "i32", "k_per_split": "i32",
             },
             constexprs={
                 "GROUP_SIZE": gs, "TILE_GROUPS": tile_groups, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
@@ -183,7 +191,7 @@ def aot_specs():
                 "DEQUANT_NATIVE": cfg.block_m > 1,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
-                     "N", "K", "stride_xm", "stride_om", "k_per_split"),
+                     "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
         )
 
     configs = [c for c in shipped_configs() if not c.dequant_then_matmul]
@@ -208,7 +216,7 @@ def aot_specs():
                         "HAS_ZEROS": zeros, "HAS_PERM": perm},
             aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
         ))
-    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, H100_SMS)} - {1}):
+    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)} - {1}):
         specs.append(KernelSpec(
             name=f"splitk_reduce split{split} fp16", fn=_splitk_reduce_kernel, num_warps=4, num_stages=1,
             signature={"partial_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32", "stride_om": "i32"},

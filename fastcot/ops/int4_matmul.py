@@ -133,7 +133,7 @@ def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, c
 
     if config is None:
         key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, x.device)
-        config = _autotuner.pick(key, candidate_configs(m, n, k, num_sms(x.device)), run, x.device)
+        config = _autotuner.pick(key, candidate_configs(m, n, k, group_size, num_sms(x.device)), run, x.device)
     run(config)
 
 
@@ -167,6 +167,8 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         return
     n = out.shape[1]
     gs = k if group_size == -1 else group_size
+    if cfg.block_m == 1 and group_size != -1 and cfg.block_k > gs:
+        raise ValueError(f"GEMV configuration {cfg} spans several groups of {gs}; use block_k <= group size")
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
     k_per_split = triton_cdiv(triton_cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split_k = triton_cdiv(k, k_per_split)  # never launch a split with no K to cover
@@ -178,7 +180,8 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         perm_ptr=qweight if perm is None else perm,
         bias_ptr=scales if bias is None else bias,
         out_ptr=target,
-        M=m, N=n, K=k, stride_xm=x.stride(0), stride_om=out.stride(0), k_per_split=k_per_split,
+        M=m, N=n, K=k, words_per_row=k // 8, stride_xm=x.stride(0), stride_om=out.stride(0),
+        k_per_split=k_per_split,
         GROUP_SIZE=gs, TILE_GROUPS=tile_groups,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=split_k, GROUP_M=cfg.group_m,

@@ -106,8 +106,9 @@ def test_empty_batch(backend, device):
 FORCED = [
     Int4MatmulConfig(1, 16, 64, split_k=1),
     Int4MatmulConfig(1, 8, 32, split_k=4),
-    Int4MatmulConfig(1, 32, 256, split_k=2),  # 256-wide tile spans several 64-groups
+    Int4MatmulConfig(1, 32, 64, split_k=2, num_warps=2),
     Int4MatmulConfig(16, 32, 64, split_k=3),
+    Int4MatmulConfig(16, 32, 256, split_k=1),  # 256-wide tile spans several 64-groups
     Int4MatmulConfig(32, 64, 128, split_k=1),
     Int4MatmulConfig(64, 32, 32, split_k=1, group_m=2),
     Int4MatmulConfig(1, 32, 64, dequant_then_matmul=True),
@@ -256,7 +257,7 @@ def test_random_shapes_and_shipped_configs(n, groups, group_size, m, pick, seed,
     torch.manual_seed(seed)
     k = groups * (group_size if group_size != -1 else 40)
     weight = make_weight(n, k, group_size, device, dtype=DTYPES[-1])
-    configs = candidate_configs(m, n, k, H100_SMS)
+    configs = candidate_configs(m, n, k, group_size, H100_SMS)
     config = configs[pick % len(configs)]
     x = torch.randn(m, k, device=device).to(DTYPES[-1])
     out = poisoned((m, n), x.dtype, device)

@@ -19,7 +19,7 @@ import triton.language as tl
 @triton.jit
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
-    M, N, K, stride_xm, stride_om, k_per_split,
+    M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
     GROUP_SIZE: tl.constexpr, TILE_GROUPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -42,7 +42,6 @@ def _int4_matmul_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     x_rows = x_ptr + offs_m.to(tl.int64) * stride_xm
-    words_per_row = K // 8
     w_rows = qweight_ptr + offs_n.to(tl.int64)[:, None] * words_per_row
     offs_w = tl.arange(0, BLOCK_K // 8)
     shifts = tl.arange(0, 8) * 4
@@ -50,7 +49,9 @@ def _int4_matmul_kernel(
     num_groups = K // GROUP_SIZE
 
     if BLOCK_M == 1:
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        # GEMV: a float32 partial sum per packed word; the cross-thread reduction over K
+        # happens once, after the loop.
+        acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
@@ -59,42 +60,62 @@ def _int4_matmul_kernel(
     if k_end > K:
         k_end = K
     for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        word = k0 // 8 + offs_w
+        # k0 is a multiple of BLOCK_K; words_per_row (K // 8) is an argument so that Triton sees
+        # its divisibility and can use 16-byte loads.
+        k0 = tl.multiple_of(k0, BLOCK_K)
+        word = tl.multiple_of(k0 // 8, BLOCK_K // 8) + offs_w
         words = tl.load(
             w_rows + word[None, :], mask=mask_n[:, None] & (word < words_per_row)[None, :],
             other=0, eviction_policy="evict_first",
         )
-        q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
-
-        # A tile spans TILE_GROUPS whole groups (or lies inside one): one scale per row per group.
-        group = k0 // GROUP_SIZE + offs_g
-        sz_offs = group.to(tl.int64)[None, :] * N + offs_n[:, None]
-        sz_mask = mask_n[:, None] & (group < num_groups)[None, :]
-        scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0)
-        if HAS_ZEROS:
-            zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
-        else:
-            zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=scale.dtype)
-        # (q - zero) is a small exact integer, so one multiply in the scales' own dtype rounds
-        # exactly like float32 math rounded once: dequantize natively when that is the dot's dtype.
-        if DEQUANT_NATIVE:
-            dq_dtype = scale.dtype
-        else:
-            dq_dtype = tl.float32
-        q3 = tl.reshape(q, (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS)).to(dq_dtype)
-        w = (q3 - zero.to(dq_dtype)[:, :, None]) * scale.to(dq_dtype)[:, :, None]
-        w = tl.reshape(w, (BLOCK_N, BLOCK_K))
-
-        if HAS_PERM:
-            cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
-        else:
-            cols = offs_k
         if BLOCK_M == 1:
-            x = tl.load(x_rows + cols, mask=mask_k & mask_m, other=0.0, eviction_policy="evict_last")
-            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+            # GEMV tiles lie inside one group (the launcher keeps BLOCK_K <= group size).
+            group = k0 // GROUP_SIZE
+            scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                zero = tl.load(zeros_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            else:
+                zero = tl.full((BLOCK_N,), 8.0, dtype=tl.float32)
+            x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+            # Nibble by nibble: every operand keeps the layout of `words`, so the loop needs no
+            # layout conversions or cross-thread shuffles (x comes from L1).
+            for j in tl.static_range(8):
+                k_j = k0 + offs_w * 8 + j
+                if HAS_PERM:
+                    cols = tl.load(perm_ptr + k_j, mask=k_j < K, other=0)
+                else:
+                    cols = k_j
+                x_j = tl.load(x_row + cols, mask=k_j < K, other=0.0, eviction_policy="evict_last")
+                q_j = ((words >> (4 * j)) & 0xF).to(tl.float32)
+                w_j = (q_j - zero[:, None]) * scale[:, None]
+                acc += w_j * x_j.to(tl.float32)[None, :]
         else:
+            q3 = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_K // 8, 8]
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            # A tile spans TILE_GROUPS whole groups (or lies inside one): one scale per row per group.
+            group = k0 // GROUP_SIZE + offs_g
+            sz_offs = group.to(tl.int64)[None, :] * N + offs_n[:, None]
+            sz_mask = mask_n[:, None] & (group < num_groups)[None, :]
+            scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0)
+            if HAS_ZEROS:
+                zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
+            else:
+                zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=scale.dtype)
+            # (q - zero) is a small exact integer, so one multiply in the scales' own dtype
+            # rounds exactly like float32 math rounded once: dequantize natively when that is
+            # the dot's dtype.
+            if DEQUANT_NATIVE:
+                dq_dtype = scale.dtype
+            else:
+                dq_dtype = tl.float32
+            qg = tl.reshape(q3, (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS)).to(dq_dtype)
+            w = (qg - zero.to(dq_dtype)[:, :, None]) * scale.to(dq_dtype)[:, :, None]
+            w = tl.reshape(w, (BLOCK_N, BLOCK_K))
+            if HAS_PERM:
+                cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
+            else:
+                cols = offs_k
             x = tl.load(
                 x_rows[:, None] + cols[None, :], mask=mask_m[:, None] & mask_k[None, :],
                 other=0.0, eviction_policy="evict_last",
@@ -105,7 +126,7 @@ def _int4_matmul_kernel(
                 acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
 
     if BLOCK_M == 1:
-        result = acc[None, :]
+        result = tl.sum(acc, axis=1)[None, :]
     else:
         result = acc
     out_mask = mask_m[:, None] & mask_n[None, :]
