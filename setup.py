@@ -140,7 +140,7 @@ def nvcc_version(nvcc: Path) -> str:
 
 
 def csrc_sha256(root: Path) -> str:
-    # tests/test_csrc.py recomputes this to spot an extension older than csrc/.
+    # tests/test_csrc.py calls this to spot an extension older than csrc/.
     digest = hashlib.sha256()
     for path in sorted((root / "csrc").rglob("*")):
         if path.is_file() and path.suffix in (".cu", ".cuh", ".h", ".cpp"):
@@ -373,7 +373,9 @@ class BuildExtWithCuda(build_ext):
             shutil.copyfile(built, ROOT / "fastcot" / LOG_NAME)
 
 
-setup(
-    ext_modules=[Extension(EXT_NAME, sources=SOURCES, depends=HEADERS, optional=True)],
-    cmdclass={"build_ext": BuildExtWithCuda},
-)
+# Guarded so tests can import the helpers above (setuptools runs this file as __main__).
+if __name__ == "__main__":
+    setup(
+        ext_modules=[Extension(EXT_NAME, sources=SOURCES, depends=HEADERS, optional=True)],
+        cmdclass={"build_ext": BuildExtWithCuda},
+    )

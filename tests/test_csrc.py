@@ -8,7 +8,6 @@ compare the kernels with fastcot.kernels.reference bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -29,25 +28,26 @@ DEFAULT_ARCHS = ["sm_80", "sm_90a"]
 REBUILD = 'rebuild with: FASTCOT_BUILD_CUDA=1 pip install --no-build-isolation -e ".[dev]"'
 
 
-def _load_report_tool():
-    spec = importlib.util.spec_from_file_location("csrc_report", REPO / "tools" / "csrc_report.py")
+def _load_by_path(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
 
-report = _load_report_tool()
+report = _load_by_path("csrc_report", REPO / "tools" / "csrc_report.py")
+
+
+setup_py = _load_by_path("fastcot_setup", REPO / "setup.py")
 
 
 def _find_nvcc() -> str | None:
-    # The order setup.py searches in: an explicit CUDA_HOME/CUDA_PATH is the only one tried.
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            nvcc = Path(os.environ[var], "bin", "nvcc")
-            return str(nvcc) if nvcc.is_file() else None
-    fallback = Path("/usr/local/cuda/bin/nvcc")
-    return shutil.which("nvcc") or (str(fallback) if fallback.is_file() else None)
+    """The nvcc setup.py would build with (its own search, imported), or None."""
+    try:
+        return str(setup_py.find_toolkit().nvcc)
+    except setup_py.CudaBuildError:
+        return None
 
 
 NVCC = _find_nvcc()
@@ -69,13 +69,8 @@ def expected_archs() -> list[str]:
 
 
 def csrc_sha256(root: Path) -> str:
-    # Must hash exactly as setup.py's csrc_sha256 does; a divergence fails loudly below.
-    digest = hashlib.sha256()
-    for path in sorted((root / "csrc").rglob("*")):
-        if path.is_file() and path.suffix in (".cu", ".cuh", ".h", ".cpp"):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    """The hash setup.py stamps into the extension (setup.py's own function)."""
+    return setup_py.csrc_sha256(root)
 
 
 @pytest.fixture(scope="module")

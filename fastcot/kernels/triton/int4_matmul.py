@@ -17,6 +17,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _group_scale_zero(scales_ptr, zeros_ptr, group, N, offs_n, mask_n, HAS_ZEROS: tl.constexpr):
+    """float32 scale and zero point of rows `offs_n` in one group (zero 8 when symmetric)."""
+    scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    else:
+        zero = tl.full(scale.shape, 8.0, dtype=tl.float32)
+    return scale, zero
+
+
+@triton.jit
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
     M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
@@ -70,12 +81,7 @@ def _int4_matmul_kernel(
         )
         if BLOCK_M == 1:
             # GEMV tiles lie inside one group (the launcher keeps BLOCK_K <= group size).
-            group = k0 // GROUP_SIZE
-            scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                zero = tl.load(zeros_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            else:
-                zero = tl.full((BLOCK_N,), 8.0, dtype=tl.float32)
+            scale, zero = _group_scale_zero(scales_ptr, zeros_ptr, k0 // GROUP_SIZE, N, offs_n, mask_n, HAS_ZEROS)
             x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
             # Nibble by nibble: every operand keeps the layout of `words`, so the loop needs no
             # layout conversions or cross-thread shuffles (x comes from L1).
@@ -177,12 +183,7 @@ def _int4_dequantize_kernel(
     )
     shifts = tl.arange(0, 8) * 4
     q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
-    group = k0 // GROUP_SIZE
-    scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    else:
-        zero = tl.full((BLOCK_N,), 8.0, dtype=tl.float32)
+    scale, zero = _group_scale_zero(scales_ptr, zeros_ptr, k0 // GROUP_SIZE, N, offs_n, mask_n, HAS_ZEROS)
     w = (q.to(tl.float32) - zero[:, None]) * scale[:, None]
     if HAS_PERM:
         cols = tl.load(perm_ptr + offs_k, mask=offs_k < K, other=0)
