@@ -82,3 +82,80 @@ def int4_matmul(
     if bias is not None:
         y = y + bias.to(compute_dtype)
     return y.to(x.dtype)
+
+
+# --- paged KV cache and attention ------------------------------------------------------------
+# Caches are NHD blocks `[num_blocks, block_size, num_kv_heads, head_dim]`; a float8 cache
+# stores `value / scale`.
+
+
+def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """Write token t's `key[t]`, `value[t]` (`[T, Hkv, D]`) to slot `slot_mapping[t]`
+    (`block * block_size + offset`); slots of -1 are skipped. In place."""
+    block_size = k_cache.shape[1]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = (key[keep].float() / k_scale).to(k_cache.dtype)
+    v_cache[blocks, offsets] = (value[keep].float() / v_scale).to(v_cache.dtype)
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int, scale: float, dtype) -> torch.Tensor:
+    """The first `length` cached tokens of one sequence as `[length, Hkv, D]` in `dtype`."""
+    block_size = cache.shape[1]
+    positions = torch.arange(length, device=cache.device)
+    blocks = block_table.long()[positions // block_size]
+    return cache[blocks, positions % block_size].to(dtype) * scale
+
+
+def _attend(q, k, v, scale, mask=None):
+    """q `[Lq, Hq, D]`, k/v `[Lk, Hkv, D]` -> `[Lq, Hq, D]`; query heads share KV heads in groups."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # a query with no visible key attends to nothing
+    return torch.einsum("hqk,khd->qhd", probs, v)
+
+
+def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, k_scale=1.0, v_scale=1.0,
+                           compute_dtype=torch.float32):
+    """One query token per sequence: q `[B, Hq, D]` attends to positions `[0, seq_lens[b])`.
+    Returns `[B, Hq, D]` in q's dtype; a sequence of length 0 gives zeros."""
+    b, hq, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    out = torch.zeros(b, hq, d, dtype=compute_dtype, device=q.device)
+    for i in range(b):
+        n = int(seq_lens[i])
+        if n == 0:
+            continue
+        k = gather_kv(k_cache, block_tables[i], n, k_scale, compute_dtype)
+        v = gather_kv(v_cache, block_tables[i], n, v_scale, compute_dtype)
+        out[i] = _attend(q[i : i + 1].to(compute_dtype), k, v, scale)[0]
+    return out.to(q.dtype)
+
+
+def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale=None, causal=True,
+                            k_scale=1.0, v_scale=1.0, compute_dtype=torch.float32):
+    """Packed new tokens q `[T, Hq, D]`: sequence b's `cu_seqlens_q[b+1] - cu_seqlens_q[b]` tokens
+    are the last positions of its `seq_lens[b]` cached tokens. Causal: token at position p sees
+    positions `<= p`. Returns `[T, Hq, D]` in q's dtype."""
+    t, hq, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    out = torch.zeros(t, hq, d, dtype=compute_dtype, device=q.device)
+    for i in range(len(seq_lens)):
+        start, end = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1])
+        n = int(seq_lens[i])
+        if end == start:
+            continue
+        k = gather_kv(k_cache, block_tables[i], n, k_scale, compute_dtype)
+        v = gather_kv(v_cache, block_tables[i], n, v_scale, compute_dtype)
+        mask = None
+        if causal:
+            q_pos = torch.arange(n - (end - start), n, device=q.device)
+            mask = torch.arange(n, device=q.device)[None, :] <= q_pos[:, None]
+        out[start:end] = _attend(q[start:end].to(compute_dtype), k, v, scale, mask)
+    return out.to(q.dtype)
