@@ -21,10 +21,22 @@ BACKENDS = ("auto", "cuda", "triton", "torch")
 IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "int4_matmul": ("triton", "torch"),
     "int4_dequantize": ("cuda", "triton", "torch"),
+    "write_kv_cache": ("triton", "torch"),
+    "paged_decode_attention": ("triton", "torch"),
+    "paged_prefill_attention": ("triton", "torch"),
+    "rms_norm": ("triton", "torch"),
+    "rotary_embedding": ("triton", "torch"),
+    "silu_and_mul": ("triton", "torch"),
 }
 AUTO_ON_CUDA: dict[str, str] = {
     "int4_matmul": "triton",
     "int4_dequantize": "triton",  # the cuda kernel has not been measured against it yet
+    "write_kv_cache": "triton",
+    "paged_decode_attention": "triton",
+    "paged_prefill_attention": "triton",
+    "rms_norm": "triton",
+    "rotary_embedding": "triton",
+    "silu_and_mul": "triton",
 }
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastcot_backend", default=None)
