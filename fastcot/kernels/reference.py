@@ -96,8 +96,14 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale: float = 
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = (key[keep].float() / k_scale).to(k_cache.dtype)
-    v_cache[blocks, offsets] = (value[keep].float() / v_scale).to(v_cache.dtype)
+    k_cache[blocks, offsets] = _to_cache_dtype(key[keep].float() / k_scale, k_cache.dtype)
+    v_cache[blocks, offsets] = _to_cache_dtype(value[keep].float() / v_scale, v_cache.dtype)
+
+
+def _to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype == torch.float8_e4m3fn:
+        x = x.clamp(-448.0, 448.0)  # saturate at the format's largest finite value
+    return x.to(dtype)
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int, scale: float, dtype) -> torch.Tensor:
@@ -159,3 +165,54 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq
             mask = torch.arange(n, device=q.device)[None, :] <= q_pos[:, None]
         out[start:end] = _attend(q[start:end].to(compute_dtype), k, v, scale, mask)
     return out.to(q.dtype)
+
+
+# --- fused small ops: RMSNorm, rotary embedding, SiLU-and-multiply ---------------------------
+# Roundings that are part of an op's definition (the residual stream stored in the activation
+# dtype, HF's cast of the normalized row before the weight multiply) happen in every compute
+# dtype, so a float64 run differs from the kernels only by their float32 arithmetic.
+
+
+def rms_norm(x, weight, eps: float, residual=None, compute_dtype=torch.float32):
+    """HF LlamaRMSNorm over the last dim of x `[..., H]`, optionally after a residual add.
+
+    Without `residual`: `weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)`, the mean and the
+    scaling in `compute_dtype`, the product rounded to x's dtype. With `residual` (x's shape and
+    dtype): `h = (x + residual).to(x.dtype)` is normalized instead. Returns `(out, h)` (h None
+    without residual); nothing is modified in place.
+    """
+    h = None
+    if residual is not None:
+        h = (x.to(compute_dtype) + residual.to(compute_dtype)).to(x.dtype)
+        x = h
+    xc = x.to(compute_dtype)
+    variance = xc.pow(2).mean(dim=-1, keepdim=True)
+    normed = (xc * torch.rsqrt(variance + eps)).to(x.dtype)
+    out = weight.to(compute_dtype) * normed.to(compute_dtype)
+    return out.to(x.dtype), h
+
+
+def rotary_embedding(positions, q, k, inv_freq, compute_dtype=torch.float32):
+    """HF Llama rotary embedding ("rotate_half", neox style) over the full head dim.
+
+    q `[T, Hq, D]`, k `[T, Hkv, D]`, positions `[T]` integer, inv_freq `[D/2]` float32. The
+    angle `positions[t] * inv_freq[i]` is formed in float64, where it is exact, so its cosine
+    and sine keep full accuracy at any position; the rotation runs in `compute_dtype`. Returns
+    `(q_rot, k_rot)` in the inputs' dtypes.
+    """
+    angle = positions.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]
+    cos = angle.cos().to(compute_dtype)[:, None, :]
+    sin = angle.sin().to(compute_dtype)[:, None, :]
+
+    def rotate(x):
+        x1, x2 = x.to(compute_dtype).chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def silu_and_mul(x, compute_dtype=torch.float32):
+    """x `[..., 2I]` -> `silu(x[..., :I]) * x[..., I:]` `[..., I]` (gate first, as vLLM), in
+    `compute_dtype`, rounded once to x's dtype."""
+    gate, up = x.to(compute_dtype).chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate) * up).to(x.dtype)

@@ -1,0 +1,221 @@
+"""Paged KV cache: the cache write, split-KV decode attention with its merge, and prefill attention.
+
+Caches are NHD blocks `[num_blocks, block_size, num_kv_heads, head_dim]`; token t of a
+sequence lives in block `block_table[t // block_size]` at offset `t % block_size`. Every
+kernel gathers keys and values token by token through the block table, so any power-of-two
+block size works, and all cache offsets are int64 (a long-context cache passes 2^31
+elements). Softmax runs in base 2 in float32: `qk_scale` already holds
+`scale * k_scale * log2(e)`, and `v_scale` multiplies the normalized output once.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+FP8_E4M3_MAX = 448.0
+
+
+@triton.jit
+def _round_to_e4m3(x):
+    """Round float32 to the nearest float8 e4m3fn value (ties to even, saturating at 448),
+    returned as float32. Done with exact float arithmetic so that the final cast converts a
+    representable value (Triton's interpreter mis-rounds carries in its own conversion)."""
+    x = tl.minimum(tl.maximum(x, -FP8_E4M3_MAX), FP8_E4M3_MAX)
+    a = tl.abs(x)
+    exponent = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    # Three mantissa bits; below 2^-6 the subnormal step 2^-9 applies.
+    step_exp = tl.maximum(exponent, -6) - 3
+    step = ((step_exp + 127) << 23).to(tl.float32, bitcast=True)
+    y = a / step
+    lo = tl.floor(y)
+    frac = y - lo
+    odd = (lo.to(tl.int32) & 1) == 1
+    rounded = tl.where((frac > 0.5) | ((frac == 0.5) & odd), lo + 1.0, lo) * step
+    return tl.where(x < 0, -rounded, rounded)
+
+
+@triton.jit
+def _write_kv_cache_kernel(
+    key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
+    stride_key_t, stride_value_t, row_size, inv_k_scale, inv_v_scale,
+    BLOCK: tl.constexpr, FP8: tl.constexpr,
+):
+    """One program per (token, chunk of its Hkv * D values); a slot of -1 writes nothing."""
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_mapping_ptr + t).to(tl.int64)
+    if slot >= 0:
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < row_size
+        k = tl.load(key_ptr + t * stride_key_t + offs, mask=mask, other=0.0).to(tl.float32) * inv_k_scale
+        v = tl.load(value_ptr + t * stride_value_t + offs, mask=mask, other=0.0).to(tl.float32) * inv_v_scale
+        if FP8:
+            k = _round_to_e4m3(k)
+            v = _round_to_e4m3(v)
+        tl.store(k_cache_ptr + slot * row_size + offs, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + slot * row_size + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_kv_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_d, mask_d,
+                  stride_block, stride_slot, stride_head, BLOCK_SIZE: tl.constexpr):
+    """Cached tokens `offs_t` of one sequence and KV head, `[BLOCK_N, BLOCK_D]`."""
+    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.int64)
+    token_offs = block * stride_block + (offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head
+    return tl.load(cache_ptr + token_offs[:, None] + offs_d[None, :], mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+
+
+@triton.jit
+def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constexpr):
+    """One online-softmax step over a key tile; returns the updated (m, l, acc).
+
+    Rows that have seen no visible key keep m = -inf; they are shifted by 0 instead, so no
+    `-inf - -inf` ever reaches exp2."""
+    k = k.to(q.dtype)
+    if IEEE_FP32:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = tl.where(visible, s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - shift)
+    p = tl.exp2(s - shift[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    v = v.to(q.dtype)
+    if IEEE_FP32:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l, acc
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
+    out_ptr, part_out_ptr, part_lse_ptr,
+    stride_q_b, stride_q_h, stride_out_b, stride_out_h, stride_table_b,
+    stride_block, stride_slot, stride_head,
+    qk_scale, v_scale,
+    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
+):
+    """Program (sequence, KV head, split): the whole GQA group of query heads against one
+    contiguous slice of the sequence, so each KV tile is read once for the group. The split
+    ranges are computed here from seq_lens, so the grid depends only on shapes (CUDA-graph safe)."""
+    b = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    offs_g = tl.arange(0, GROUP_PAD)
+    heads = kv_head * GROUP + offs_g
+    mask_g = offs_g < GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + b * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+
+    m = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
+    l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
+    acc = tl.zeros((GROUP_PAD, BLOCK_D), dtype=tl.float32)
+    table_row = block_tables_ptr + b * stride_table_b
+    for t0 in range(start, end, BLOCK_N):
+        offs_t = t0 + tl.arange(0, BLOCK_N)
+        mask_t = offs_t < end
+        k = _load_kv_tile(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
+                          stride_block, stride_slot, stride_head, BLOCK_SIZE)
+        v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
+                          stride_block, stride_slot, stride_head, BLOCK_SIZE)
+        m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
+
+    # An empty sequence or split has l == 0 and acc == 0: its output is 0, never 0/0.
+    o = acc / tl.where(l > 0, l, 1.0)[:, None] * v_scale
+    if NUM_SPLITS == 1:
+        tl.store(out_ptr + b * stride_out_b + heads[:, None] * stride_out_h + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+    else:
+        # Partials [B, Hq, NUM_SPLITS, BLOCK_D] and log2-sum-exp2 [B, Hq, NUM_SPLITS], float32.
+        row = (b * (tl.num_programs(1) * GROUP) + heads) * NUM_SPLITS + split
+        lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))
+        tl.store(part_lse_ptr + row, lse, mask=mask_g)
+        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], o, mask=mask_g[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _decode_merge_kernel(
+    part_out_ptr, part_lse_ptr, out_ptr, stride_out_b, stride_out_h,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    """out[b, h] = the splits' partial outputs weighted by their share of the softmax mass."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    row0 = (b * tl.num_programs(1) + h) * NUM_SPLITS
+    offs_s = tl.arange(0, SPLITS_PAD)
+    mask_s = offs_s < NUM_SPLITS
+    offs_d = tl.arange(0, BLOCK_D)
+    lse = tl.load(part_lse_ptr + row0 + offs_s, mask=mask_s, other=float("-inf"))
+    top = tl.max(lse, axis=0)
+    weight = tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top))
+    parts = tl.load(part_out_ptr + (row0 + offs_s)[:, None] * BLOCK_D + offs_d[None, :], mask=mask_s[:, None], other=0.0)
+    total = tl.sum(weight, axis=0)
+    o = tl.sum(parts * weight[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + b * stride_out_b + h * stride_out_h + offs_d, o.to(out_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+
+
+@triton.jit
+def _paged_prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr, out_ptr,
+    stride_q_t, stride_q_h, stride_out_t, stride_out_h, stride_table_b,
+    stride_block, stride_slot, stride_head,
+    qk_scale, v_scale,
+    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_FP32: tl.constexpr,
+):
+    """Program (query tile, sequence, query head): the sequence's new tokens are the last
+    q_len of its seq_len cached positions; tiles past q_len exit at once."""
+    tile = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    head = tl.program_id(2)
+    q_start = tl.load(cu_seqlens_q_ptr + b)
+    q_len = tl.load(cu_seqlens_q_ptr + b + 1) - q_start
+    if tile * BLOCK_M < q_len:
+        seq_len = tl.load(seq_lens_ptr + b)
+        context = seq_len - q_len
+        kv_head = head // GROUP
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < q_len
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
+        tokens = (q_start + offs_m).to(tl.int64)
+        q = tl.load(q_ptr + tokens[:, None] * stride_q_t + head * stride_q_h + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        q_pos = context + offs_m
+
+        m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        table_row = block_tables_ptr + b * stride_table_b
+        kv_end = seq_len
+        if CAUSAL:
+            kv_end = tl.minimum(seq_len, context + (tile + 1) * BLOCK_M)
+        for t0 in range(0, kv_end, BLOCK_N):
+            offs_t = t0 + tl.arange(0, BLOCK_N)
+            mask_t = offs_t < kv_end
+            k = _load_kv_tile(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
+                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
+            v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
+                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
+            visible = mask_t[None, :]
+            if CAUSAL:
+                visible = visible & (offs_t[None, :] <= q_pos[:, None])
+            m, l, acc = _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32)
+
+        o = acc / tl.where(l > 0, l, 1.0)[:, None] * v_scale
+        tl.store(out_ptr + tokens[:, None] * stride_out_t + head * stride_out_h + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])

@@ -1,0 +1,102 @@
+"""`fastcot.ops.write_kv_cache`: scatter new keys and values into the paged cache."""
+
+from __future__ import annotations
+
+import torch
+
+from fastcot.kernels import reference
+from fastcot.ops import _backend
+from fastcot.ops._paged_checks import (
+    FLOAT_DTYPES,
+    FP8,
+    check_cache_pair,
+    check_scales,
+    check_tensor,
+    index_checks_enabled,
+)
+
+
+def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0) -> None:
+    """Write token t's key and value to cache slot `slot_mapping[t]`, in place.
+
+    Args:
+        key, value: `[T, num_kv_heads, head_dim]` float16/bfloat16/float32.
+        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]` of key's dtype, or
+            `torch.float8_e4m3fn` (then `value / scale` is stored, rounded to nearest even and
+            saturated at +-448).
+        slot_mapping: `[T]` int32/int64, `block * block_size + offset`; -1 skips the token
+            (padding).
+        k_scale, v_scale: per-tensor float scales, only for float8 caches.
+
+    Example::
+
+        fastcot.ops.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    """
+    num_blocks, block_size, num_kv_heads, head_dim = check_cache_pair(k_cache, v_cache)
+    k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
+    device = k_cache.device
+    check_tensor("key", key, dim=3, dtypes=FLOAT_DTYPES, device=device)
+    check_tensor("value", value, dim=3, dtypes=(key.dtype,), device=device)
+    expected = (key.shape[0], num_kv_heads, head_dim)
+    for name, t in (("key", key), ("value", value)):
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name} must have shape [T, num_kv_heads, head_dim] = {list(expected)}, got {list(t.shape)}")
+    if k_cache.dtype not in (key.dtype, FP8):
+        raise TypeError(f"k_cache must have key's dtype {key.dtype} or be float8_e4m3fn, got {k_cache.dtype}")
+    check_tensor("slot_mapping", slot_mapping, dim=1, dtypes=(torch.int32, torch.int64), device=device)
+    if slot_mapping.shape[0] != key.shape[0]:
+        raise ValueError(f"slot_mapping must have one entry per token ({key.shape[0]}), got {slot_mapping.shape[0]}")
+    if key.shape[0] == 0:
+        return
+    if index_checks_enabled(device):
+        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
+        if lo < -1 or hi >= num_blocks * block_size:
+            raise ValueError(
+                f"slot_mapping values must lie in [-1, {num_blocks * block_size}) "
+                f"(-1 skips a token), got [{lo}, {hi}]"
+            )
+    backend = _backend.resolve("write_kv_cache", device)
+    torch.ops.fastcot.write_kv_cache(
+        key.reshape(key.shape[0], -1), value.reshape(value.shape[0], -1), k_cache, v_cache,
+        slot_mapping.contiguous(), k_scale, v_scale, backend,
+    )
+
+
+@torch.library.custom_op("fastcot::write_kv_cache", mutates_args=("k_cache", "v_cache"))
+def _write_kv_cache_op(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: float,
+    v_scale: float,
+    backend: str,
+) -> None:
+    """Registered op; key and value arrive flattened to `[T, num_kv_heads * head_dim]`."""
+    if backend == "triton":
+        _write_triton(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    elif backend == "torch":
+        shape = (key.shape[0], k_cache.shape[2], k_cache.shape[3])
+        reference.write_kv_cache(key.view(shape), value.view(shape), k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    else:
+        raise _backend.BackendError(f"backend {backend!r} has no write_kv_cache kernel")
+
+
+@_write_kv_cache_op.register_fake
+def _(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, backend):
+    return None
+
+
+def _write_triton(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale) -> None:
+    from fastcot.kernels.triton.paged_attention import _write_kv_cache_kernel
+
+    tokens, row_size = key.shape
+    block = min(1024, 1 << (row_size - 1).bit_length())
+    _write_kv_cache_kernel[(tokens, -(-row_size // block))](
+        key_ptr=key, value_ptr=value, k_cache_ptr=k_cache, v_cache_ptr=v_cache, slot_mapping_ptr=slot_mapping,
+        stride_key_t=key.stride(0), stride_value_t=value.stride(0), row_size=row_size,
+        inv_k_scale=1.0 / k_scale, inv_v_scale=1.0 / v_scale,
+        BLOCK=block, FP8=k_cache.dtype == FP8,
+        num_warps=4,
+    )

@@ -1,0 +1,280 @@
+"""`fastcot.ops.paged_decode_attention` and `fastcot.ops.paged_prefill_attention` over a paged KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastcot.kernels import reference
+from fastcot.ops import _backend
+from fastcot.ops._int4_configs import num_sms
+from fastcot.ops._paged_checks import (
+    FLOAT_DTYPES,
+    check_block_tables,
+    check_cache_pair,
+    check_heads,
+    check_query_dtype,
+    check_scales,
+    check_tensor,
+    index_checks_enabled,
+)
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
+MIN_TOKENS_PER_SPLIT = 256
+
+
+def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale=None, k_scale=1.0, v_scale=1.0, out=None):
+    """Attention of one new query token per sequence over its cached keys and values.
+
+    Args:
+        q: `[B, Hq, D]` float16/bfloat16 (float32 also accepted).
+        k_cache, v_cache: `[num_blocks, block_size, Hkv, D]` of q's dtype, or float8_e4m3fn
+            with per-tensor `k_scale`/`v_scale` (stored = value / scale). `Hq % Hkv == 0` (GQA).
+        block_tables: `[B, max_blocks]` int32; sequence b's token t is in block
+            `block_tables[b, t // block_size]`.
+        seq_lens: `[B]` int32; sequence b attends to positions `[0, seq_lens[b])`. Length 0
+            gives zeros.
+        scale: softmax scale, default `1 / sqrt(D)`.
+        out: optional contiguous `[B, Hq, D]` of q's dtype.
+
+    Returns:
+        `[B, Hq, D]` in q's dtype. Long contexts are split across the GPU (split-KV with a
+        log-sum-exp merge); the split count depends only on shapes, so CUDA graphs stay valid.
+
+    Example::
+
+        out = fastcot.ops.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens)
+    """
+    num_blocks, block_size, num_kv_heads, head_dim = check_cache_pair(k_cache, v_cache)
+    device = k_cache.device
+    check_tensor("q", q, dim=3, dtypes=FLOAT_DTYPES, device=device)
+    check_query_dtype(q, k_cache.dtype)
+    batch, q_heads, q_dim = q.shape
+    check_heads(q_heads, num_kv_heads, q_dim, head_dim)
+    k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
+    scale = _check_scale(scale, head_dim)
+    check_block_tables(block_tables, seq_lens, batch, num_blocks, block_size, device)
+    out = _check_out(out, q.shape, q.dtype, device)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    if batch > 0:
+        backend = _backend.resolve("paged_decode_attention", device)
+        torch.ops.fastcot.paged_decode_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, backend
+        )
+    return out
+
+
+def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, *, scale=None, causal=True,
+                            k_scale=1.0, v_scale=1.0, out=None, max_query_len=None):
+    """Attention of packed new tokens over their sequences' cached context.
+
+    Serves prefill, prefix-cached and chunked prefill, and speculative verification: the new
+    tokens must already be in the cache (write them with `write_kv_cache` first).
+
+    Args:
+        q: `[T, Hq, D]`: sequence b's new tokens are rows `cu_seqlens_q[b]:cu_seqlens_q[b+1]`.
+        k_cache, v_cache, block_tables, k_scale, v_scale, scale: as in `paged_decode_attention`.
+        cu_seqlens_q: `[B+1]` int32, starting at 0 and ending at T.
+        seq_lens: `[B]` int32 total tokens in the cache for each sequence; its new tokens are
+            the last `cu_seqlens_q[b+1] - cu_seqlens_q[b]` of them.
+        causal: a token at position p sees positions `<= p` (else all `seq_lens[b]` tokens).
+        out: optional contiguous `[T, Hq, D]` of q's dtype.
+        max_query_len: optional upper bound on any sequence's new-token count; sizes the
+            launch (default T, which needs no device read).
+
+    Returns:
+        `[T, Hq, D]` in q's dtype.
+    """
+    num_blocks, block_size, num_kv_heads, head_dim = check_cache_pair(k_cache, v_cache)
+    device = k_cache.device
+    check_tensor("q", q, dim=3, dtypes=FLOAT_DTYPES, device=device)
+    check_query_dtype(q, k_cache.dtype)
+    tokens, q_heads, q_dim = q.shape
+    check_heads(q_heads, num_kv_heads, q_dim, head_dim)
+    k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
+    scale = _check_scale(scale, head_dim)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_tensor("cu_seqlens_q", cu_seqlens_q, dim=1, dtypes=(torch.int32,), device=device)
+    batch = cu_seqlens_q.shape[0] - 1
+    if batch < 0:
+        raise ValueError("cu_seqlens_q must have B+1 >= 1 entries")
+    check_block_tables(block_tables, seq_lens, batch, num_blocks, block_size, device)
+    if max_query_len is None:
+        max_query_len = tokens
+    elif isinstance(max_query_len, bool) or not isinstance(max_query_len, int) or max_query_len < 0:
+        raise ValueError(f"max_query_len must be a non-negative int, got {max_query_len!r}")
+    if batch > 0 and index_checks_enabled(device):
+        _check_query_layout(cu_seqlens_q, seq_lens, tokens, max_query_len)
+    out = _check_out(out, q.shape, q.dtype, device)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    if tokens > 0 and batch > 0:
+        backend = _backend.resolve("paged_prefill_attention", device)
+        torch.ops.fastcot.paged_prefill_attention(
+            q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out,
+            scale, causal, k_scale, v_scale, max_query_len, backend,
+        )
+    return out
+
+
+def _check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite Python float or None, got {scale!r}")
+    return float(scale)
+
+
+def _check_out(out, shape, dtype, device):
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    check_tensor("out", out, dtypes=(dtype,), device=device)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {list(shape)}, got {list(out.shape)}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    return out
+
+
+def _check_query_layout(cu_seqlens_q, seq_lens, tokens: int, max_query_len: int) -> None:
+    q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+    first, last = int(cu_seqlens_q[0]), int(cu_seqlens_q[-1])
+    if first != 0 or last != tokens or bool((q_lens < 0).any()):
+        raise ValueError(f"cu_seqlens_q must rise from 0 to T={tokens}, got {cu_seqlens_q.tolist()[:8]}...")
+    if bool((q_lens > seq_lens).any()):
+        b = int((q_lens > seq_lens).nonzero()[0])
+        raise ValueError(f"sequence {b} has {int(q_lens[b])} new tokens but seq_lens[{b}] = {int(seq_lens[b])}")
+    if int(q_lens.max()) > max_query_len:
+        raise ValueError(f"max_query_len={max_query_len} but a sequence has {int(q_lens.max())} new tokens")
+
+
+# --- registered ops ------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastcot::paged_decode_attention", mutates_args=("out",))
+def _paged_decode_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, out: torch.Tensor, scale: float, k_scale: float, v_scale: float, backend: str,
+) -> None:
+    if backend == "triton":
+        paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale)
+    elif backend == "torch":
+        out.copy_(reference.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, k_scale, v_scale))
+    else:
+        raise _backend.BackendError(f"backend {backend!r} has no paged_decode_attention kernel")
+
+
+@_paged_decode_op.register_fake
+def _(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, backend):
+    return None
+
+
+@torch.library.custom_op("fastcot::paged_prefill_attention", mutates_args=("out",))
+def _paged_prefill_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, out: torch.Tensor, scale: float, causal: bool,
+    k_scale: float, v_scale: float, max_query_len: int, backend: str,
+) -> None:
+    if backend == "triton":
+        paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out,
+                             scale, causal, k_scale, v_scale, max_query_len)
+    elif backend == "torch":
+        out.copy_(reference.paged_prefill_attention(
+            q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, causal, k_scale, v_scale))
+    else:
+        raise _backend.BackendError(f"backend {backend!r} has no paged_prefill_attention kernel")
+
+
+@_paged_prefill_op.register_fake
+def _(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out, scale, causal, k_scale, v_scale,
+      max_query_len, backend):
+    return None
+
+
+# --- Triton launchers ----------------------------------------------------------------------
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, sms: int) -> int:
+    """Splits of the context per (sequence, KV head) so that about two waves of programs
+    fill the GPU; each split keeps at least MIN_TOKENS_PER_SPLIT tokens of capacity. Uses
+    only shapes (the block-table width), never lengths, so a captured graph stays valid."""
+    programs = batch * num_kv_heads
+    wanted = _pow2(-(-2 * sms // programs)) if programs < 2 * sms else 1
+    by_length = max(1, _pow2(max_context // MIN_TOKENS_PER_SPLIT + 1) // 2)
+    return max(1, min(wanted, by_length, MAX_SPLITS))
+
+
+def _decode_tiles(head_dim: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N) for a head size."""
+    block_d = max(16, _pow2(head_dim))
+    return block_d, (64 if block_d <= 128 else 32)
+
+
+def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
+    """Launch the split-KV decode kernel (and the merge when split). `num_splits` forces a
+    split count (tests compare counts); by default `decode_num_splits` decides."""
+    from fastcot.kernels.triton.paged_attention import _decode_merge_kernel, _paged_decode_kernel
+
+    batch, q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    group = q_heads // num_kv_heads
+    block_d, block_n = _decode_tiles(head_dim)
+    if num_splits is None:
+        num_splits = decode_num_splits(batch, num_kv_heads, block_tables.shape[1] * block_size, num_sms(q.device))
+    part_out = part_lse = out  # unused when not split
+    if num_splits > 1:
+        part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
+        q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables, seq_lens_ptr=seq_lens,
+        out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
+        stride_q_b=q.stride(0), stride_q_h=q.stride(1), stride_out_b=out.stride(0), stride_out_h=out.stride(1),
+        stride_table_b=block_tables.stride(0),
+        stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
+        qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
+        HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=q.dtype == torch.float32,
+        num_warps=4, num_stages=2,
+    )
+    if num_splits > 1:
+        _decode_merge_kernel[(batch, q_heads)](
+            part_out_ptr=part_out, part_lse_ptr=part_lse, out_ptr=out,
+            stride_out_b=out.stride(0), stride_out_h=out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, SPLITS_PAD=max(2, _pow2(num_splits)),
+            num_warps=4,
+        )
+
+
+def _prefill_tiles(head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_M, BLOCK_N) for a head size."""
+    block_d = max(16, _pow2(head_dim))
+    return block_d, 64, (64 if block_d <= 128 else 32)
+
+
+def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out,
+                         scale, causal, k_scale, v_scale, max_query_len):
+    from fastcot.kernels.triton.paged_attention import _paged_prefill_kernel
+
+    _, q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    batch = seq_lens.shape[0]
+    block_d, block_m, block_n = _prefill_tiles(head_dim)
+    grid = (max(1, -(-max_query_len // block_m)), batch, q_heads)
+    _paged_prefill_kernel[grid](
+        q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables,
+        cu_seqlens_q_ptr=cu_seqlens_q, seq_lens_ptr=seq_lens, out_ptr=out,
+        stride_q_t=q.stride(0), stride_q_h=q.stride(1), stride_out_t=out.stride(0), stride_out_h=out.stride(1),
+        stride_table_b=block_tables.stride(0),
+        stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
+        qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
+        HEAD_DIM=head_dim, GROUP=q_heads // num_kv_heads, BLOCK_D=block_d,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size,
+        CAUSAL=causal, IEEE_FP32=q.dtype == torch.float32,
+        num_warps=4, num_stages=2,
+    )
