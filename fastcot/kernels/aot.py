@@ -35,6 +35,8 @@ class KernelSpec:
     # Arguments that are multiples of 16 at run time (pointers from torch, aligned sizes), so
     # the compiled code matches what Triton specializes to on the device.
     aligned: tuple = field(default=())
+    # Float8 e4m3 conversions need sm_89 or newer: such specs compile for sm_90 only.
+    archs: tuple = ARCHS
 
 
 @dataclass
@@ -101,11 +103,19 @@ def report(spec: KernelSpec, arch: int) -> Report:
     return Report(spec=spec, arch=arch, registers=regs, stack=stack, shared=shared, local=local)
 
 
+# Modules whose `aot_specs()` list the configurations they launch.
+SPEC_MODULES = (
+    "fastcot.ops._int4_configs",
+    "fastcot.ops.kv_cache",
+    "fastcot.ops.paged_attention",
+)
+
+
 def shipped_specs() -> list[KernelSpec]:
     """Every Triton kernel configuration fastcot ships."""
-    from fastcot.ops import _int4_configs
+    import importlib
 
-    return _int4_configs.aot_specs()
+    return [spec for name in SPEC_MODULES for spec in importlib.import_module(name).aot_specs()]
 
 
 def main(argv=None) -> int:
@@ -121,6 +131,8 @@ def main(argv=None) -> int:
         if args.filter not in spec.name:
             continue
         for arch in args.arch or ARCHS:
+            if arch not in spec.archs:
+                continue
             r = report(spec, arch)
             flag = "  SPILLS" if r.spills else ""
             failures += r.spills

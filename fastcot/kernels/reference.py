@@ -178,12 +178,13 @@ def rms_norm(x, weight, eps: float, residual=None, compute_dtype=torch.float32):
 
     Without `residual`: `weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)`, the mean and the
     scaling in `compute_dtype`, the product rounded to x's dtype. With `residual` (x's shape and
-    dtype): `h = (x + residual).to(x.dtype)` is normalized instead. Returns `(out, h)` (h None
+    dtype): `h = x + residual`, added in x's dtype as HF's decoder layer does (torch adds 16-bit
+    values in float32 and rounds once), is normalized instead. Returns `(out, h)` (h None
     without residual); nothing is modified in place.
     """
     h = None
     if residual is not None:
-        h = (x.to(compute_dtype) + residual.to(compute_dtype)).to(x.dtype)
+        h = x + residual
         x = h
     xc = x.to(compute_dtype)
     variance = xc.pow(2).mean(dim=-1, keepdim=True)

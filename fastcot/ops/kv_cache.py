@@ -100,3 +100,22 @@ def _write_triton(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale) 
         BLOCK=block, FP8=k_cache.dtype == FP8,
         num_warps=4,
     )
+
+
+def aot_specs():
+    """The cache write for 16-bit and float8 caches (Hkv * D = 1024 per token)."""
+    from fastcot.kernels.aot import KernelSpec
+    from fastcot.kernels.triton.paged_attention import _write_kv_cache_kernel
+
+    specs = []
+    for src, cache in (("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv")):
+        specs.append(KernelSpec(
+            name=f"write_kv_cache {src} -> {cache}", fn=_write_kv_cache_kernel, num_warps=4, num_stages=1,
+            signature={"key_ptr": f"*{src}", "value_ptr": f"*{src}", "k_cache_ptr": f"*{cache}",
+                       "v_cache_ptr": f"*{cache}", "slot_mapping_ptr": "*i32", "stride_key_t": "i32",
+                       "stride_value_t": "i32", "row_size": "i32", "inv_k_scale": "fp32", "inv_v_scale": "fp32"},
+            constexprs={"BLOCK": 1024, "FP8": cache == "fp8e4nv"},
+            aligned=("key_ptr", "value_ptr", "k_cache_ptr", "v_cache_ptr", "stride_key_t", "stride_value_t", "row_size"),
+            archs=(90,) if cache == "fp8e4nv" else (80, 90),
+        ))
+    return specs

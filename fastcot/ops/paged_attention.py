@@ -251,10 +251,12 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         )
 
 
-def _prefill_tiles(head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_M, BLOCK_N) for a head size."""
+def _prefill_tiles(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_M, BLOCK_N, num_warps) for a head size, spill-free on sm_80 and sm_90."""
     block_d = max(16, _pow2(head_dim))
-    return block_d, 64, (64 if block_d <= 128 else 32)
+    if block_d <= 64:
+        return block_d, 64, 64, 4
+    return block_d, 64, (64 if block_d <= 128 else 32), 8
 
 
 def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out,
@@ -264,7 +266,7 @@ def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_le
     _, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     batch = seq_lens.shape[0]
-    block_d, block_m, block_n = _prefill_tiles(head_dim)
+    block_d, block_m, block_n, num_warps = _prefill_tiles(head_dim)
     grid = (max(1, -(-max_query_len // block_m)), batch, q_heads)
     _paged_prefill_kernel[grid](
         q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables,
@@ -276,5 +278,68 @@ def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_le
         HEAD_DIM=head_dim, GROUP=q_heads // num_kv_heads, BLOCK_D=block_d,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size,
         CAUSAL=causal, IEEE_FP32=q.dtype == torch.float32,
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
+
+
+def aot_specs():
+    """Decode for head sizes 64/128/256, GQA 1/4/8, split or not, 16-bit and float8 caches;
+    its merge; prefill for each head size, causal or not."""
+    from fastcot.kernels.aot import KernelSpec
+    from fastcot.kernels.triton.paged_attention import (
+        _decode_merge_kernel,
+        _paged_decode_kernel,
+        _paged_prefill_kernel,
+    )
+
+    aligned_common = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "block_tables_ptr", "seq_lens_ptr", "out_ptr",
+                      "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
+
+    def decode(dtype, cache, head_dim, group, splits):
+        block_d, block_n = _decode_tiles(head_dim)
+        return KernelSpec(
+            name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
+            fn=_paged_decode_kernel, num_warps=4, num_stages=2,
+            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
+                       "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",
+                       "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
+                       "stride_q_b": "i32", "stride_q_h": "i32", "stride_out_b": "i32", "stride_out_h": "i32",
+                       "stride_table_b": "i32", "stride_block": "i64", "stride_slot": "i32", "stride_head": "i32",
+                       "qk_scale": "fp32", "v_scale": "fp32"},
+            constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
+                        "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False},
+            aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
+            archs=(90,) if cache == "fp8e4nv" else (80, 90),
+        )
+
+    specs = [decode("fp16", "fp16", d, g, s) for d in (64, 128, 256) for g in (1, 4, 8) for s in (1, 16)]
+    specs += [decode("bf16", "bf16", 128, 4, s) for s in (1, 16)]
+    specs += [decode("bf16", "fp8e4nv", 128, 4, s) for s in (1, 16)]
+    for head_dim in (64, 128, 256):
+        block_d, _ = _decode_tiles(head_dim)
+        specs.append(KernelSpec(
+            name=f"decode_merge fp16 d{head_dim} splits=64", fn=_decode_merge_kernel, num_warps=4, num_stages=1,
+            signature={"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": "*fp16",
+                       "stride_out_b": "i32", "stride_out_h": "i32"},
+            constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "NUM_SPLITS": 64, "SPLITS_PAD": 64},
+            aligned=("part_out_ptr", "part_lse_ptr", "out_ptr", "stride_out_b", "stride_out_h"),
+        ))
+    for dtype, cache, head_dim, causal in [("fp16", "fp16", 64, True), ("fp16", "fp16", 128, True),
+                                           ("fp16", "fp16", 256, True), ("bf16", "bf16", 128, False),
+                                           ("bf16", "fp8e4nv", 128, True)]:
+        block_d, block_m, block_n, num_warps = _prefill_tiles(head_dim)
+        specs.append(KernelSpec(
+            name=f"paged_prefill {dtype} cache={cache} d{head_dim} {'causal' if causal else 'full'}",
+            fn=_paged_prefill_kernel, num_warps=num_warps, num_stages=2,
+            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
+                       "block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_lens_ptr": "*i32",
+                       "out_ptr": f"*{dtype}", "stride_q_t": "i32", "stride_q_h": "i32", "stride_out_t": "i32",
+                       "stride_out_h": "i32", "stride_table_b": "i32", "stride_block": "i64", "stride_slot": "i32",
+                       "stride_head": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
+            constexprs={"HEAD_DIM": head_dim, "GROUP": 4, "BLOCK_D": block_d, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                        "BLOCK_SIZE": 16, "CAUSAL": causal, "IEEE_FP32": False},
+            aligned=aligned_common[:5] + ("cu_seqlens_q_ptr", "out_ptr", "stride_q_t", "stride_q_h",
+                                          "stride_out_t", "stride_out_h", "stride_block", "stride_slot", "stride_head"),
+            archs=(90,) if cache == "fp8e4nv" else (80, 90),
+        ))
+    return specs
