@@ -1,7 +1,11 @@
 # fastcot — the two commands a fresh machine needs:
-#   make demo   the main job (for now the int4 matmul microbenchmark on whatever device is here)
+#   make demo   the main job (for now the kernel microbenchmarks on whatever device is here)
 #   make test   install what the tests need, then run them
 # On a GPU machine with its own torch/triton and no network: make gpu-check OUT_DIR=...
+
+# bash with pipefail, so `cmd | tee log` fails when cmd does
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -22,6 +26,7 @@ install-dev:
 demo: install
 	$(PYTHON) -m fastcot info
 	$(PYTHON) benchmarks/bench_int4_matmul.py
+	$(PYTHON) benchmarks/bench_paged_attention.py
 
 test: install-dev
 	$(PYTHON) -m fastcot info
@@ -43,6 +48,7 @@ gpu-check:
 	$(PYTHON) tools/csrc_report.py --json > $(OUT_DIR)/csrc_report.json
 	$(PYTHON) -m pytest -q -p no:cacheprovider --junitxml=$(OUT_DIR)/tests.xml 2>&1 | tee $(OUT_DIR)/tests.log
 	$(PYTHON) benchmarks/bench_int4_matmul.py --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_int4_matmul.log
+	$(PYTHON) benchmarks/bench_paged_attention.py --prefill --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_paged_attention.log
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache fastcot/_C*.so fastcot/_C.ptxas.log
