@@ -110,7 +110,9 @@ def aot_specs():
         KernelSpec(
             name=f"silu_and_mul block{BLOCK} w{NUM_WARPS} {dtype}",
             fn=_silu_and_mul_kernel, num_warps=NUM_WARPS, num_stages=1,
-            signature={"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "I": "i32", "stride_x": "i32", "stride_out": "i32"},
+            signature={
+                "x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "I": "i32", "stride_x": "i32", "stride_out": "i32",
+            },
             constexprs={"BLOCK": BLOCK},
             aligned=("x_ptr", "out_ptr", "I", "stride_x", "stride_out"),
         )

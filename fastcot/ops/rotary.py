@@ -1,4 +1,4 @@
-"""`fastcot.ops.rotary_embedding`: HF Llama rotary position embedding of q and k, with Llama-3 and linear rope scaling."""
+"""`fastcot.ops.rotary_embedding`: HF Llama rotary embedding of q and k, with Llama-3 and linear rope scaling."""
 
 from __future__ import annotations
 
@@ -59,15 +59,17 @@ def rotary_embedding(
     position 131000 is off by up to 0.004 rad; here the error is below 1e-7 rad at any int32
     position. The rotation is float32, rounded once.
 
+    The first call for a configuration and device builds two `[D/2]` tables on the device: make
+    it (or `rope_inv_freq(..., device=...)`) before capturing a CUDA graph.
+
     Example::
 
         q, k = fastcot.ops.rotary_embedding(positions, q, k, head_dim=128, rope_theta=500000.0,
                                             rope_scaling=config["rope_scaling"])
     """
-    q3, k3, out_q, out_k = _validate(positions, q, k, head_dim, rope_theta, out_q, out_k)
+    q3, k3, out_q, out_k = _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k)
     if q.shape[0] > 0:
-        inv_freq = rope_inv_freq(head_dim, rope_theta, rope_scaling, q.device)
-        turns = _rope_turns(head_dim, rope_theta, rope_scaling, q.device)
+        inv_freq, turns = _rope_tables(head_dim, rope_theta, rope_scaling, q.device)
         backend = _backend.resolve("rotary_embedding", q.device)
         torch.ops.fastcot.rotary_embedding(positions, q3, k3, inv_freq, turns, out_q, out_k, backend)
     return out_q, out_k
@@ -75,8 +77,7 @@ def rotary_embedding(
 
 # --- frequencies -----------------------------------------------------------------------------
 
-_inv_freq_cache: dict[tuple, torch.Tensor] = {}
-_turns_cache: dict[tuple, torch.Tensor] = {}
+_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def rope_inv_freq(
@@ -88,11 +89,20 @@ def rope_inv_freq(
     (`_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
     `_compute_llama3_parameters`), so they equal its `inv_freq` bit for bit. The returned
     tensor is shared: do not modify it.
+
+    The first call for a configuration and device copies this table and the kernel's to the
+    device; call it once before capturing a CUDA graph (a warm-up forward does the same).
     """
+    return _rope_tables(head_dim, rope_theta, rope_scaling, device)[0]
+
+
+def _rope_tables(head_dim, rope_theta, rope_scaling, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inv_freq float32, turns int64), both `[head_dim / 2]` on `device`, cached."""
     key = (*_config_key(head_dim, rope_theta, rope_scaling), torch.device("cpu" if device is None else device))
-    if key not in _inv_freq_cache:
-        _inv_freq_cache[key] = _compute_inv_freq(head_dim, rope_theta, rope_scaling).to(key[-1])
-    return _inv_freq_cache[key]
+    if key not in _tables:
+        inv_freq = _compute_inv_freq(head_dim, rope_theta, rope_scaling)
+        _tables[key] = (inv_freq.to(key[-1]), _turns(inv_freq).to(key[-1]))
+    return _tables[key]
 
 
 def _config_key(head_dim, rope_theta, rope_scaling) -> tuple:
@@ -127,7 +137,9 @@ def _scaling_key(rope_scaling) -> tuple:
     for name in _REQUIRED_KEYS[rope_type]:
         value = rope_scaling.get(name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-            raise ValueError(f"rope_scaling[{name!r}] must be a positive number for rope_type {rope_type!r}, got {value!r}")
+            raise ValueError(
+                f"rope_scaling[{name!r}] must be a positive number for rope_type {rope_type!r}, got {value!r}"
+            )
         values.append(float(value))
     if rope_type == "llama3" and not values[2] > values[1]:
         raise ValueError(
@@ -161,17 +173,14 @@ def _compute_inv_freq(head_dim, rope_theta, rope_scaling) -> torch.Tensor:
 _TWO_PI = 2 * Fraction(Decimal("3.14159265358979323846264338327950288419716939937511"))
 
 
-def _rope_turns(head_dim, rope_theta, rope_scaling, device) -> torch.Tensor:
-    """int64 `[head_dim / 2]`: `inv_freq / 2pi` as a 64-bit fraction of a turn (wrapped to int64),
-    the kernel's exact phase increment per position."""
-    key = (*_config_key(head_dim, rope_theta, rope_scaling), torch.device(device))
-    if key not in _turns_cache:
-        words = []
-        for f in rope_inv_freq(head_dim, rope_theta, rope_scaling).tolist():
-            word = round(Fraction(f) * 2**64 / _TWO_PI) % 2**64
-            words.append(word - 2**64 if word >= 2**63 else word)
-        _turns_cache[key] = torch.tensor(words, dtype=torch.int64, device=key[-1])
-    return _turns_cache[key]
+def _turns(inv_freq: torch.Tensor) -> torch.Tensor:
+    """int64 `[D/2]`: `inv_freq / 2pi` as a 64-bit fraction of a turn (wrapped into int64), the
+    kernel's exact phase increment per position."""
+    words = []
+    for f in inv_freq.tolist():
+        word = round(Fraction(f) * 2**64 / _TWO_PI) % 2**64
+        words.append(word - 2**64 if word >= 2**63 else word)
+    return torch.tensor(words, dtype=torch.int64)
 
 
 # --- validation and the registered op ---------------------------------------------------------
@@ -196,11 +205,9 @@ def _shares_memory(a, b) -> bool:
     return a.numel() > 0 and b.numel() > 0 and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def _validate(positions, q, k, head_dim, rope_theta, out_q, out_k):
+def _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k):
     """Check every argument before any kernel runs; returns q and k with a unit last stride, and the outputs."""
-    _check_head_dim(head_dim)
-    if isinstance(rope_theta, bool) or not isinstance(rope_theta, numbers.Real) or not rope_theta > 0:
-        raise ValueError(f"rope_theta must be a positive number, got {rope_theta!r}")
+    _config_key(head_dim, rope_theta, rope_scaling)
     for name, t in (("positions", positions), ("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -222,11 +229,11 @@ def _validate(positions, q, k, head_dim, rope_theta, out_q, out_k):
     if positions.device != q.device:
         raise ValueError(f"positions is on {positions.device} but q is on {q.device}")
     outs = []
-    for name, out, src in (("out_q", out_q, q), ("out_k", out_k, k)):
+    for name, out, src, src_name in (("out_q", out_q, q, "q"), ("out_k", out_k, k, "k")):
         if out is None:
             out = torch.empty(src.shape, dtype=src.dtype, device=src.device)
         else:
-            _check_out(name, out, src, name[-1])
+            _check_out(name, out, src, src_name)
             for other_name, other in (("q", q), ("k", k), *(("out_q", o) for o in outs)):
                 if _shares_memory(out, other):
                     raise ValueError(f"{name} must not share memory with {other_name}")

@@ -9,8 +9,9 @@ ulp of 2^-7 rad, and libdevice's large-argument `cosf` path keeps a stack array 
 spill). Instead the host gives, per frequency, `turns = round(inv_freq / 2pi * 2^64)`; the
 kernel multiplies it by the integer position in uint64 (wrapping mod 2^64 drops whole turns
 exactly), takes the quadrant from the top two bits and evaluates short polynomials on the
-remainder in [-pi/4, pi/4). The phase is thereby exact to about 2^-40 of a turn at any int32
-position, and only plain arithmetic is used (also under the interpreter).
+remainder in [-pi/4, pi/4). The phase is exact up to the table's rounding (under 2^-33 turn
+for any int32 position); what is left is float32 rounding of the remainder, below 1e-7 rad.
+Only plain arithmetic is used, so the interpreter runs the same code.
 """
 
 from __future__ import annotations
