@@ -13,7 +13,9 @@ def test_info_json(capsys):
     info = json.loads(capsys.readouterr().out)
     for key in ("torch", "triton", "device", "cuda_extension", "backends"):
         assert key in info
-    assert set(info["backends"]) == {"int4_matmul", "int4_dequantize"}
+    import fastcot
+
+    assert set(info["backends"]) == set(fastcot.ops.OPS)
 
 
 def test_python_dash_m_info_text():

@@ -108,6 +108,9 @@ SPEC_MODULES = (
     "fastcot.ops._int4_configs",
     "fastcot.ops.kv_cache",
     "fastcot.ops.paged_attention",
+    "fastcot.ops.norm",
+    "fastcot.ops.rotary",
+    "fastcot.ops.activation",
 )
 
 

@@ -22,7 +22,8 @@ def test_shipped_configs_compile_without_spills():
     assert {"80", "90"} <= archs, proc.stdout + proc.stderr
     assert sum(1 for r in rows if r[0] == "int4_matmul") >= 20
     assert sum(1 for r in rows if r[0] == "splitk_reduce") >= 2
-    for family in ("int4_dequantize", "write_kv_cache", "paged_decode", "decode_merge", "paged_prefill"):
+    for family in ("int4_dequantize", "write_kv_cache", "paged_decode", "decode_merge", "paged_prefill",
+                   "rms_norm", "rotary", "silu_and_mul"):
         assert any(r[0] == family for r in rows), f"no {family} kernels in the report"
     spilling = [" ".join(r) for r in rows if r[-1] == "SPILLS"]
     assert not spilling, "register spills:\n" + "\n".join(spilling)
