@@ -6,6 +6,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import check_buffer
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BLOCK = 1024  # columns per program; the compiled code does not depend on I
@@ -48,28 +49,11 @@ def _validate(x, out):
     if out is None:
         out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     else:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
-        if tuple(out.shape) != out_shape:
-            raise ValueError(f"out must have shape {list(out_shape)}, got {list(out.shape)}")
-        if out.dtype != x.dtype:
-            raise TypeError(f"out must have x's dtype {x.dtype}, got {out.dtype}")
-        if out.device != x.device:
-            raise ValueError(f"out is on {out.device} but x is on {x.device}")
-        if not out.is_contiguous():
-            raise ValueError("out must be contiguous")
-        if _shares_memory(out, x):
-            raise ValueError("out must not share memory with x")
+        check_buffer("out", out, shape=out_shape, dtype=x.dtype, device=x.device, not_aliasing=(("x", x),))
     x2d = x.reshape(-1, 2 * i)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     return x2d, out.view(-1, i), out
-
-
-def _shares_memory(a, b) -> bool:
-    if torch.compiler.is_compiling():  # storages are not observable while tracing
-        return False
-    return a.numel() > 0 and b.numel() > 0 and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 @torch.library.custom_op("fastcot::silu_and_mul", mutates_args=("out",))

@@ -8,6 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import check_buffer
 from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, num_sms, triton_cdiv
 from fastcot.quant.int4 import Int4Weight
 
@@ -75,18 +76,7 @@ def _validate(x, weight, bias, out):
     if out is None:
         out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     else:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
-        if tuple(out.shape) != out_shape:
-            raise ValueError(f"out must have shape {list(out_shape)}, got {list(out.shape)}")
-        if out.dtype != x.dtype:
-            raise TypeError(f"out must have x's dtype {x.dtype}, got {out.dtype}")
-        if out.device != x.device:
-            raise ValueError(f"out is on {out.device} but x is on {x.device}")
-        if not out.is_contiguous():
-            raise ValueError("out must be contiguous")
-        if out.numel() and x.numel() and out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-            raise ValueError("out must not share memory with x")
+        check_buffer("out", out, shape=out_shape, dtype=x.dtype, device=x.device, not_aliasing=(("x", x),))
     x2d = x.reshape(-1, k)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()

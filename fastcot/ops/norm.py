@@ -8,6 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import check_buffer
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HIDDEN_SIZE = 65536  # one row lives in the registers of one program
@@ -56,25 +57,6 @@ def rms_norm(
     return result
 
 
-def _check_tensor(name, t, shape, dtype, device):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have x's shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != dtype:
-        raise TypeError(f"{name} must have x's dtype {dtype}, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but x is on {device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
-
-
-def _shares_memory(a, b) -> bool:
-    if torch.compiler.is_compiling():  # storages are not observable while tracing
-        return False
-    return a.numel() > 0 and b.numel() > 0 and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
 def _validate(x, weight, eps, residual, out):
     """Check every argument before any kernel runs; returns 2-D views of x, residual and out."""
     if not isinstance(x, torch.Tensor):
@@ -94,17 +76,14 @@ def _validate(x, weight, eps, residual, out):
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    like_x = dict(shape=x.shape, dtype=x.dtype, device=x.device, shape_text=f"x's shape {list(x.shape)}")
     if residual is not None:
-        _check_tensor("residual", residual, x.shape, x.dtype, x.device)
-        if _shares_memory(residual, x):
-            raise ValueError("residual must not share memory with x (it is updated in place)")
+        # It is updated in place, so it must not alias x.
+        check_buffer("residual", residual, **like_x, not_aliasing=(("x", x),))
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     else:
-        _check_tensor("out", out, x.shape, x.dtype, x.device)
-        for name, other in (("x", x), ("residual", residual)):
-            if other is not None and _shares_memory(out, other):
-                raise ValueError(f"out must not share memory with {name}")
+        check_buffer("out", out, **like_x, not_aliasing=(("x", x), ("residual", residual)))
     x2d = x.reshape(-1, h)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()

@@ -8,6 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import check_buffer
 from fastcot.ops._int4_configs import num_sms
 from fastcot.ops._paged_checks import (
     FLOAT_DTYPES,
@@ -56,7 +57,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale
     k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
     scale = _check_scale(scale, head_dim)
     check_block_tables(block_tables, seq_lens, batch, num_blocks, block_size, device)
-    out = _check_out(out, q.shape, q.dtype, device)
+    out = _check_out(out, q)
     q = q if q.stride(-1) == 1 else q.contiguous()
     if batch > 0:
         backend = _backend.resolve("paged_decode_attention", device)
@@ -108,7 +109,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq
         raise ValueError(f"max_query_len must be a non-negative int, got {max_query_len!r}")
     if batch > 0 and index_checks_enabled(device):
         _check_query_layout(cu_seqlens_q, seq_lens, tokens, max_query_len)
-    out = _check_out(out, q.shape, q.dtype, device)
+    out = _check_out(out, q)
     q = q if q.stride(-1) == 1 else q.contiguous()
     if tokens > 0 and batch > 0:
         backend = _backend.resolve("paged_prefill_attention", device)
@@ -127,14 +128,10 @@ def _check_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
-def _check_out(out, shape, dtype, device):
+def _check_out(out, q):
     if out is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    check_tensor("out", out, dtypes=(dtype,), device=device)
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"out must have shape {list(shape)}, got {list(out.shape)}")
-    if not out.is_contiguous():
-        raise ValueError("out must be contiguous")
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    check_buffer("out", out, shape=q.shape, dtype=q.dtype, device=q.device, of="q", not_aliasing=(("q", q),))
     return out
 
 

@@ -11,6 +11,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import check_buffer
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 POSITION_DTYPES = (torch.int32, torch.int64)
@@ -186,25 +187,6 @@ def _turns(inv_freq: torch.Tensor) -> torch.Tensor:
 # --- validation and the registered op ---------------------------------------------------------
 
 
-def _check_out(name, out, like, of):
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(out).__name__}")
-    if out.shape != like.shape:
-        raise ValueError(f"{name} must have {of}'s shape {list(like.shape)}, got {list(out.shape)}")
-    if out.dtype != like.dtype:
-        raise TypeError(f"{name} must have {of}'s dtype {like.dtype}, got {out.dtype}")
-    if out.device != like.device:
-        raise ValueError(f"{name} is on {out.device} but {of} is on {like.device}")
-    if not out.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
-
-
-def _shares_memory(a, b) -> bool:
-    if torch.compiler.is_compiling():  # storages are not observable while tracing
-        return False
-    return a.numel() > 0 and b.numel() > 0 and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
 def _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k):
     """Check every argument before any kernel runs; returns q and k with a unit last stride, and the outputs."""
     _config_key(head_dim, rope_theta, rope_scaling)
@@ -233,10 +215,11 @@ def _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k)
         if out is None:
             out = torch.empty(src.shape, dtype=src.dtype, device=src.device)
         else:
-            _check_out(name, out, src, src_name)
-            for other_name, other in (("q", q), ("k", k), *(("out_q", o) for o in outs)):
-                if _shares_memory(out, other):
-                    raise ValueError(f"{name} must not share memory with {other_name}")
+            check_buffer(
+                name, out, shape=src.shape, dtype=src.dtype, device=src.device, of=src_name,
+                shape_text=f"{src_name}'s shape {list(src.shape)}",
+                not_aliasing=(("q", q), ("k", k), *(("out_q", o) for o in outs)),
+            )
         outs.append(out)
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
