@@ -123,6 +123,15 @@ def collect_env(device: torch.device) -> dict:
     return env
 
 
+def pick_device(requested: str | None, *, smoke: bool) -> torch.device:
+    """The `--device` asked for, else the GPU unless a smoke run was asked for."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+
+
 def device_slug(env: dict) -> str:
     if env["device_type"] != "cuda":
         return "cpu"

@@ -394,17 +394,9 @@ def format_targets(targets: list[dict], base: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def pick_device(args) -> torch.device:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device")
-    if args.device:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = pick_device(args)
+    device = common.pick_device(args.device, smoke=args.smoke)
     tiny = device.type == "cpu" or args.smoke
     if device.type == "cpu":
         # At these sizes intra-op thread wake-ups on a shared machine (10-1000x jitter) would

@@ -613,14 +613,6 @@ def format_targets(targets: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def pick_device(args) -> torch.device:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device")
-    if args.device:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-
-
 def run_plan(args, tiny: bool) -> dict:
     defaults = CPU if tiny else (GPU | QUICK if args.quick else GPU)
     plan = {axis: getattr(args, axis) or list(defaults[axis]) for axis in ("batch", "context", "block_size")}
@@ -633,7 +625,7 @@ def run_plan(args, tiny: bool) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = pick_device(args)
+    device = common.pick_device(args.device, smoke=args.smoke)
     tiny = device.type == "cpu" or args.smoke
     if device.type == "cpu":
         torch.set_num_threads(1)  # shared-machine thread wake-ups would be all a tiny CPU table shows
