@@ -121,6 +121,21 @@ def test_decode_matches_reference(backend, dtype, q_heads, kv_heads, head_dim, b
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("block_size,head_dim", [(256, 256), (128, 96), (32, 80)])
+def test_decode_large_blocks_and_other_head_sizes(backend, block_size, head_dim, device):
+    dtype = DTYPES[-1]
+    seq_lens = [block_size + 3, 1]
+    num_blocks = 5
+    k_cache, v_cache = make_cache(num_blocks, block_size, 2, head_dim, dtype, device)
+    tables, lens = make_tables(seq_lens, block_size, num_blocks, device, spare_blocks=0)
+    q = torch.randn(2, 8, head_dim, device=device).to(dtype)
+    with fastcot.backend(backend):
+        out = fastcot.ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale=0.07)
+    expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, lens, 0.07, compute_dtype=torch.float64)
+    assert_close(out, expected, **tolerance(dtype, expected))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_fp8_cache(backend, device):
     dtype = DTYPES[-1]
     k_scale, v_scale = 0.02, 0.03
@@ -193,7 +208,7 @@ def test_decode_empty_batch(backend, device):
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("prefix", ["none", "cached"])
 def test_prefill_matches_reference(backend, dtype, q_heads, kv_heads, causal, prefix, device):
-    block_size, head_dim = 16, 64
+    block_size, head_dim = (16, 64) if prefix == "none" else (8, 128)
     q_lens = [70, 1, 0, 33]
     cached = [0, 0, 0, 0] if prefix == "none" else [19, 40, 5, 64]
     seq_lens = [a + b for a, b in zip(q_lens, cached)]
