@@ -1,0 +1,1 @@
+"""The generation engine: metadata, sampling, block management, scheduling, model running."""

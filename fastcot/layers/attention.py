@@ -1,0 +1,45 @@
+"""`PagedAttention`: write this step's keys and values to the cache, then attend."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fastcot import ops
+from fastcot.engine.metadata import AttentionMetadata
+
+
+class PagedAttention(nn.Module):
+    """Attention over a paged KV cache for one layer.
+
+    `forward(q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D], kv_cache, metadata) -> [T, Hq, D]`,
+    where `kv_cache` is this layer's `(k_cache, v_cache)` pair, each
+    `[num_blocks, block_size, Hkv, D]`. Float8 caches use `k_scale`/`v_scale`.
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None,
+                 k_scale: float = 1.0, v_scale: float = 1.0):
+        super().__init__()
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+        self.k_scale, self.v_scale = k_scale, v_scale
+
+    def forward(self, q, k, v, kv_cache: tuple[torch.Tensor, torch.Tensor], metadata: AttentionMetadata):
+        k_cache, v_cache = kv_cache
+        scales = dict(k_scale=self.k_scale, v_scale=self.v_scale)
+        ops.write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping, **scales)
+        if metadata.is_decode:
+            return ops.paged_decode_attention(
+                q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens, scale=self.scale, **scales
+            )
+        return ops.paged_prefill_attention(
+            q, k_cache, v_cache, metadata.block_tables, metadata.cu_seqlens_q, metadata.seq_lens,
+            scale=self.scale, max_query_len=metadata.max_query_len, **scales,
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"
