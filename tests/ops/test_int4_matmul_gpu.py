@@ -67,3 +67,17 @@ def test_torch_compile_fullgraph():
 
     ref = torch.nn.functional.silu(expected(x, w).float())
     assert_close(f(x), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_autotuner_picks_a_correct_configuration(monkeypatch):
+    from fastcot.ops import int4_matmul as module
+
+    monkeypatch.setenv("FASTCOT_AUTOTUNE", "1")
+    monkeypatch.setattr(module, "_autotuner", module.Autotuner())
+    w = fastcot.quantize_int4(torch.randn(3000, 4096, device="cuda", dtype=torch.float16) * 0.02, group_size=128)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
+    with fastcot.backend("triton"):
+        out = fastcot.ops.int4_matmul(x, w)
+    assert len(module._autotuner.best) == 1
+    ref = expected(x, w)
+    assert_close(out, ref, atol=1e-3 * max(1.0, ref.abs().max().item()), rtol=1e-3)
