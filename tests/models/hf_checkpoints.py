@@ -33,6 +33,7 @@ VARIANTS = {
     "llama3-rope": ("LlamaConfig", dict(rope_scaling=LLAMA3_SCALING, rope_theta=500000.0), None),
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True), "60KB"),
     "mistral": ("MistralConfig", dict(sliding_window=None, rope_theta=1000000.0), None),
+    "llama-biases": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True), None),
 }
 
 
@@ -49,7 +50,14 @@ def make_hf_model(config_class: str, **fields) -> torch.nn.Module:
     model_class = {"LlamaConfig": "LlamaForCausalLM", "Qwen2Config": "Qwen2ForCausalLM",
                    "MistralConfig": "MistralForCausalLM"}[config_class]
     torch.manual_seed(1234)
-    return getattr(transformers, model_class)(config).float().eval()
+    model = getattr(transformers, model_class)(config).float().eval()
+    with torch.no_grad():  # transformers initializes biases and norm weights to constants: randomize
+        for name, param in model.named_parameters():  # them so a misplaced one cannot go unnoticed
+            if name.endswith(".bias"):
+                param.normal_(0.0, INIT_RANGE)
+            elif name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+    return model
 
 
 def save_checkpoint(model, path: Path, max_shard_size=None) -> Path:

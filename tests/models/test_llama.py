@@ -37,6 +37,7 @@ def test_variants_cover_the_model_features(hf_checkpoints):
     assert configs["llama3-rope"].rope_scaling["rope_type"] == "llama3"
     assert configs["qwen2"].qkv_bias and not configs["qwen2"].o_proj_bias
     assert configs["mistral"].architecture == "MistralForCausalLM"
+    assert configs["llama-biases"].o_proj_bias and configs["llama-biases"].mlp_bias
 
 
 def test_tied_model_has_no_lm_head(hf_checkpoints):
