@@ -1,0 +1,281 @@
+"""`fastcot.LLM`: the vLLM-shaped entry point (load a model, generate, chat)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+
+import torch
+
+from fastcot.engine.block_manager import BlockManager
+from fastcot.engine.detokenizer import IncrementalDetokenizer
+from fastcot.engine.model_runner import ModelRunner
+from fastcot.engine.sampling import SamplingParams, request_key
+from fastcot.engine.scheduler import Scheduler
+from fastcot.engine.sequence import CompletionOutput, RequestMetrics, RequestOutput, Sequence, Status
+
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class LLM:
+    """Load a Llama-family model and generate with continuous batching over a paged KV cache.
+
+    Args:
+        model: a local Hugging Face directory (config.json, *.safetensors, tokenizer) or a
+            built-in preset with random weights (`tiny-random`, `llama-3.1-8b-random`, ...).
+        quantization: None (as the checkpoint is, GPTQ/AWQ included) or "int4" (quantize on load).
+        dtype: "auto", "float16", "bfloat16" or "float32".
+        kv_cache_dtype: "auto" (the model's dtype) or "fp8" (float8 e4m3, scale 1).
+        device: defaults to CUDA when available.
+        max_model_len: longest prompt + output; defaults to the model's limit.
+        max_num_seqs: most sequences running at once.
+        block_size: tokens per KV-cache block.
+        num_kv_blocks: KV-cache size in blocks; by default 90% of free GPU memory, or on CPU
+            enough for 8 sequences of max_model_len (at most 4096 blocks).
+        enforce_eager: accepted for compatibility; decode steps are always eager for now.
+        seed: seeds the noise of unseeded sampling and random preset weights.
+
+    Example::
+
+        llm = fastcot.LLM("tiny-random")
+        out = llm.generate(["Hello"], fastcot.SamplingParams(temperature=0, max_tokens=8))
+        print(out[0].outputs[0].text)
+    """
+
+    def __init__(self, model: str, *, quantization=None, dtype="auto", kv_cache_dtype="auto", device=None,
+                 max_model_len=None, max_num_seqs=256, block_size=16, num_kv_blocks=None, enforce_eager=False,
+                 seed=0, max_num_batched_tokens=8192):
+        from fastcot.models import load_config, load_model, load_tokenizer, resolve_device
+
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+        for name, value in (("max_num_seqs", max_num_seqs), ("block_size", block_size),
+                            ("max_num_batched_tokens", max_num_batched_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        config = load_config(model)
+        limit = config.max_position_embeddings
+        if config.sliding_window:
+            limit = min(limit, config.sliding_window)  # attention here never slides
+        if max_model_len is None:
+            max_model_len = limit
+        elif not isinstance(max_model_len, int) or not 1 <= max_model_len <= limit:
+            raise ValueError(f"max_model_len must be an int in [1, {limit}] for this model, got {max_model_len!r}")
+        self.device = resolve_device(device)
+        self.model = load_model(model, dtype=dtype, device=self.device, quantization=quantization, seed=seed)
+        self.tokenizer = load_tokenizer(model)
+        self.config = config
+        self.max_model_len = max_model_len
+        self.enforce_eager = enforce_eager
+        kv_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or self.model.lm_head_weight.dtype
+        if num_kv_blocks is None:
+            num_kv_blocks = self._default_num_blocks(block_size, kv_dtype)
+        self.block_manager = BlockManager(num_kv_blocks, block_size)
+        self.runner = ModelRunner(self.model, num_blocks=num_kv_blocks, block_size=block_size,
+                                  kv_cache_dtype=kv_dtype, device=self.device)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
+                                   max_num_batched_tokens=max_num_batched_tokens)
+        self._rng = random.Random(seed)
+        self._request_counter = 0
+
+    def _default_num_blocks(self, block_size: int, kv_dtype: torch.dtype) -> int:
+        per_block = self.config.kv_cache_bytes_per_block(block_size, kv_dtype)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(1, int(free * 0.9) // per_block)
+        return min(4096, 8 * -(-self.max_model_len // block_size))
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("a prompt must not be empty")
+            ids = self.tokenizer.encode(prompt)
+            text = prompt
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids, text = list(prompt), None
+        else:
+            raise TypeError(f"a prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            raise ValueError("a prompt must not be empty")
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}")
+        return text, ids
+
+    def _add_request(self, prompt, params: SamplingParams) -> tuple[str, str | None, list[int], list[Sequence]]:
+        text, ids = self._prompt_ids(prompt)
+        request_id = str(self._request_counter)
+        self._request_counter += 1
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        seqs = [Sequence(request_id, i, ids, params, request_key(seed, i)) for i in range(params.n)]
+        return request_id, text, ids, seqs
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate for each prompt (a string, a list of token ids, or a list of either).
+
+        `sampling_params` is one `SamplingParams` for all prompts or one per prompt.
+        Returns one `RequestOutput` per prompt, in order.
+        """
+        outputs = {}
+        for out in self._run(prompts, sampling_params, use_tqdm=use_tqdm, stream=False):
+            outputs[out.request_id] = out
+        return list(outputs.values())
+
+    def generate_stream(self, prompts, sampling_params=None) -> Iterator[tuple[str, int, str]]:
+        """Yield `(request_id, sample_index, text_delta)` as tokens are generated."""
+        yield from self._run(prompts, sampling_params, use_tqdm=False, stream=True)
+
+    def _normalize(self, prompts, sampling_params):
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts")
+        for p in params:
+            if not isinstance(p, SamplingParams):
+                raise TypeError(f"sampling_params must be SamplingParams, got {type(p).__name__}")
+        return prompts, params
+
+    def _run(self, prompts, sampling_params, *, use_tqdm: bool, stream: bool):
+        prompts, params = self._normalize(prompts, sampling_params)
+        requests = [self._add_request(p, sp) for p, sp in zip(prompts, params)]  # validate all first
+        stops = {}
+        for request_id, _, _, seqs in requests:
+            # The first sample is prefilled; the others fork from it afterwards and share its blocks.
+            self.scheduler.add(seqs[0])
+            for seq in seqs:
+                stops[seq.seq_id] = _Stopper(seq, self.tokenizer, self.config.eos_token_ids, self.max_model_len)
+        pending_forks = {rid: seqs[1:] for rid, _, _, seqs in requests if len(seqs) > 1}
+        bar = _progress(len(requests), use_tqdm)
+        finished_requests = set()
+
+        def done(seq: Sequence):
+            request = next(r for r in requests if r[0] == seq.request_id)
+            if all(s.status == Status.FINISHED for s in request[3]) and seq.request_id not in pending_forks:
+                finished_requests.add(seq.request_id)
+                if bar is not None:
+                    bar.update(1)
+
+        while self.scheduler.has_unfinished():
+            batch, failed = self.scheduler.schedule()
+            for seq in failed:
+                for other in [seq, *pending_forks.pop(seq.request_id, [])]:
+                    other.finish("error", seq.stop_reason)
+                done(seq)
+            if batch is None:
+                continue
+            rows, row_index = [], []
+            for i, seq in enumerate(batch.seqs):
+                rows.append(seq)
+                row_index.append(i)
+                if batch.is_prefill and seq.request_id in pending_forks and seq.num_output == 0:
+                    rows.extend(pending_forks[seq.request_id])
+                    row_index.extend([i] * len(pending_forks[seq.request_id]))
+            token_ids = self.runner.step(batch, rows, row_index)
+            now = time.perf_counter()
+            if batch.is_prefill:
+                for seq in batch.seqs:
+                    self.block_manager.cache_computed(seq, len(seq))
+                    seq.num_computed = len(seq)
+                    for child in pending_forks.pop(seq.request_id, []) if seq.num_output == 0 else []:
+                        child.token_ids = list(seq.token_ids)
+                        self.block_manager.fork(seq, child)
+                        child.num_computed = len(child)
+                        child.status = Status.RUNNING
+                        self.scheduler.running.append(child)
+            else:
+                for seq in batch.seqs:
+                    seq.num_computed = len(seq)
+            for seq, token in zip(rows, token_ids):
+                seq.token_ids.append(token)
+                seq.first_token_time = seq.first_token_time or now
+                delta = stops[seq.seq_id].observe(token)
+                if stream and delta:
+                    yield seq.request_id, seq.index, delta
+                if seq.status == Status.FINISHED:
+                    self.scheduler.finish(seq)
+                    done(seq)
+        if bar is not None:
+            bar.close()
+        if not stream:
+            for request_id, text, ids, seqs in requests:
+                yield _request_output(request_id, text, ids, seqs)
+
+    def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Apply the model's chat template to `messages` (a list of `{"role", "content"}` dicts, or
+        a list of such conversations), then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [
+            self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True) for conv in conversations
+        ]
+        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+
+class _Stopper:
+    """Per-sequence stop checks and incremental text, constant work per token."""
+
+    def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int):
+        self.seq = seq
+        self.params = seq.params
+        self.eos = set() if seq.params.ignore_eos else set(eos_token_ids)
+        self.stop_ids = set(seq.params.stop_token_ids or [])
+        self.stop_strings = list(seq.params.stop or [])
+        self.longest_stop = max(map(len, self.stop_strings), default=0)
+        self.max_model_len = max_model_len
+        self.detok = IncrementalDetokenizer(tokenizer)
+
+    def observe(self, token: int) -> str:
+        """Account for a newly sampled token; returns the text it adds. Finishes the sequence
+        when a stop condition holds (the stop token or string is not part of the text)."""
+        seq, p = self.seq, self.params
+        n = seq.num_output
+        if n >= p.min_tokens and (token in self.eos or token in self.stop_ids):
+            seq.finish("stop", token)
+            return ""
+        delta = self.detok.add(token)
+        if self.stop_strings and n >= p.min_tokens and delta:
+            window_start = max(0, len(seq.text) - self.longest_stop)
+            text = seq.text + delta
+            for stop in self.stop_strings:
+                at = text.find(stop, window_start)
+                if at != -1:
+                    delta = text[len(seq.text):at] if at >= len(seq.text) else ""
+                    seq.text = text[:at]
+                    seq.finish("stop", stop)
+                    return delta
+        seq.text += delta
+        if n >= p.max_tokens or len(seq) >= self.max_model_len:
+            seq.finish("length")
+        return delta
+
+
+def _request_output(request_id, text, ids, seqs) -> RequestOutput:
+    first = min((s.first_token_time for s in seqs if s.first_token_time), default=None)
+    last = max((s.finish_time for s in seqs if s.finish_time), default=None)
+    arrival = seqs[0].arrival_time
+    decoded = sum(max(0, s.num_output - 1) for s in seqs)
+    rate = decoded / (last - first) if first and last and last > first else None
+    metrics = RequestMetrics(arrival, first, last, None if first is None else first - arrival, rate)
+    outputs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason) for s in seqs]
+    return RequestOutput(request_id, text, list(ids), outputs, metrics)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="generating", unit="req")

@@ -1,0 +1,99 @@
+"""Turns a scheduled batch into model inputs and attention metadata, runs it, and samples.
+
+Eager for now: CUDA-graph capture of decode steps is the next step (the metadata already has
+fixed shapes per batch size apart from the block-table width).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from fastcot.engine.metadata import AttentionMetadata
+from fastcot.engine.sampling import Sampler, SamplingTensors, presence_mask
+from fastcot.engine.scheduler import Batch
+from fastcot.engine.sequence import Sequence
+
+
+class ModelRunner:
+    """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps."""
+
+    def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device):
+        config = model.config
+        self.model = model
+        self.config = config
+        self.block_size = block_size
+        self.device = device
+        shape = config.kv_cache_shape(num_blocks, block_size)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=kv_cache_dtype, device=device), torch.zeros(shape, dtype=kv_cache_dtype, device=device))
+            for _ in range(config.num_hidden_layers)
+        ]
+        self.sampler = Sampler()
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
+        bs, table = self.block_size, seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def _tensor(self, values, dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=self.device)
+
+    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+        width = max(len(s.block_table) for s in seqs)
+        return self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs], torch.int32)
+
+    def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        seqs = batch.seqs
+        if batch.is_prefill:
+            spans = [(s.num_computed, len(s)) for s in seqs]
+            ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
+            positions = [p for a, b in spans for p in range(a, b)]
+            slots = [x for s, (a, b) in zip(seqs, spans) for x in self._slots(s, a, b)]
+            q_lens = [b - a for a, b in spans]
+            metadata = AttentionMetadata(
+                slot_mapping=self._tensor(slots, torch.int32),
+                block_tables=self._block_tables(seqs),
+                seq_lens=self._tensor([len(s) for s in seqs], torch.int32),
+                cu_seqlens_q=self._tensor([0, *itertools.accumulate(q_lens)], torch.int32),
+                max_query_len=max(q_lens),
+            )
+        else:
+            ids = [s.token_ids[-1] for s in seqs]
+            positions = [len(s) - 1 for s in seqs]
+            metadata = AttentionMetadata(
+                slot_mapping=self._tensor([self._slots(s, len(s) - 1, len(s))[0] for s in seqs], torch.int32),
+                block_tables=self._block_tables(seqs),
+                seq_lens=self._tensor([len(s) for s in seqs], torch.int32),
+            )
+        return self._tensor(ids, torch.int64), self._tensor(positions, torch.int64), metadata
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        if not pairs:
+            return
+        src = self._tensor([s for s, _ in pairs], torch.int64)
+        dst = self._tensor([d for _, d in pairs], torch.int64)
+        for k_cache, v_cache in self.kv_caches:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]
+
+    @torch.inference_mode()
+    def step(self, batch: Batch, rows: list[Sequence], row_index: list[int]) -> list[int]:
+        """Run the batch and sample one token for each of `rows`, from the logits of batch
+        sequence `row_index[i]` (the n samples of a request all draw from its one prefill)."""
+        self.copy_blocks(batch.block_copies)
+        input_ids, positions, metadata = self.prepare(batch)
+        hidden = self.model(input_ids, positions, self.kv_caches, metadata)
+        if batch.is_prefill:
+            hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
+        logits = self.model.compute_logits(hidden)
+        if row_index != list(range(len(batch.seqs))):
+            logits = logits[self._tensor(row_index, torch.int64)]
+        tensors = SamplingTensors.from_params(
+            [s.params for s in rows], output_lens=[s.num_output for s in rows], keys=[s.noise_key for s in rows],
+            eos_token_ids=self.config.eos_token_ids, device=self.device,
+        )
+        presence = None
+        if tensors.do_penalty:
+            presence = presence_mask([s.token_ids for s in rows], logits.shape[1], self.device)
+        return self.sampler(logits, tensors, presence).tolist()

@@ -1,0 +1,94 @@
+"""A sequence being generated, and the request outputs handed back to callers."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from fastcot.engine.sampling import SamplingParams
+
+_ids = itertools.count()
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """One sample of one request: its token ids (prompt + output), blocks and state.
+
+    Satisfies the block manager's protocol (`seq_id`, `token_ids`, `block_table`).
+    `num_computed` counts the tokens whose keys and values are in the cache.
+    """
+
+    def __init__(self, request_id: str, index: int, prompt_token_ids: list[int], params: SamplingParams, noise_key: int):
+        self.seq_id = next(_ids)
+        self.request_id = request_id
+        self.index = index
+        self.prompt_len = len(prompt_token_ids)
+        self.token_ids = list(prompt_token_ids)
+        self.block_table: list[int] = []
+        self.params = params
+        self.noise_key = noise_key
+        self.num_computed = 0
+        self.status = Status.WAITING
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.text = ""
+        self.arrival_time = time.perf_counter()
+        self.first_token_time: float | None = None
+        self.finish_time: float | None = None
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def num_output(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def finish(self, reason: str, stop_reason=None) -> None:
+        self.status = Status.FINISHED
+        self.finish_reason = reason
+        self.stop_reason = stop_reason
+        self.finish_time = time.perf_counter()
+
+
+@dataclass
+class RequestMetrics:
+    """Timings of one request, in seconds (perf_counter)."""
+
+    arrival_time: float
+    first_token_time: float | None
+    finish_time: float | None
+    time_to_first_token: float | None
+    decode_tokens_per_s: float | None
+
+
+@dataclass
+class CompletionOutput:
+    """One sample: its generated token ids and text, and why it stopped ("stop", "length",
+    or "error" with the message in `stop_reason`)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+    metrics: RequestMetrics | None = None
+    finished: bool = True

@@ -1,0 +1,147 @@
+"""`fastcot.LLM` end to end on CPU: greedy equals transformers, preemption and prefix caching
+change nothing, sampling and stop rules behave, bad requests fail alone."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastcot
+import fastcot.models
+from fastcot import LLM, SamplingParams
+
+pytest.importorskip("transformers")
+
+
+def _hf_checkpoints():
+    if "hf_checkpoints" in sys.modules:
+        return sys.modules["hf_checkpoints"]
+    path = Path(__file__).resolve().parents[1] / "models" / "hf_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("hf_checkpoints", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hf_checkpoints"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+hf = _hf_checkpoints()
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = hf.make_hf_model("LlamaConfig", tie_word_embeddings=False)
+    path = hf.save_checkpoint(model, tmp_path_factory.mktemp("llama"))
+    # Prompts here are token ids; the byte-level preset tokenizer only turns outputs into text.
+    fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randint(3, 256, (n,), generator=gen).tolist() for n in (5, 16, 37, 1, 22)]
+
+
+def generate_ids(llm, prompts, params=GREEDY):
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def test_greedy_matches_transformers(checkpoint, prompts):
+    path, hf_model = checkpoint
+    llm = LLM(str(path), device="cpu", num_kv_blocks=64)
+    expected, _ = hf.hf_greedy(hf_model, prompts, 10)
+    assert generate_ids(llm, prompts) == expected
+
+
+def test_preemption_and_prefix_cache_change_nothing(checkpoint, prompts):
+    path, _ = checkpoint
+    roomy = generate_ids(LLM(str(path), device="cpu", num_kv_blocks=64), prompts)
+    # 6 blocks of 16: the admitted sequences outgrow the cache and the newest get preempted.
+    tight = LLM(str(path), device="cpu", num_kv_blocks=6)
+    assert generate_ids(tight, prompts) == roomy
+    assert tight.scheduler.num_preemptions > 0
+    # The same prompts again hit the prefix cache.
+    again = LLM(str(path), device="cpu", num_kv_blocks=64)
+    first = generate_ids(again, prompts)
+    free_before = again.block_manager.num_free_blocks
+    assert generate_ids(again, prompts) == first == roomy
+    assert again.block_manager.num_free_blocks == free_before  # everything released
+
+
+def test_request_that_can_never_fit_fails_alone(checkpoint, prompts):
+    path, _ = checkpoint
+    llm = LLM(str(path), device="cpu", num_kv_blocks=3)  # 48 tokens at most
+    outs = llm.generate([prompts[2] + prompts[1], prompts[0]], GREEDY, use_tqdm=False)
+    assert outs[0].outputs[0].finish_reason == "error" and "KV blocks" in outs[0].outputs[0].stop_reason
+    assert outs[1].outputs[0].finish_reason == "length" and len(outs[1].outputs[0].token_ids) == 10
+
+
+def test_n_samples_share_the_prompt_and_are_reproducible(checkpoint, prompts):
+    path, _ = checkpoint
+    llm = LLM(str(path), device="cpu", num_kv_blocks=64)
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=11, ignore_eos=True)
+    first = [c.token_ids for c in llm.generate(prompts[2], params, use_tqdm=False)[0].outputs]
+    # Seeded samples do not depend on what else is in the batch.
+    mixed = llm.generate([prompts[0], prompts[2]], [GREEDY, params], use_tqdm=False)
+    assert [c.token_ids for c in mixed[1].outputs] == first
+    assert len({tuple(t) for t in first}) > 1  # the samples differ from each other
+    greedy_n = SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True)
+    outs = llm.generate(prompts[2], greedy_n, use_tqdm=False)[0].outputs
+    assert outs[0].token_ids == outs[1].token_ids == outs[2].token_ids
+
+
+def test_stop_rules(checkpoint, prompts):
+    path, _ = checkpoint
+    llm = LLM(str(path), device="cpu", num_kv_blocks=64)
+    free = generate_ids(llm, [prompts[1]])[0]
+    stop_id = free[4]
+    out = llm.generate(prompts[1], SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[stop_id]),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop_id
+    assert out.token_ids == free[: free.index(stop_id) + 1]
+    out = llm.generate(prompts[1], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason in ("length", "stop") and len(out.token_ids) <= 3
+
+
+def test_stop_strings_and_streaming_on_tiny_random():
+    llm = LLM("tiny-random", device="cpu", num_kv_blocks=64)
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    full = llm.generate("Hello", params, use_tqdm=False)[0].outputs[0]
+    deltas = "".join(d for _, _, d in llm.generate_stream("Hello", params))
+    assert deltas == full.text
+    if len(full.text) >= 4:
+        stop = full.text[2:4]
+        cut = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop]),
+                           use_tqdm=False)[0].outputs[0]
+        assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+
+
+def test_chat_applies_the_template():
+    llm = LLM("tiny-random", device="cpu", num_kv_blocks=64)
+    out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    assert len(out) == 1 and out[0].prompt_token_ids and out[0].outputs[0].token_ids
+
+
+def test_bad_requests():
+    llm = LLM("tiny-random", device="cpu", num_kv_blocks=16, max_model_len=64)
+    with pytest.raises(ValueError, match="must not be empty"):
+        llm.generate([""], use_tqdm=False)
+    with pytest.raises(ValueError, match="max_model_len is 64"):
+        llm.generate([[5] * 64], use_tqdm=False)
+    with pytest.raises(TypeError, match="a prompt must be a str or a list of token ids"):
+        llm.generate([3.5], use_tqdm=False)
+    with pytest.raises(ValueError, match="got 2 sampling_params for 1 prompts"):
+        llm.generate(["a"], [SamplingParams(), SamplingParams()], use_tqdm=False)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        LLM("tiny-random", device="cpu", kv_cache_dtype="int8")
+    with pytest.raises(ValueError, match="max_model_len"):
+        LLM("tiny-random", device="cpu", max_model_len=10**9)
+
+
+def test_exports():
+    assert fastcot.LLM is LLM and fastcot.SamplingParams is SamplingParams
