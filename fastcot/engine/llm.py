@@ -48,13 +48,38 @@ class LLM:
                  seed=0, max_num_batched_tokens=8192):
         from fastcot.models import load_config, load_model, load_tokenizer, resolve_device
 
+        if kv_cache_dtype not in KV_CACHE_DTYPES:  # fail before loading the weights
+            raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+        config = load_config(model)
+        device = resolve_device(device)
+        self._setup(
+            load_model(model, dtype=dtype, device=device, quantization=quantization, seed=seed), load_tokenizer(model),
+            config=config, device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs, block_size=block_size, num_kv_blocks=num_kv_blocks,
+            enforce_eager=enforce_eager, seed=seed, max_num_batched_tokens=max_num_batched_tokens,
+        )
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, device, kv_cache_dtype="auto", max_model_len=None, max_num_seqs=256,
+                   block_size=16, num_kv_blocks=None, enforce_eager=False, seed=0, max_num_batched_tokens=8192):
+        """An engine around an already built model (anything with `config`, `lm_head_weight`,
+        `__call__(input_ids, positions, kv_caches, metadata)` and `compute_logits`), e.g. a
+        stub for measuring host overhead."""
+        llm = cls.__new__(cls)
+        llm._setup(model, tokenizer, config=model.config, device=torch.device(device), kv_cache_dtype=kv_cache_dtype,
+                   max_model_len=max_model_len, max_num_seqs=max_num_seqs, block_size=block_size,
+                   num_kv_blocks=num_kv_blocks, enforce_eager=enforce_eager, seed=seed,
+                   max_num_batched_tokens=max_num_batched_tokens)
+        return llm
+
+    def _setup(self, model, tokenizer, *, config, device, kv_cache_dtype, max_model_len, max_num_seqs, block_size,
+               num_kv_blocks, enforce_eager, seed, max_num_batched_tokens):
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
         for name, value in (("max_num_seqs", max_num_seqs), ("block_size", block_size),
                             ("max_num_batched_tokens", max_num_batched_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        config = load_config(model)
         limit = config.max_position_embeddings
         if config.sliding_window:
             limit = min(limit, config.sliding_window)  # attention here never slides
@@ -62,9 +87,9 @@ class LLM:
             max_model_len = limit
         elif not isinstance(max_model_len, int) or not 1 <= max_model_len <= limit:
             raise ValueError(f"max_model_len must be an int in [1, {limit}] for this model, got {max_model_len!r}")
-        self.device = resolve_device(device)
-        self.model = load_model(model, dtype=dtype, device=self.device, quantization=quantization, seed=seed)
-        self.tokenizer = load_tokenizer(model)
+        self.device = device
+        self.model = model
+        self.tokenizer = tokenizer
         self.config = config
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
@@ -73,7 +98,8 @@ class LLM:
             num_kv_blocks = self._default_num_blocks(block_size, kv_dtype)
         self.block_manager = BlockManager(num_kv_blocks, block_size)
         self.runner = ModelRunner(self.model, num_blocks=num_kv_blocks, block_size=block_size,
-                                  kv_cache_dtype=kv_dtype, device=self.device)
+                                  kv_cache_dtype=kv_dtype, device=self.device,
+                                  max_blocks_per_seq=-(-max_model_len // block_size))
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens)
         self._rng = random.Random(seed)
@@ -204,6 +230,7 @@ class LLM:
                     yield seq.request_id, seq.index, delta
                 if seq.status == Status.FINISHED:
                     self.scheduler.finish(seq)
+                    self.runner.release(seq)
                     done(seq)
         if bar is not None:
             bar.close()

@@ -19,7 +19,8 @@ from fastcot.engine.sequence import Sequence
 class ModelRunner:
     """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps."""
 
-    def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device):
+    def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device,
+                 max_blocks_per_seq: int):
         config = model.config
         self.model = model
         self.config = config
@@ -31,6 +32,35 @@ class ModelRunner:
             for _ in range(config.num_hidden_layers)
         ]
         self.sampler = Sampler()
+        # Block tables live on the device, one row per live sequence, updated by the entries
+        # that changed: a decode step's host work stays flat however long the sequences grow.
+        self.max_blocks_per_seq = max_blocks_per_seq
+        self.tables = torch.zeros((16, max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.rows: dict[int, tuple[int, int]] = {}  # seq_id -> (row, entries synced)
+        self.free_rows = list(range(15, -1, -1))
+
+    def release(self, seq: Sequence) -> None:
+        """Forget a finished sequence's block-table row."""
+        entry = self.rows.pop(seq.seq_id, None)
+        if entry is not None:
+            self.free_rows.append(entry[0])
+
+    def _row(self, seq: Sequence, rewrite: bool) -> int:
+        entry = self.rows.get(seq.seq_id)
+        if entry is None:
+            if not self.free_rows:
+                grown = self.tables.shape[0]
+                self.tables = torch.cat([self.tables, torch.zeros_like(self.tables)])
+                self.free_rows = list(range(2 * grown - 1, grown - 1, -1))
+            entry = (self.free_rows.pop(), 0)
+            rewrite = True
+        row, synced = entry
+        table = seq.block_table
+        start = 0 if rewrite else synced
+        if len(table) > start:
+            self.tables[row, start:len(table)] = self._tensor(table[start:], torch.int32)
+        self.rows[seq.seq_id] = (row, len(table))
+        return row
 
     def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
         bs, table = self.block_size, seq.block_table
@@ -39,9 +69,13 @@ class ModelRunner:
     def _tensor(self, values, dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
-    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
-        width = max(len(s.block_table) for s in seqs)
-        return self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs], torch.int32)
+    def _block_tables(self, batch: Batch) -> torch.Tensor:
+        # A prefill (re)allocates, copy-on-write replaces a last block: rewrite those rows;
+        # otherwise tables only grow at the end.
+        rewrite = batch.is_prefill or bool(batch.block_copies)
+        rows = [self._row(s, rewrite) for s in batch.seqs]
+        width = max(len(s.block_table) for s in batch.seqs)
+        return self.tables[self._tensor(rows, torch.int64), :width]
 
     def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         seqs = batch.seqs
@@ -53,7 +87,7 @@ class ModelRunner:
             q_lens = [b - a for a, b in spans]
             metadata = AttentionMetadata(
                 slot_mapping=self._tensor(slots, torch.int32),
-                block_tables=self._block_tables(seqs),
+                block_tables=self._block_tables(batch),
                 seq_lens=self._tensor([len(s) for s in seqs], torch.int32),
                 cu_seqlens_q=self._tensor([0, *itertools.accumulate(q_lens)], torch.int32),
                 max_query_len=max(q_lens),
@@ -63,7 +97,7 @@ class ModelRunner:
             positions = [len(s) - 1 for s in seqs]
             metadata = AttentionMetadata(
                 slot_mapping=self._tensor([self._slots(s, len(s) - 1, len(s))[0] for s in seqs], torch.int32),
-                block_tables=self._block_tables(seqs),
+                block_tables=self._block_tables(batch),
                 seq_lens=self._tensor([len(s) for s in seqs], torch.int32),
             )
         return self._tensor(ids, torch.int64), self._tensor(positions, torch.int64), metadata
