@@ -1,5 +1,5 @@
 # fastcot — the two commands a fresh machine needs:
-#   make demo   the main job (for now the kernel microbenchmarks on whatever device is here)
+#   make demo   the main job: generation on the tiny-random preset, then the kernel microbenchmarks
 #   make test   install what the tests need, then run them
 # On a GPU machine with its own torch/triton and no network: make gpu-check OUT_DIR=...
 
@@ -25,6 +25,7 @@ install-dev:
 
 demo: install
 	$(PYTHON) -m fastcot info
+	$(PYTHON) -m fastcot generate --model tiny-random --prompt "Think step by step:" --max-tokens 48 --ignore-eos
 	$(PYTHON) benchmarks/bench_int4_matmul.py
 	$(PYTHON) benchmarks/bench_paged_attention.py
 

@@ -1,4 +1,4 @@
-"""Command line: `fastcot info` (also `python -m fastcot info`)."""
+"""Command line: `fastcot info | generate | chat` (also `python -m fastcot ...`)."""
 
 from __future__ import annotations
 
@@ -75,19 +75,81 @@ def _print_info(info: dict) -> None:
             print(f"{key:<{width}}  {value}")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny-random", help="a local Hugging Face directory or a preset (default tiny-random)")
+    p.add_argument("--quantization", choices=["int4", "gptq", "awq"], default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "float16", "bfloat16"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true")
+
+
+def _engine(args):
+    import fastcot
+
+    llm = fastcot.LLM(args.model, quantization=args.quantization, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+                      device=args.device, max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks)
+    params = fastcot.SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                    max_tokens=args.max_tokens, seed=args.seed, ignore_eos=args.ignore_eos)
+    return llm, params
+
+
+def _generate(args) -> int:
+    llm, params = _engine(args)
+    for _, _, delta in llm.generate_stream(args.prompt, params):
+        print(delta, end="", flush=True)
+    print()
+    return 0
+
+
+def _chat(args) -> int:
+    llm, params = _engine(args)
+    messages = []
+    print("fastcot chat: an empty line ends the conversation.", file=sys.stderr)
+    for line in sys.stdin:
+        line = line.rstrip("\n")
+        if not line:
+            break
+        messages.append({"role": "user", "content": line})
+        prompt = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = list(prompt["input_ids"]) if hasattr(prompt, "keys") else list(prompt)
+        reply = []
+        for _, _, delta in llm.generate_stream(prompt, params):
+            reply.append(delta)
+            print(delta, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastcot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, device, CUDA extension status, op backends")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    gen = sub.add_parser("generate", help="generate from a prompt, streaming to the terminal")
+    gen.add_argument("--prompt", required=True)
+    _add_engine_args(gen)
+    chat = sub.add_parser("chat", help="chat on stdin/stdout with the model's chat template")
+    _add_engine_args(chat)
     args = parser.parse_args(argv)
 
-    if args.command == "info":
-        data = collect_info()
-        if args.json:
-            print(json.dumps(data, indent=2, default=str))
-        else:
-            _print_info(data)
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "chat":
+        return _chat(args)
+    data = collect_info()
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        _print_info(data)
     return 0
 
 

@@ -33,3 +33,21 @@ def test_info_reports_unusable_backend(capsys, monkeypatch):
     info = json.loads(capsys.readouterr().out)
     if info["device"].startswith("cpu"):
         assert info["backends"]["int4_matmul"].startswith("error:")
+
+
+def test_generate_streams_text():
+    out = subprocess.run(
+        [sys.executable, "-m", "fastcot", "generate", "--prompt", "Once upon a time", "--max-tokens", "12",
+         "--ignore-eos", "--device", "cpu"],
+        capture_output=True, text=True, check=True, timeout=180,
+    ).stdout
+    assert len(out.strip("\n")) > 0
+
+
+def test_chat_reads_turns_until_an_empty_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastcot", "chat", "--max-tokens", "4", "--device", "cpu", "--ignore-eos"],
+        input="hello\nand again\n\n", capture_output=True, text=True, check=True, timeout=180,
+    )
+    assert "empty line ends" in proc.stderr
+    assert proc.stdout.count("\n") >= 2  # one reply per turn
