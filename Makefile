@@ -17,7 +17,7 @@ OUT_DIR ?= gpu-report
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
-	$(PIP) install -e .
+	$(PIP) install -e ".[models]"
 
 install-dev:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
