@@ -201,7 +201,9 @@ class LLM:
             if batch is None:
                 continue
             rows, row_index = [], []
-            for i, seq in enumerate(batch.seqs):
+            for i, (seq, end) in enumerate(zip(batch.seqs, batch.chunk_ends)):
+                if end < len(seq):
+                    continue  # a prefill chunk short of the sequence's end: nothing to sample yet
                 rows.append(seq)
                 row_index.append(i)
                 if batch.is_prefill and seq.request_id in pending_forks and seq.num_output == 0:
@@ -209,19 +211,17 @@ class LLM:
                     row_index.extend([i] * len(pending_forks[seq.request_id]))
             token_ids = self.runner.step(batch, rows, row_index)
             now = time.perf_counter()
-            if batch.is_prefill:
-                for seq in batch.seqs:
-                    self.block_manager.cache_computed(seq, len(seq))
-                    seq.num_computed = len(seq)
-                    for child in pending_forks.pop(seq.request_id, []) if seq.num_output == 0 else []:
+            for seq, end in zip(batch.seqs, batch.chunk_ends):
+                seq.num_computed = end
+                if batch.is_prefill:
+                    self.block_manager.cache_computed(seq, end)
+                if end == len(seq) and seq.num_output == 0:
+                    for child in pending_forks.pop(seq.request_id, []):
                         child.token_ids = list(seq.token_ids)
                         self.block_manager.fork(seq, child)
                         child.num_computed = len(child)
                         child.status = Status.RUNNING
                         self.scheduler.running.append(child)
-            else:
-                for seq in batch.seqs:
-                    seq.num_computed = len(seq)
             for seq, token in zip(rows, token_ids):
                 seq.token_ids.append(token)
                 seq.first_token_time = seq.first_token_time or now

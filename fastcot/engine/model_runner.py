@@ -80,7 +80,7 @@ class ModelRunner:
     def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         seqs = batch.seqs
         if batch.is_prefill:
-            spans = [(s.num_computed, len(s)) for s in seqs]
+            spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
             ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
             positions = [p for a, b in spans for p in range(a, b)]
             slots = [x for s, (a, b) in zip(seqs, spans) for x in self._slots(s, a, b)]
@@ -88,7 +88,7 @@ class ModelRunner:
             metadata = AttentionMetadata(
                 slot_mapping=self._tensor(slots, torch.int32),
                 block_tables=self._block_tables(batch),
-                seq_lens=self._tensor([len(s) for s in seqs], torch.int32),
+                seq_lens=self._tensor(batch.chunk_ends, torch.int32),
                 cu_seqlens_q=self._tensor([0, *itertools.accumulate(q_lens)], torch.int32),
                 max_query_len=max(q_lens),
             )
@@ -118,6 +118,8 @@ class ModelRunner:
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_caches, metadata)
+        if not rows:  # prefill chunks that end before their sequence does
+            return []
         if batch.is_prefill:
             hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
         logits = self.model.compute_logits(hidden)

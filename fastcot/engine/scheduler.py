@@ -1,10 +1,16 @@
-"""Continuous batching: admit waiting sequences for prefill, else decode every running one.
+"""Continuous batching with chunked prefill, interleaved with decode.
 
-Each step is either a prefill step (new sequences, whole prompts, under a token budget) or a
-decode step (one token for every running sequence). When the cache cannot hold the next
-decode token of every running sequence, the newest ones are preempted: their blocks are
-freed and they wait to be recomputed (their prefix blocks often survive in the prefix cache).
-A sequence that can never fit the cache finishes at once with `finish_reason="error"`.
+Each step is either a prefill step or a decode step. A prefill step takes up to
+`max_num_batched_tokens` prompt tokens: first the next chunks of sequences already being
+prefilled, then new sequences (whose prompts may be split over several steps). A decode
+step runs one token for every sequence whose cache is complete up to its last token. While
+sequences are decoding, prefill and decode steps alternate, so long prompts never stall
+running generations for more than one step.
+
+When the cache cannot hold the next decode token, the newest sequences are preempted: their
+blocks are freed and they wait to be recomputed (their prefix blocks often survive in the
+prefix cache). A sequence that can never fit the cache finishes at once with
+`finish_reason="error"`.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from fastcot.engine.sequence import Sequence, Status
 
 @dataclass
 class Batch:
+    """One step: `seqs` compute their tokens `[num_computed, chunk_ends[i])` (decode: the last one)."""
+
     seqs: list[Sequence]
     is_prefill: bool
+    chunk_ends: list[int] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) copy-on-write
 
 
@@ -31,6 +40,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._last_was_prefill = False
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -40,15 +50,29 @@ class Scheduler:
 
     def schedule(self) -> tuple[Batch | None, list[Sequence]]:
         """The next step's batch (None if nothing can run) and sequences that failed to fit."""
-        failed = []
-        batch = self._schedule_prefill(failed)
-        if batch is None and self.running:
+        failed: list[Sequence] = []
+        batch = None
+        if not (self._last_was_prefill and any(map(_decode_ready, self.running))):
+            batch = self._schedule_prefill(failed)
+        if batch is None:
             batch = self._schedule_decode()
+        if batch is None and not self._last_was_prefill:
+            batch = self._schedule_prefill(failed)
+        self._last_was_prefill = batch is not None and batch.is_prefill
         return batch, failed
 
     def _schedule_prefill(self, failed: list[Sequence]) -> Batch | None:
-        seqs, budget = [], self.max_num_batched_tokens
-        while self.waiting and len(self.running) + len(seqs) < self.max_num_seqs:
+        seqs, ends, budget = [], [], self.max_num_batched_tokens
+        for seq in self.running:
+            if budget == 0:
+                break
+            if seq.num_computed < len(seq) - 1:  # mid-prefill: its next chunk
+                chunk = min(len(seq) - seq.num_computed, budget)
+                seqs.append(seq)
+                ends.append(seq.num_computed + chunk)
+                budget -= chunk
+        admitted = []
+        while self.waiting and budget > 0 and len(self.running) + len(admitted) < self.max_num_seqs:
             seq = self.waiting[0]
             needed = self.blocks.num_blocks_needed(len(seq))
             if needed > self.blocks.num_blocks:
@@ -56,26 +80,27 @@ class Scheduler:
                 seq.finish("error", f"needs {needed} KV blocks but the cache has {self.blocks.num_blocks}")
                 failed.append(seq)
                 continue
-            # Whole prompts for now: the first one is admitted even past the budget.
-            if seqs and len(seq) > budget or not self.blocks.can_allocate(seq):
+            if not self.blocks.can_allocate(seq):
                 break
             seq.num_computed = self.blocks.allocate(seq)
-            budget -= len(seq) - seq.num_computed
+            chunk = min(len(seq) - seq.num_computed, budget)
             seq.status = Status.RUNNING
             self.waiting.popleft()
+            admitted.append(seq)
             seqs.append(seq)
-        if not seqs:
-            return None
-        self.running.extend(seqs)
-        return Batch(seqs, is_prefill=True)
+            ends.append(seq.num_computed + chunk)
+            budget -= chunk
+        self.running.extend(admitted)
+        return Batch(seqs, is_prefill=True, chunk_ends=ends) if seqs else None
 
     def _schedule_decode(self) -> Batch | None:
         scheduled, copies = [], []
-        queue = list(self.running)  # oldest first
-        while queue:
-            seq = queue.pop(0)
+        for seq in [s for s in self.running if _decode_ready(s)]:  # oldest first
+            if seq.status != Status.RUNNING:
+                continue  # preempted for an older sequence in this loop
             while not self.blocks.can_append(seq):
-                victim = queue.pop() if queue else seq
+                victims = [s for s in reversed(self.running) if s is not seq and s not in scheduled]
+                victim = victims[0] if victims else seq
                 self._preempt(victim)
                 if victim is seq:
                     break
@@ -84,10 +109,12 @@ class Scheduler:
                 if pair is not None:
                     copies.append(pair)
                 scheduled.append(seq)
-        self.running = scheduled
-        return Batch(scheduled, is_prefill=False, block_copies=copies) if scheduled else None
+        if not scheduled:
+            return None
+        return Batch(scheduled, is_prefill=False, chunk_ends=[len(s) for s in scheduled], block_copies=copies)
 
     def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
         self.blocks.free(seq)
         seq.num_computed = 0
         seq.status = Status.WAITING
@@ -99,3 +126,8 @@ class Scheduler:
         self.blocks.free(seq)
         if seq in self.running:
             self.running.remove(seq)
+
+
+def _decode_ready(seq: Sequence) -> bool:
+    """Its cache holds everything but the newest token: one decode step computes that."""
+    return seq.num_computed == len(seq) - 1

@@ -71,6 +71,14 @@ def test_preemption_and_prefix_cache_change_nothing(checkpoint, prompts):
     assert again.block_manager.num_free_blocks == free_before  # everything released
 
 
+def test_chunked_prefill_changes_nothing(checkpoint, prompts):
+    path, hf_model = checkpoint
+    expected, _ = hf.hf_greedy(hf_model, prompts, 10)
+    # 7-token chunks: prompts are split over several steps, interleaved with decode steps.
+    llm = LLM(str(path), device="cpu", num_kv_blocks=64, max_num_batched_tokens=7)
+    assert generate_ids(llm, prompts) == expected
+
+
 def test_request_that_can_never_fit_fails_alone(checkpoint, prompts):
     path, _ = checkpoint
     llm = LLM(str(path), device="cpu", num_kv_blocks=3)  # 48 tokens at most
