@@ -33,7 +33,8 @@ class LLM:
         block_size: tokens per KV-cache block.
         num_kv_blocks: KV-cache size in blocks; by default 90% of free GPU memory, or on CPU
             enough for 8 sequences of max_model_len (at most 4096 blocks).
-        enforce_eager: accepted for compatibility; decode steps are always eager for now.
+        enforce_eager: run decode steps eagerly instead of replaying CUDA graphs (GPU only;
+            graphs are captured for padded batch sizes up to max_num_seqs at the first decode).
         seed: seeds the noise of unseeded sampling and random preset weights.
 
     Example::
@@ -99,7 +100,8 @@ class LLM:
         self.block_manager = BlockManager(num_kv_blocks, block_size)
         self.runner = ModelRunner(self.model, num_blocks=num_kv_blocks, block_size=block_size,
                                   kv_cache_dtype=kv_dtype, device=self.device,
-                                  max_blocks_per_seq=-(-max_model_len // block_size))
+                                  max_blocks_per_seq=-(-max_model_len // block_size),
+                                  max_num_seqs=max_num_seqs, enforce_eager=enforce_eager)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens)
         self._rng = random.Random(seed)

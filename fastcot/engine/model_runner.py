@@ -1,7 +1,7 @@
 """Turns a scheduled batch into model inputs and attention metadata, runs it, and samples.
 
-Eager for now: CUDA-graph capture of decode steps is the next step (the metadata already has
-fixed shapes per batch size apart from the block-table width).
+Prefill steps run eagerly; on a GPU decode steps replay CUDA graphs (`cuda_graphs.py`)
+unless `enforce_eager`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class ModelRunner:
     """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps."""
 
     def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device,
-                 max_blocks_per_seq: int):
+                 max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True):
         config = model.config
         self.model = model
         self.config = config
@@ -38,6 +38,12 @@ class ModelRunner:
         self.tables = torch.zeros((16, max_blocks_per_seq), dtype=torch.int32, device=device)
         self.rows: dict[int, tuple[int, int]] = {}  # seq_id -> (row, entries synced)
         self.free_rows = list(range(15, -1, -1))
+        self.graphs = None
+        if device.type == "cuda" and not enforce_eager:
+            from fastcot.engine.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(model, self.kv_caches, max_batch=max_num_seqs,
+                                       max_blocks_per_seq=max_blocks_per_seq, device=device)
 
     def release(self, seq: Sequence) -> None:
         """Forget a finished sequence's block-table row."""
@@ -117,12 +123,17 @@ class ModelRunner:
         sequence `row_index[i]` (the n samples of a request all draw from its one prefill)."""
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_caches, metadata)
-        if not rows:  # prefill chunks that end before their sequence does
-            return []
-        if batch.is_prefill:
-            hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
-        logits = self.model.compute_logits(hidden)
+        logits = None
+        if self.graphs is not None and not batch.is_prefill:
+            logits = self.graphs.run(input_ids, positions, metadata.slot_mapping, metadata.seq_lens,
+                                     metadata.block_tables)
+        if logits is None:
+            hidden = self.model(input_ids, positions, self.kv_caches, metadata)
+            if not rows:  # prefill chunks that end before their sequence does
+                return []
+            if batch.is_prefill:
+                hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
+            logits = self.model.compute_logits(hidden)
         if row_index != list(range(len(batch.seqs))):
             logits = logits[self._tensor(row_index, torch.int64)]
         tensors = SamplingTensors.from_params(

@@ -153,3 +153,25 @@ def test_bad_requests():
 
 def test_exports():
     assert fastcot.LLM is LLM and fastcot.SamplingParams is SamplingParams
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_equals_eager():
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    prompts = ["Once upon a time", "The capital of France", "1 2 3"]
+    outs = []
+    for eager in (True, False):
+        llm = LLM("tiny-random", device="cuda", num_kv_blocks=256, max_num_seqs=8, enforce_eager=eager)
+        outs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+        if not eager:
+            assert llm.runner.graphs is not None and llm.runner.graphs.graphs  # graphs were captured
+    assert outs[0] == outs[1]
+
+
+def test_graph_buckets_cover_every_batch_size():
+    from fastcot.engine.cuda_graphs import batch_buckets
+
+    for max_batch in (1, 3, 16, 100, 256):
+        buckets = batch_buckets(max_batch)
+        assert buckets == sorted(set(buckets)) and buckets[-1] == max_batch
+        assert all(any(b >= n for b in buckets) for n in range(1, max_batch + 1))
