@@ -11,8 +11,8 @@ checks run every step.
 What a measured decode step is: the wall time from one `Scheduler.schedule` call of the engine
 loop to the next, excluding nothing, on steps where all B sequences decode. `host` is that
 minus the time inside `Sampler.__call__`, whose body is `[B, V]` tensor math (an argmax over
-the vocabulary) that a GPU runs asynchronously: on this CPU it would otherwise dominate (about
-40 ms at B=256, V=128k), while the issue's targets are about the host's own work. The
+the vocabulary) that a GPU runs asynchronously: on a CPU it would otherwise dominate (tens of
+ms at B=256, V=128k), while the issue's targets are about the host's own work. The
 breakdown comes from a second run of steps with timers wrapped around the engine's methods
 (schedule, prepare, block tables, model, sampling-parameter packing, sampler, detokenize +
 stop checks); its means add up to the instrumented step, which the timers lengthen a little.
@@ -22,7 +22,8 @@ followed by G tokens of text, and before the request runs its `Sequence.prompt_l
 the short prompt's length, its `text` to the decoded G tokens and its detokenizer to the state
 it would have after emitting them. So the engine sees G generated tokens (output length, text
 length, block tables, positions) after one cheap prefill. G is staggered by `i mod 16` over the
-batch so block boundaries do not all fall on one step.
+batch so block boundaries do not all fall on one step. Small batches are measured in several
+rounds (fresh engines, lengths interleaved, steps pooled) because a shared VM's speed drifts.
 
     python benchmarks/bench_engine_overhead.py                    # B=1,64,256 x 1k,100k (a few minutes)
     python benchmarks/bench_engine_overhead.py --quick            # B=1,256 x 1k,100k, fewer steps
@@ -59,7 +60,12 @@ PARAGRAPH = ("Let me think step by step. First, the number of apples is twelve, 
 
 DEFAULT = {"batch": (1, 64, 256), "generated": (KI, 100 * KI), "steps": 200, "breakdown_steps": 100, "warmup": 20}
 QUICK = {"batch": (1, 256), "generated": (KI, 100 * KI), "steps": 100, "breakdown_steps": 50, "warmup": 10}
-SMOKE = {"batch": (1, 4), "generated": (64, 512), "steps": 20, "breakdown_steps": 10, "warmup": 3, "vocab": 4096}
+SMOKE = {"batch": (1, 4), "generated": (64, 512), "steps": 20, "breakdown_steps": 10, "warmup": 3, "vocab": 4096,
+         "rounds": 2}
+# A shared VM's speed drifts by tens of percent over seconds: cheap configurations run several
+# rounds, the generated lengths interleaved, and pool their steps, so a drift falls on both sides
+# of the flatness ratio. Rebuilding a B=256 x 100k state takes ~30 s: those run once.
+SMALL_BATCH_ROUNDS = (8, 5)  # batches up to 8 run 5 rounds unless --rounds
 
 # (target, batch, limit in µs of host time per decode step), and the flatness ratio.
 LIMIT_TARGETS = [("B=1 host < 150 µs", 1, 150.0), ("B=256 host < 2 ms", 256, 2000.0)]
@@ -67,7 +73,7 @@ FLAT_RATIO = 1.10
 PARTS = ("schedule", "prepare", "block_tables", "block_table_rows", "model", "sampling_tensors", "sampler",
          "runner_step", "detokenize_stop")
 ROW_KEYS = ("batch", "generated", "generated_min", "generated_max", "context_max", "vocab", "temperature",
-            "status", "reason", "steps", "step_median_us", "step_p90_us", "step_mean_us", "host_median_us",
+            "status", "reason", "rounds", "steps", "step_median_us", "step_p90_us", "step_mean_us", "host_median_us",
             "host_p90_us", "host_per_seq_us", "sampler_median_us", "breakdown_steps", "instrumented_step_us",
             "schedule_us", "prepare_us", "block_table_gather_us", "model_us", "sampling_tensors_us", "sampler_us",
             "runner_other_us", "detokenize_stop_us", "loop_other_us", "setup_s")
@@ -88,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed decode steps per configuration (default 200)")
     p.add_argument("--breakdown-steps", type=int, default=None, help="instrumented decode steps (default 100)")
     p.add_argument("--warmup", type=int, default=None, help="full-batch decode steps not timed (default 20)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="engines built and measured per configuration, lengths interleaved, steps pooled "
+                        "(default 5 for B <= 8, else 1)")
     p.add_argument("--quick", action="store_true", help="B=1,256 x 1k,100k with fewer steps")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; targets not judged")
     p.add_argument("--threads", type=int, default=1,
@@ -102,10 +111,11 @@ def run_plan(args) -> dict:
     base = SMOKE if args.smoke else QUICK if args.quick else DEFAULT
     plan = {key: getattr(args, key) if getattr(args, key, None) is not None else base[key]
             for key in ("batch", "generated", "steps", "breakdown_steps", "warmup")}
+    plan["rounds"] = args.rounds if args.rounds is not None else base.get("rounds")
     plan["vocab"] = base.get("vocab", args.vocab) if args.vocab == 128256 else args.vocab
-    for key in ("steps", "breakdown_steps"):
-        if plan[key] < 2:
-            raise SystemExit(f"--{key.replace('_', '-')} must be >= 2, got {plan[key]}")
+    for key in ("steps", "breakdown_steps", "rounds"):
+        if plan[key] is not None and plan[key] < (1 if key == "rounds" else 2):
+            raise SystemExit(f"--{key.replace('_', '-')} is too small: {plan[key]}")
     return plan
 
 
@@ -261,10 +271,26 @@ class Workload:
         return self.tokenizer.encode(f"Request {i}: reason carefully, step by step.")
 
 
-def measure(ctx, batch: int, generated: int) -> dict:
+def rounds_for(plan, batch: int) -> int:
+    if plan["rounds"] is not None:
+        return plan["rounds"]
+    return SMALL_BATCH_ROUNDS[1] if batch <= SMALL_BATCH_ROUNDS[0] else 1
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One engine's recorded steps (seconds per step, and per part for the instrumented ones)."""
+
+    timed_steps: list[dict]
+    breakdown: list[dict]
+    generated_at_start: list[int]
+    context_max: int
+    setup_s: float
+
+
+def measure(ctx, batch: int, generated: int) -> Measurement:
+    """Build an engine holding `batch` sequences of about `generated` output tokens and record its steps."""
     plan, fastcot = ctx.plan, ctx.fastcot
-    row = {key: None for key in ROW_KEYS} | {"batch": batch, "generated": generated, "vocab": plan["vocab"],
-                                             "temperature": ctx.args.temperature, "status": "ok"}
     t_setup = time.perf_counter()
     prompts, pretend = [], {}
     for i in range(batch):
@@ -298,12 +324,12 @@ def measure(ctx, batch: int, generated: int) -> dict:
         raise RuntimeError(f"{len(running)} sequences running at the end, expected {batch}, none finished")
     if any(len(s.text) <= len(pretend[id(prompts[int(s.request_id)])][1]) for s in running):
         raise RuntimeError("a sequence's text did not grow: detokenization produced nothing")
-    row["setup_s"] = time.perf_counter() - t_setup - sum(r["step"] for r in recorder.timed_steps + recorder.breakdown)
-    row |= summarize(recorder)
-    row["context_max"] = max(len(s) for s in running)
-    del llm, model, prompts, recorder
+    setup_s = time.perf_counter() - t_setup - sum(r["step"] for r in recorder.timed_steps + recorder.breakdown)
+    result = Measurement(recorder.timed_steps, recorder.breakdown, recorder.generated_at_start,
+                         max(len(s) for s in running), setup_s)
+    del llm, model, prompts, recorder, running
     gc.collect()
-    return row
+    return result
 
 
 def _pretend_generated(llm, mods, recorder, pretend) -> None:
@@ -330,20 +356,26 @@ def _pretend_generated(llm, mods, recorder, pretend) -> None:
     recorder._patch(stopper, "__init__", stopper_init)
 
 
-def summarize(rec: StepRecorder) -> dict:
+def summarize(runs: list[Measurement], batch: int) -> dict:
+    """The row fields of a configuration, its rounds' steps pooled."""
     us = 1e6
-    steps = [r["step"] * us for r in rec.timed_steps]
-    host = [(r["step"] - r.get("sampler", 0.0)) * us for r in rec.timed_steps]
+    timed = [r for m in runs for r in m.timed_steps]
+    breakdown = [r for m in runs for r in m.breakdown]
+    steps = [r["step"] * us for r in timed]
+    host = [(r["step"] - r.get("sampler", 0.0)) * us for r in timed]
     out = {
-        "steps": len(steps), "step_median_us": statistics.median(steps), "step_p90_us": common.percentile(steps, 90),
-        "step_mean_us": statistics.fmean(steps), "host_median_us": statistics.median(host),
-        "host_p90_us": common.percentile(host, 90), "host_per_seq_us": statistics.median(host) / rec.batch,
-        "sampler_median_us": statistics.median(r.get("sampler", 0.0) * us for r in rec.timed_steps),
-        "generated_min": min(rec.generated_at_start), "generated_max": max(rec.generated_at_start),
-        "breakdown_steps": len(rec.breakdown),
+        "rounds": len(runs), "steps": len(steps), "step_median_us": statistics.median(steps),
+        "step_p90_us": common.percentile(steps, 90), "step_mean_us": statistics.fmean(steps),
+        "host_median_us": statistics.median(host), "host_p90_us": common.percentile(host, 90),
+        "host_per_seq_us": statistics.median(host) / batch,
+        "sampler_median_us": statistics.median(r.get("sampler", 0.0) * us for r in timed),
+        "generated_min": min(g for m in runs for g in m.generated_at_start),
+        "generated_max": max(g for m in runs for g in m.generated_at_start),
+        "context_max": max(m.context_max for m in runs), "setup_s": sum(m.setup_s for m in runs),
+        "breakdown_steps": len(breakdown),
     }
-    mean = {k: statistics.fmean(r.get(k, 0.0) for r in rec.breakdown) * us for k in ("step", *PARTS)}
-    present = set().union(*rec.breakdown)
+    mean = {k: statistics.fmean(r.get(k, 0.0) for r in breakdown) * us for k in ("step", *PARTS)}
+    present = set().union(*breakdown)
 
     def part(key):
         return mean[key] if key in present else None
@@ -420,6 +452,36 @@ def format_targets(results: list[dict]) -> str:
     return common.format_table(["target", "generated", "need", "host", "status"], table)
 
 
+def run_all(ctx) -> list[dict]:
+    """One row per (batch, generated); a configuration that fails gets an error row and no more rounds."""
+    plan = ctx.plan
+    rows = []
+    for batch in plan["batch"]:
+        rounds = rounds_for(plan, batch)
+        runs = {g: [] for g in plan["generated"]}
+        errors = {}
+        for r in range(rounds):
+            for g in plan["generated"]:
+                if g in errors:
+                    continue
+                print(f"B={batch} generated={_k(g)} round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+                try:
+                    runs[g].append(measure(ctx, batch, g))
+                except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
+                    errors[g] = f"{type(exc).__name__}: {exc}"
+                    print(f"ERROR B={batch} generated={_k(g)}: {errors[g]}", file=sys.stderr)
+                gc.collect()
+        for g in plan["generated"]:
+            row = {key: None for key in ROW_KEYS} | {"batch": batch, "generated": g, "vocab": plan["vocab"],
+                                                     "temperature": ctx.args.temperature, "status": "ok"}
+            if g in errors:
+                row |= {"status": "error", "reason": errors[g]}
+            else:
+                row |= summarize(runs[g], batch)
+            rows.append(row)
+    return rows
+
+
 class Context:
     def __init__(self, args, plan):
         import fastcot
@@ -451,20 +513,10 @@ def main(argv=None) -> int:
               f"the CPU and inflate these numbers")
     print(f"stub model: vocab {plan['vocab']}, tokenizer {args.tokenizer}, "
           f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, stop string + ignore_eos; "
-          f"{plan['steps']} timed + {plan['breakdown_steps']} instrumented steps after {plan['warmup']} warm-up")
+          f"{plan['steps']} timed + {plan['breakdown_steps']} instrumented steps after {plan['warmup']} warm-up, "
+          f"per round; rounds: " + ", ".join(f"B={b}: {rounds_for(plan, b)}" for b in plan["batch"]))
 
-    rows = []
-    combos = [(b, g) for b in plan["batch"] for g in plan["generated"]]
-    for i, (batch, generated) in enumerate(combos):
-        print(f"[{i + 1}/{len(combos)}] B={batch} generated={_k(generated)}", file=sys.stderr, flush=True)
-        try:
-            row = measure(ctx, batch, generated)
-        except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
-            row = {key: None for key in ROW_KEYS} | {"batch": batch, "generated": generated, "vocab": plan["vocab"],
-                                                     "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
-            print(f"ERROR B={batch} generated={_k(generated)}: {row['reason']}", file=sys.stderr)
-        rows.append(row)
-        gc.collect()
+    rows = run_all(ctx)
 
     env["load_average_end"] = os.getloadavg()
     print()
