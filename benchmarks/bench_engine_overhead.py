@@ -163,6 +163,7 @@ class StepRecorder:
         self.start = None  # perf_counter at the start of the open step, if it is recorded
         self.parts: dict[str, float] = {}
         self.generated_at_start: list[int] = []
+        self.stoppers: dict = {}  # seq_id -> the engine's per-sequence stop checker
         self._undo: list = []
         self._orig_schedule = llm.scheduler.schedule
         self._patch(llm.scheduler, "schedule", self._schedule)
@@ -322,7 +323,7 @@ def measure(ctx, batch: int, generated: int) -> Measurement:
     running = llm.scheduler.running
     if len(running) != batch or any(s.finish_reason for s in running):
         raise RuntimeError(f"{len(running)} sequences running at the end, expected {batch}, none finished")
-    if any(len(s.text) <= len(pretend[id(prompts[int(s.request_id)])][1]) for s in running):
+    if any(recorder.stoppers[s.seq_id].length <= len(pretend[id(prompts[int(s.request_id)])][1]) for s in running):
         raise RuntimeError("a sequence's text did not grow: detokenization produced nothing")
     setup_s = time.perf_counter() - t_setup - sum(r["step"] for r in recorder.timed_steps + recorder.breakdown)
     result = Measurement(recorder.timed_steps, recorder.breakdown, recorder.generated_at_start,
@@ -350,8 +351,12 @@ def _pretend_generated(llm, mods, recorder, pretend) -> None:
     def stopper_init(self, seq, *args, **kwargs):
         init(self, seq, *args, **kwargs)
         ids = seq.token_ids[seq.prompt_len:]
-        # Steady state after emitting every token: the window starts at the last token emitted.
+        # Steady state after emitting every token: the window starts at the last token emitted,
+        # the text so far is one piece and the stop-string window holds its tail.
         self.detok.ids, self.detok.read, self.detok.prefix = ids, len(ids), max(0, len(ids) - 1)
+        self.pieces, self.length = [seq.text], len(seq.text)
+        self.tail = seq.text[-self.keep:] if self.keep else ""
+        recorder.stoppers[seq.seq_id] = self
 
     recorder._patch(stopper, "__init__", stopper_init)
 

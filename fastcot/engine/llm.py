@@ -252,7 +252,9 @@ class LLM:
 
 
 class _Stopper:
-    """Per-sequence stop checks and incremental text, constant work per token."""
+    """Per-sequence stop checks and incremental text, constant work per token: the text is kept
+    as pieces (joined once, when the sequence finishes) and stop strings are searched in a
+    tail window as long as the longest stop string."""
 
     def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int):
         self.seq = seq
@@ -260,9 +262,12 @@ class _Stopper:
         self.eos = set() if seq.params.ignore_eos else set(eos_token_ids)
         self.stop_ids = set(seq.params.stop_token_ids or [])
         self.stop_strings = list(seq.params.stop or [])
-        self.longest_stop = max(map(len, self.stop_strings), default=0)
+        self.keep = max(map(len, self.stop_strings), default=1) - 1
         self.max_model_len = max_model_len
         self.detok = IncrementalDetokenizer(tokenizer)
+        self.pieces: list[str] = []
+        self.length = 0  # characters emitted so far
+        self.tail = ""  # their last `keep` characters
 
     def observe(self, token: int) -> str:
         """Account for a newly sampled token; returns the text it adds. Finishes the sequence
@@ -270,23 +275,31 @@ class _Stopper:
         seq, p = self.seq, self.params
         n = seq.num_output
         if n >= p.min_tokens and (token in self.eos or token in self.stop_ids):
-            seq.finish("stop", token)
+            self._finish("stop", token)
             return ""
         delta = self.detok.add(token)
         if self.stop_strings and n >= p.min_tokens and delta:
-            window_start = max(0, len(seq.text) - self.longest_stop)
-            text = seq.text + delta
-            for stop in self.stop_strings:
-                at = text.find(stop, window_start)
-                if at != -1:
-                    delta = text[len(seq.text):at] if at >= len(seq.text) else ""
-                    seq.text = text[:at]
-                    seq.finish("stop", stop)
-                    return delta
-        seq.text += delta
+            window = self.tail + delta
+            hits = [(window.find(s), s) for s in self.stop_strings]
+            hits = [(at, s) for at, s in hits if at != -1]
+            if hits:
+                at, stop = min(hits)
+                end = self.length - len(self.tail) + at  # where the text stops, in the whole text
+                self.pieces.append(delta)
+                self._finish("stop", stop, text_end=end)
+                return delta[: max(0, end - self.length)]
+        if delta:
+            self.pieces.append(delta)
+            self.length += len(delta)
+            self.tail = (self.tail + delta)[-self.keep:] if self.keep else ""
         if n >= p.max_tokens or len(seq) >= self.max_model_len:
-            seq.finish("length")
+            self._finish("length")
         return delta
+
+    def _finish(self, reason: str, stop_reason=None, text_end: int | None = None) -> None:
+        text = "".join(self.pieces)
+        self.seq.text = text if text_end is None else text[:text_end]
+        self.seq.finish(reason, stop_reason)
 
 
 def _request_output(request_id, text, ids, seqs) -> RequestOutput:
