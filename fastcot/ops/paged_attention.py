@@ -48,14 +48,9 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale
 
         out = fastcot.ops.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens)
     """
-    num_blocks, block_size, num_kv_heads, head_dim = check_cache_pair(k_cache, v_cache)
+    num_blocks, block_size, scale, k_scale, v_scale = _check_attention_args(q, k_cache, v_cache, scale, k_scale, v_scale)
     device = k_cache.device
-    check_tensor("q", q, dim=3, dtypes=FLOAT_DTYPES, device=device)
-    check_query_dtype(q, k_cache.dtype)
-    batch, q_heads, q_dim = q.shape
-    check_heads(q_heads, num_kv_heads, q_dim, head_dim)
-    k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
-    scale = _check_scale(scale, head_dim)
+    batch = q.shape[0]
     check_block_tables(block_tables, seq_lens, batch, num_blocks, block_size, device)
     out = _check_out(out, q)
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -88,14 +83,9 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq
     Returns:
         `[T, Hq, D]` in q's dtype.
     """
-    num_blocks, block_size, num_kv_heads, head_dim = check_cache_pair(k_cache, v_cache)
+    num_blocks, block_size, scale, k_scale, v_scale = _check_attention_args(q, k_cache, v_cache, scale, k_scale, v_scale)
     device = k_cache.device
-    check_tensor("q", q, dim=3, dtypes=FLOAT_DTYPES, device=device)
-    check_query_dtype(q, k_cache.dtype)
-    tokens, q_heads, q_dim = q.shape
-    check_heads(q_heads, num_kv_heads, q_dim, head_dim)
-    k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
-    scale = _check_scale(scale, head_dim)
+    tokens = q.shape[0]
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     check_tensor("cu_seqlens_q", cu_seqlens_q, dim=1, dtypes=(torch.int32,), device=device)
@@ -118,6 +108,16 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq
             scale, causal, k_scale, v_scale, max_query_len, backend,
         )
     return out
+
+
+def _check_attention_args(q, k_cache, v_cache, scale, k_scale, v_scale):
+    """Checks shared by decode and prefill; returns (num_blocks, block_size, scale, k_scale, v_scale)."""
+    num_blocks, block_size, num_kv_heads, head_dim = check_cache_pair(k_cache, v_cache)
+    check_tensor("q", q, dim=3, dtypes=FLOAT_DTYPES, device=k_cache.device)
+    check_query_dtype(q, k_cache.dtype)
+    check_heads(q.shape[1], num_kv_heads, q.shape[2], head_dim)
+    k_scale, v_scale = check_scales(k_scale, v_scale, k_cache.dtype)
+    return num_blocks, block_size, _check_scale(scale, head_dim), k_scale, v_scale
 
 
 def _check_scale(scale, head_dim: int) -> float:
