@@ -132,6 +132,21 @@ def pick_device(requested: str | None, *, smoke: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
 
 
+def start_run(device: torch.device, seed: int):
+    """Common start of a kernel benchmark: one CPU thread (at tiny sizes intra-op thread
+    wake-ups on a shared machine would be all a CPU table shows), the seed, fastcot, and the
+    environment record with the measured copy bandwidth. Returns (fastcot, env)."""
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    fastcot = import_fastcot()
+    env = collect_env(device)
+    env["fastcot_version"] = getattr(fastcot, "__version__", None)
+    env["fastcot_path"] = str(Path(fastcot.__file__).parent) if getattr(fastcot, "__file__", None) else None
+    env["copy_bandwidth"] = measure_copy_bandwidth(device)
+    return fastcot, env
+
+
 def device_slug(env: dict) -> str:
     if env["device_type"] != "cuda":
         return "cpu"

@@ -398,16 +398,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = common.pick_device(args.device, smoke=args.smoke)
     tiny = device.type == "cpu" or args.smoke
-    if device.type == "cpu":
-        # At these sizes intra-op thread wake-ups on a shared machine (10-1000x jitter) would
-        # be all the CPU table shows.
-        torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    fastcot = common.import_fastcot()
-    env = common.collect_env(device)
-    env["fastcot_version"] = getattr(fastcot, "__version__", None)
-    env["fastcot_path"] = str(Path(fastcot.__file__).parent) if getattr(fastcot, "__file__", None) else None
-    env["copy_bandwidth"] = common.measure_copy_bandwidth(device)
+    fastcot, env = common.start_run(device, args.seed)
     ms = [int(m) for m in args.m.split(",")] if args.m else list(CPU_MS if tiny else QUICK_MS if args.quick else GPU_MS)
     shapes = select_shapes(args, tiny)
     ctx = Context(args, fastcot, device, env)

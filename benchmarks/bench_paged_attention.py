@@ -627,14 +627,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = common.pick_device(args.device, smoke=args.smoke)
     tiny = device.type == "cpu" or args.smoke
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # shared-machine thread wake-ups would be all a tiny CPU table shows
-    torch.manual_seed(args.seed)
-    fastcot = common.import_fastcot()
-    env = common.collect_env(device)
-    env["fastcot_version"] = getattr(fastcot, "__version__", None)
-    env["fastcot_path"] = str(Path(fastcot.__file__).parent) if getattr(fastcot, "__file__", None) else None
-    env["copy_bandwidth"] = common.measure_copy_bandwidth(device)
+    fastcot, env = common.start_run(device, args.seed)
     plan = run_plan(args, tiny)
     ctx = Context(args, fastcot, device, env, tiny)
 
