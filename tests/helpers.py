@@ -45,3 +45,37 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     err = (actual.double() - expected.double()).abs()
     assert torch.isfinite(err).all(), "non-finite values in the output"
     return err.max().item() if err.numel() else 0.0
+
+
+# --- benchmark smoke runs --------------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "benchmarks"
+
+
+def import_benchmark(name: str):
+    """Import `benchmarks/<name>.py` (and its `_common`) as a module."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def run_benchmark(name: str, *args: str, timeout: float = 120, interpret: bool = False):
+    """Run `benchmarks/<name>.py` in a subprocess; Triton is interpreted only when asked
+    (it is slow), whatever the test process itself uses."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), *args], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -8,41 +8,23 @@ measurement, and the target verdicts.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import import_benchmark, run_benchmark
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_DIR = REPO / "benchmarks"
-SCRIPT = BENCH_DIR / "bench_engine_overhead.py"
 ENV_KEYS = {"date_utc", "torch", "git_commit", "git_dirty", "device_type", "device_name", "cpu_count", "fastcot_path"}
 PARTS = ("schedule_us", "prepare_us", "model_us", "sampling_tensors_us", "sampler_us", "runner_other_us",
          "detokenize_stop_us", "loop_other_us")
 
 
-def _import_bench():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_engine_overhead
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    return bench_engine_overhead
 
 
-def _run(*args, timeout=120):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, str(SCRIPT), *args], check=False, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
-    proc = _run("--smoke", "--out-dir", str(out_dir))
+    proc = run_benchmark("bench_engine_overhead", "--smoke", "--out-dir", str(out_dir))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     files = sorted(out_dir.glob("*.json"))
     assert len(files) == 1, f"expected one JSON file in {out_dir}, got {files}"
@@ -51,7 +33,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_help():
-    proc = _run("--help", timeout=60)
+    proc = run_benchmark("bench_engine_overhead", "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--batch", "--generated", "--vocab", "--tokenizer", "--steps", "--quick", "--smoke", "--out-dir"):
         assert flag in proc.stdout
@@ -65,7 +47,7 @@ def test_smoke_prints_table(smoke_run):
 
 def test_smoke_json_schema(smoke_run):
     _, doc = smoke_run
-    bench = _import_bench()
+    bench = import_benchmark("bench_engine_overhead")
     assert doc["schema_version"] == 1 and doc["family"] == "engine_overhead"
     assert ENV_KEYS <= doc["env"].keys(), ENV_KEYS - doc["env"].keys()
     assert doc["targets"] == {"judged": False, "why": "smoke run: tiny sizes"}
@@ -90,7 +72,7 @@ def test_smoke_json_schema(smoke_run):
 
 
 def test_measure_leaves_the_engine_unpatched():
-    bench = _import_bench()
+    bench = import_benchmark("bench_engine_overhead")
     from fastcot.engine import llm, model_runner
 
     before = (llm._Stopper.__init__, llm._Stopper.observe, model_runner.SamplingTensors)
@@ -107,7 +89,7 @@ def _row(bench, batch, generated, host):
 
 
 def test_targets_verdicts():
-    bench = _import_bench()
+    bench = import_benchmark("bench_engine_overhead")
     k = 1024
     rows = [_row(bench, 1, k, 100.0), _row(bench, 1, 100 * k, 109.0),
             _row(bench, 256, k, 1500.0), _row(bench, 256, 100 * k, 2500.0),

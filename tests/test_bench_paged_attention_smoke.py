@@ -10,41 +10,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import import_benchmark, run_benchmark
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_DIR = REPO / "benchmarks"
-SCRIPT = BENCH_DIR / "bench_paged_attention.py"
 
 ENV_KEYS = {"date_utc", "torch", "triton", "cuda_runtime", "git_commit", "git_dirty", "device_type",
             "device_name", "l2_bytes", "copy_bandwidth"}
 TIMED_KEYS = ("median_us", "p20_us", "p80_us", "bytes", "gbps", "tflops", "pct_copy_bw", "n_copies")
 
 
-def _import_bench():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_paged_attention
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    return bench_paged_attention
 
 
-def _run(*args, timeout=120, interpret=False):
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # interpreted Triton is slow: only where a test asks for it
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, str(SCRIPT), *args], check=False, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def _one_json(out_dir: Path) -> dict:
@@ -58,13 +38,13 @@ def _one_json(out_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
-    proc = _run("--smoke", "--prefill", "--reps", "3", "--out-dir", str(out_dir))
+    proc = run_benchmark("bench_paged_attention", "--smoke", "--prefill", "--reps", "3", "--out-dir", str(out_dir))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc, _one_json(out_dir)
 
 
 def test_help():
-    proc = _run("--help", timeout=60)
+    proc = run_benchmark("bench_paged_attention", "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--batch", "--context", "--block-size", "--kv-dtype", "--heads", "--quick", "--prefill",
                  "--smoke", "--out-dir", "--mem-fraction"):
@@ -81,7 +61,7 @@ def test_smoke_prints_cpu_label_and_tables(smoke_run):
 
 def test_smoke_json_schema(smoke_run):
     _, doc = smoke_run
-    bench = _import_bench()
+    bench = import_benchmark("bench_paged_attention")
     assert doc["schema_version"] == 1 and doc["family"] == "paged_attention"
     assert ENV_KEYS <= doc["env"].keys(), ENV_KEYS - doc["env"].keys()
     assert doc["env"]["device_type"] == "cpu" and doc["env"]["copy_bandwidth"]["gbps"] > 0
@@ -120,7 +100,7 @@ def test_smoke_json_schema(smoke_run):
 
 def test_smoke_interpreted_triton_rows(tmp_path):
     """With TRITON_INTERPRET=1 the Triton kernels get their own checked rows (one tiny shape)."""
-    proc = _run("--smoke", "--prefill", "--batch", "2", "--context", "40", "--block-size", "16",
+    proc = run_benchmark("bench_paged_attention", "--smoke", "--prefill", "--batch", "2", "--context", "40", "--block-size", "16",
                 "--kv-dtype", "fp32,fp8", "--reps", "2", "--out-dir", str(tmp_path), interpret=True)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     doc = _one_json(tmp_path)
@@ -133,7 +113,7 @@ def test_smoke_interpreted_triton_rows(tmp_path):
 
 
 def _ctx(**heads):
-    bench = _import_bench()
+    bench = import_benchmark("bench_paged_attention")
     return SimpleNamespace(device=torch.device("cpu"), seed=3, heads=bench.Heads(**heads)), bench
 
 
@@ -180,7 +160,7 @@ def _row(bench, batch, context, kv, pct=None, median=None, block_size=16, status
 
 
 def test_targets_verdicts():
-    bench = _import_bench()
+    bench = import_benchmark("bench_paged_attention")
     k = 1024
     rows = [_row(bench, 1, 32 * k, "fp16", pct=85.0, median=100.0),
             _row(bench, 1, 32 * k, "fp8", pct=80.0, median=55.0),

@@ -8,47 +8,25 @@ but that no CPU run exercises: L2 rotation sizing and the tinygemm operand conve
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import import_benchmark, run_benchmark
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_DIR = REPO / "benchmarks"
-SCRIPT = BENCH_DIR / "bench_int4_matmul.py"
 
 ENV_KEYS = {"date_utc", "torch", "triton", "cuda_runtime", "git_commit", "git_dirty", "device_type",
             "device_name", "sm_count", "l2_bytes", "copy_bandwidth"}
 TIMED_KEYS = ("median_us", "p20_us", "p80_us", "bytes", "gbps", "tflops", "pct_copy_bw", "n_copies")
 
 
-def _import_bench():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import _common
-        import bench_int4_matmul
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    return _common, bench_int4_matmul
 
 
-def _run(*args, timeout=120, interpret=False):
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # interpreted Triton is slow: only where a test asks for it
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
-    proc = _run("--smoke", "--reps", "3", "--out-dir", str(out_dir))
+    proc = run_benchmark("bench_int4_matmul", "--smoke", "--reps", "3", "--out-dir", str(out_dir))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     files = sorted(out_dir.glob("*.json"))
     assert len(files) == 1, f"expected one JSON file in {out_dir}, got {files}"
@@ -56,7 +34,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_help():
-    proc = _run("--help", timeout=60)
+    proc = run_benchmark("bench_int4_matmul", "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--models", "--shapes", "--m", "--group-size", "--dtype", "--quick", "--smoke", "--out-dir"):
         assert flag in proc.stdout
@@ -82,7 +60,7 @@ def test_smoke_json_schema(smoke_run):
     assert doc["implementations"]["fastcot_torch"] is None
     assert doc["implementations"]["fastcot_cuda"]  # a reason string, not silence
 
-    _, bench = _import_bench()
+    bench = import_benchmark("bench_int4_matmul")
     rows = doc["rows"]
     shapes = {(s.n, s.k) for s in bench.CPU_SHAPES}
     expected = {(n, k, m, impl) for n, k in shapes for m in bench.CPU_MS
@@ -102,7 +80,7 @@ def test_smoke_json_schema(smoke_run):
 
 def test_smoke_interpreted_triton_row(tmp_path):
     """With TRITON_INTERPRET=1 the Triton backend gets its own checked row (one small shape)."""
-    proc = _run("--smoke", "--shapes", "96x384", "--m", "1,3", "--reps", "2", "--out-dir", str(tmp_path),
+    proc = run_benchmark("bench_int4_matmul", "--smoke", "--shapes", "96x384", "--m", "1,3", "--reps", "2", "--out-dir", str(tmp_path),
                 interpret=True)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     (path,) = tmp_path.glob("*.json")
@@ -115,7 +93,7 @@ def test_smoke_interpreted_triton_row(tmp_path):
 
 
 def test_rotation_exceeds_twice_l2():
-    common, _ = _import_bench()
+    common = import_benchmark("_common")
     l2 = 50 << 20
     for per_copy in (1 << 20, 9 << 20, 34 << 20, 117 << 20):
         n = common.rotation_count(per_copy, l2, max_total_bytes=1 << 40)
@@ -132,7 +110,7 @@ def test_tinygemm_operands_match_dequantize():
     import fastcot
     from fastcot.kernels import reference
 
-    _, bench = _import_bench()
+    bench = import_benchmark("bench_int4_matmul")
     torch.manual_seed(0)
     for symmetric in (False, True):
         qw = fastcot.quantize_int4(torch.randn(64, 256), group_size=64, symmetric=symmetric)
