@@ -1,4 +1,4 @@
-"""Command line: `fastcot info | generate | chat` (also `python -m fastcot ...`)."""
+"""Command line: `fastcot info | generate | chat | bench` (also `python -m fastcot ...`)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,12 @@ def _chat(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastcot import cli_bench
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `fastcot bench NAME ...` hands everything after NAME to the script, --help included.
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in cli_bench.BENCHMARKS:
+        return cli_bench.run(argv[1], argv[2:])
     parser = argparse.ArgumentParser(prog="fastcot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, device, CUDA extension status, op backends")
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_args(gen)
     chat = sub.add_parser("chat", help="chat on stdin/stdout with the model's chat template")
     _add_engine_args(chat)
+    cli_bench.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "generate":
