@@ -13,7 +13,8 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 OUT_DIR ?= gpu-report
 
-.PHONY: demo test install install-dev gpu-check gpu-install gpu-test gpu-bench aot-report csrc-report clean
+.PHONY: demo test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-attention \
+	gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine gpu-report aot-report csrc-report clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
@@ -42,9 +43,13 @@ csrc-report: install-dev
 	$(PYTHON) tools/csrc_report.py
 
 # GPU machine: the image's own torch and triton, no network, so no dependency resolution.
-# Each part fits one 10-minute command; a failing part does not stop the ones after it
-# (the logs in OUT_DIR say what failed).
-gpu-check: gpu-install gpu-test gpu-bench
+# Each part fits one 10-minute command (every benchmark runs under `timeout $(PART_S)`); a
+# failing part does not stop the ones after it (the logs in OUT_DIR say what failed). On a
+# machine lent for 10-minute commands run the parts one per command with the same OUT_DIR
+# (outside the tool's $$OUT, which is emptied before each command), then `make gpu-report
+# OUT_DIR=... PACK=$$OUT/gpu-report.tar.gz` to get everything back in one file.
+PART_S ?= 570
+gpu-check: gpu-install gpu-test gpu-bench gpu-report
 
 gpu-install:
 	mkdir -p $(OUT_DIR)
@@ -58,10 +63,44 @@ gpu-test:
 	mkdir -p $(OUT_DIR)
 	-FASTCOT_AUTOTUNE=0 $(PYTHON) -m pytest -q -p no:cacheprovider --junitxml=$(OUT_DIR)/tests.xml 2>&1 | tee $(OUT_DIR)/tests.log
 
-gpu-bench:
+# One 10-minute command each; `gpu-bench` runs them all (about 40 minutes).
+gpu-bench: gpu-bench-kernels gpu-bench-attention gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine
+
+gpu-bench-kernels:
 	mkdir -p $(OUT_DIR)
-	-$(PYTHON) benchmarks/bench_int4_matmul.py --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_int4_matmul.log
-	-$(PYTHON) benchmarks/bench_paged_attention.py --prefill --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_paged_attention.log
+	-timeout $(PART_S) $(PYTHON) -m fastcot bench kernels --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_kernels.log
+
+gpu-bench-attention:
+	mkdir -p $(OUT_DIR)
+	-timeout $(PART_S) $(PYTHON) -m fastcot bench attention --prefill --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_attention.log
+
+# 8B shapes with the peers (HF generate eager and compiled, plain PyTorch SDPA); rows that
+# would start after the time budget are skipped and listed in the JSON.
+gpu-bench-e2e:
+	mkdir -p $(OUT_DIR)
+	-timeout $(PART_S) $(PYTHON) -m fastcot bench e2e --time-budget 480 --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_e2e.log
+
+# 70B shapes fit one 80 GB card only as int4; no peers (their bf16 weights would not fit).
+gpu-bench-e2e-70b:
+	mkdir -p $(OUT_DIR)
+	-timeout $(PART_S) $(PYTHON) -m fastcot bench e2e --models 70b --weights int4 --peers none --batch 64 \
+		--batch-context 4k --time-budget 480 --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_e2e_70b.log
+
+# Host overhead (a CPU metric, measured on the GPU machine's CPU) and, once it exists, the
+# reasoning benchmark.
+gpu-bench-engine:
+	mkdir -p $(OUT_DIR)
+	-timeout $(PART_S) $(PYTHON) -m fastcot bench engine-overhead --quick --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_engine_overhead.log
+	-if [ -f benchmarks/bench_reasoning.py ]; then timeout $(PART_S) $(PYTHON) -m fastcot bench reasoning \
+		--out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_reasoning.log; fi
+
+# report.md + report.json + PNG plots from whatever the parts left in OUT_DIR; PACK=path.tar.gz
+# also packs the whole folder into one file.
+gpu-report:
+	mkdir -p $(OUT_DIR)
+	$(PYTHON) benchmarks/report.py $(OUT_DIR) > /dev/null
+	@echo "wrote $(OUT_DIR)/report.md, $(OUT_DIR)/report.json and plots"
+	$(if $(PACK),tar -czf $(PACK) -C $(dir $(abspath $(OUT_DIR))) $(notdir $(abspath $(OUT_DIR))))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache fastcot/_C*.so fastcot/_C.ptxas.log
