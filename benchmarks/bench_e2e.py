@@ -278,14 +278,17 @@ def release() -> None:
         common.free_memory()
 
 
-def fill_random_(cache: torch.Tensor, gen, float_dtype) -> None:
-    """N(0, 1) keys or values, written layer-sized (fp8: rounded from `float_dtype`)."""
-    if cache.dtype.is_floating_point and cache.dtype.itemsize > 1:
+def fill_random_(cache: torch.Tensor, gen, float_dtype, chunk_bytes: int = 64 << 20) -> None:
+    """N(0, 1) keys or values; fp8 caches are rounded from `float_dtype`, ~64 MiB at a time."""
+    if cache.dtype.itemsize > 1:
         cache.normal_(generator=gen)
         return
-    scratch = torch.empty(cache.shape[1:], dtype=float_dtype, device=cache.device)
-    for block in cache:
-        block.copy_(scratch.normal_(generator=gen))
+    flat = cache.view(cache.shape[0], -1)
+    rows = max(1, min(flat.shape[0], chunk_bytes // (flat.shape[1] * float_dtype.itemsize)))
+    scratch = torch.empty(rows, flat.shape[1], dtype=float_dtype, device=cache.device)
+    for start in range(0, flat.shape[0], rows):
+        part = flat[start:start + rows]
+        part.copy_(scratch[:part.shape[0]].normal_(generator=gen))
 
 
 class Row:
