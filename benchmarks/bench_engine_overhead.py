@@ -70,12 +70,12 @@ SMALL_BATCH_ROUNDS = (8, 5)  # batches up to 8 run 5 rounds unless --rounds
 # (target, batch, limit in µs of host time per decode step), and the flatness ratio.
 LIMIT_TARGETS = [("B=1 host < 150 µs", 1, 150.0), ("B=256 host < 2 ms", 256, 2000.0)]
 FLAT_RATIO = 1.10
-PARTS = ("schedule", "prepare", "block_tables", "block_table_rows", "model", "sampling_tensors", "sampler",
+PARTS = ("schedule", "prepare", "block_tables", "model", "sampling_tensors", "sampler",
          "runner_step", "detokenize_stop")
 ROW_KEYS = ("batch", "generated", "generated_min", "generated_max", "context_max", "vocab", "temperature",
             "status", "reason", "rounds", "steps", "step_median_us", "step_p90_us", "step_mean_us", "host_median_us",
             "host_p90_us", "host_per_seq_us", "sampler_median_us", "breakdown_steps", "instrumented_step_us",
-            "schedule_us", "prepare_us", "block_table_gather_us", "model_us", "sampling_tensors_us", "sampler_us",
+            "schedule_us", "prepare_us", "block_tables_us", "model_us", "sampling_tensors_us", "sampler_us",
             "runner_other_us", "detokenize_stop_us", "loop_other_us", "setup_s")
 
 
@@ -162,6 +162,7 @@ class StepRecorder:
         self.full_steps = 0
         self.start = None  # perf_counter at the start of the open step, if it is recorded
         self.parts: dict[str, float] = {}
+        self.instrumented: set[str] = {"schedule", "sampler"}
         self.generated_at_start: list[int] = []
         self.stoppers: dict = {}  # seq_id -> the engine's per-sequence stop checker
         self._undo: list = []
@@ -181,6 +182,7 @@ class StepRecorder:
 
     def _timed(self, name, fn):
         clock, parts = time.perf_counter, self.parts
+        self.instrumented.add(name)
 
         def timed(*args, **kwargs):
             t0 = clock()
@@ -193,7 +195,7 @@ class StepRecorder:
 
     def _instrument(self) -> None:
         runner = self.llm.runner
-        for name, attr in (("prepare", "prepare"), ("block_tables", "_block_tables"), ("block_table_rows", "_row"),
+        for name, attr in (("prepare", "prepare"), ("block_tables", "_write_tables"), ("block_tables", "_arrange"),
                            ("runner_step", "step")):
             if hasattr(runner, attr):
                 self._patch(runner, attr, self._timed(name, getattr(runner, attr)))
@@ -214,7 +216,9 @@ class StepRecorder:
     def _schedule(self):
         now = time.perf_counter()
         if self.start is not None:
-            record = {"step": now - self.start, **self.parts}
+            # A part that was instrumented but not called in a step took 0 (e.g. sampling
+            # tensors reused in place).
+            record = {"step": now - self.start, **dict.fromkeys(self.instrumented, 0.0), **self.parts}
             (self.breakdown if len(self.timed_steps) == self.steps else self.timed_steps).append(record)
             self.start = None
             if len(self.breakdown) == self.breakdown_steps:
@@ -351,11 +355,10 @@ def _pretend_generated(llm, mods, recorder, pretend) -> None:
     def stopper_init(self, seq, *args, **kwargs):
         init(self, seq, *args, **kwargs)
         ids = seq.token_ids[seq.prompt_len:]
-        # Steady state after emitting every token: the window starts at the last token emitted,
-        # the text so far is one piece and the stop-string window holds its tail.
-        self.detok.ids, self.detok.read, self.detok.prefix = ids, len(ids), max(0, len(ids) - 1)
+        # Steady state after emitting every token: the detokenizer has emitted them all and
+        # the text so far is one piece.
+        self.detok = mods.detokenizer.IncrementalDetokenizer(llm.tokenizer, context=ids)
         self.pieces, self.length = [seq.text], len(seq.text)
-        self.tail = seq.text[-self.keep:] if self.keep else ""
         recorder.stoppers[seq.seq_id] = self
 
     recorder._patch(stopper, "__init__", stopper_init)
@@ -388,8 +391,8 @@ def summarize(runs: list[Measurement], batch: int) -> dict:
     out |= {"instrumented_step_us": mean["step"], "schedule_us": part("schedule"), "prepare_us": part("prepare"),
             "model_us": part("model"), "sampling_tensors_us": part("sampling_tensors"),
             "sampler_us": part("sampler"), "detokenize_stop_us": part("detokenize_stop")}
-    if {"block_tables", "block_table_rows"} <= present:
-        out["block_table_gather_us"] = mean["block_tables"] - mean["block_table_rows"]
+    if "block_tables" in present:
+        out["block_tables_us"] = mean["block_tables"]
     if "runner_step" in present:
         out["runner_other_us"] = mean["runner_step"] - sum(mean[k] for k in
                                                            ("prepare", "model", "sampling_tensors", "sampler"))
@@ -429,7 +432,7 @@ def _k(n) -> str:
 
 def format_rows(rows: list[dict]) -> str:
     headers = ["B", "generated", "step µs", "p90", "host µs", "p90", "/seq", "sampler", "sched", "prepare",
-               "(gather)", "model", "params", "sampler", "runner+", "detok+stop", "loop+", "instr."]
+               "(tables)", "model", "params", "sampler", "runner+", "detok+stop", "loop+", "instr."]
     fmt = common.fmt
     table = []
     for r in rows:
@@ -439,7 +442,7 @@ def format_rows(rows: list[dict]) -> str:
             continue
         cells += [fmt(r[k], ".0f") for k in ("step_median_us", "step_p90_us", "host_median_us", "host_p90_us")]
         cells += [fmt(r["host_per_seq_us"], ".2f"), fmt(r["sampler_median_us"], ".0f")]
-        cells += [fmt(r[k], ".0f") for k in ("schedule_us", "prepare_us", "block_table_gather_us", "model_us",
+        cells += [fmt(r[k], ".0f") for k in ("schedule_us", "prepare_us", "block_tables_us", "model_us",
                                              "sampling_tensors_us", "sampler_us", "runner_other_us",
                                              "detokenize_stop_us", "loop_other_us", "instrumented_step_us")]
         table.append(cells)
@@ -490,12 +493,15 @@ def run_all(ctx) -> list[dict]:
 class Context:
     def __init__(self, args, plan):
         import fastcot
+        import fastcot.engine.detokenizer
         import fastcot.engine.llm
         import fastcot.engine.model_runner
         import fastcot.models
 
         self.args, self.plan, self.fastcot = args, plan, fastcot
-        self.mods = type("EngineModules", (), {"llm": fastcot.engine.llm, "model_runner": fastcot.engine.model_runner})
+        engine = fastcot.engine
+        self.mods = type("EngineModules", (), {"llm": engine.llm, "model_runner": engine.model_runner,
+                                               "detokenizer": engine.detokenizer})
         self.tokenizer = fastcot.models.load_tokenizer(args.tokenizer)
         self.work = Workload(self.tokenizer, plan["vocab"])
 
@@ -529,7 +535,7 @@ def main(argv=None) -> int:
     print("step: wall time per decode step of the engine loop, excluding nothing (median, p90); host: step minus "
           "the sampler's [B, V] math (device work on a GPU); /seq: host per sequence; sampler: its median. "
           "Breakdown (means of the instrumented steps, which they add up to as 'instr.'): sched = "
-          "Scheduler.schedule, prepare = ModelRunner.prepare (gather: its block-table gather), model = stub "
+          "Scheduler.schedule, prepare = ModelRunner.prepare (tables: its block-table writes and slot moves), model = stub "
           "forward + logits, params = SamplingTensors.from_params, runner+ = rest of ModelRunner.step "
           "(.tolist(), ...), detok+stop = _Stopper.observe, loop+ = rest of the LLM loop.")
     if args.smoke:

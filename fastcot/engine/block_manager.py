@@ -188,19 +188,19 @@ class BlockManager:
 
     def can_append(self, seq: BlockSequence, num_new_tokens: int = 1) -> bool:
         """Whether `append_slots(seq, num_new_tokens)` would succeed now."""
-        if num_new_tokens == 1 and self._writes_in_place(seq):
+        if num_new_tokens == 1 and self.writes_in_place(seq):
             return True
         return self._blocks_to_append(seq, num_new_tokens) <= self.num_free_blocks
 
     def append_slot(self, seq: BlockSequence) -> tuple[int, int] | None:
         """`append_slots` for the one token a decode step adds: None, or the (src, dst) pair of
         a copy-on-write that the engine must perform (all layers) before the step."""
-        if self._writes_in_place(seq):  # the common decode step, kept cheap (host budget)
+        if self.writes_in_place(seq):  # the common decode step, kept cheap (host budget)
             return None
         copies = self.append_slots(seq, 1)
         return copies[0] if copies else None
 
-    def _writes_in_place(self, seq: BlockSequence) -> bool:
+    def writes_in_place(self, seq: BlockSequence) -> bool:
         """The newest token falls inside the last block, which only `seq` uses. Nothing becomes
         cacheable then: a block fills up only at the boundary, handled by `append_slots`."""
         table = seq.block_table
@@ -210,6 +210,18 @@ class BlockManager:
             and position // self.block_size == len(table) - 1
             and self._ref[table[-1]] == 1
         )
+
+    def needing_room(self, seqs: Iterable[BlockSequence]) -> list[BlockSequence]:
+        """The sequences of `seqs` whose newest token does not `writes_in_place`: their decode
+        step needs `append_slot` (a new block, or a copy of a shared one)."""
+        bs, ref = self.block_size, self._ref
+        out = []
+        for seq in seqs:
+            table = seq.block_table
+            position = len(seq.token_ids) - 1
+            if not (position % bs and position // bs == len(table) - 1 and ref[table[-1]] == 1):
+                out.append(seq)
+        return out
 
     def append_slots(self, seq: BlockSequence, num_new_tokens: int = 1) -> list[tuple[int, int]]:
         """Make room for the last `num_new_tokens` tokens of `seq.token_ids`, whose KV the next

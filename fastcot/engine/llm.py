@@ -184,49 +184,38 @@ class LLM:
             for seq in seqs:
                 stops[seq.seq_id] = _Stopper(seq, self.tokenizer, self.config.eos_token_ids, self.max_model_len)
         pending_forks = {rid: seqs[1:] for rid, _, _, seqs in requests if len(seqs) > 1}
+        samples = {rid: seqs for rid, _, _, seqs in requests}
         bar = _progress(len(requests), use_tqdm)
-        finished_requests = set()
 
         def done(seq: Sequence):
-            request = next(r for r in requests if r[0] == seq.request_id)
-            if all(s.status == Status.FINISHED for s in request[3]) and seq.request_id not in pending_forks:
-                finished_requests.add(seq.request_id)
-                if bar is not None:
-                    bar.update(1)
+            rid = seq.request_id
+            if bar is not None and rid not in pending_forks and all(s.status == Status.FINISHED for s in samples[rid]):
+                bar.update(1)
 
         while self.scheduler.has_unfinished():
             batch, failed = self.scheduler.schedule()
             for seq in failed:
                 for other in [seq, *pending_forks.pop(seq.request_id, [])]:
                     other.finish("error", seq.stop_reason)
+                self.runner.release(seq)
                 done(seq)
             if batch is None:
                 continue
-            rows, row_index = [], []
-            for i, (seq, end) in enumerate(zip(batch.seqs, batch.chunk_ends)):
-                if end < len(seq):
-                    continue  # a prefill chunk short of the sequence's end: nothing to sample yet
-                rows.append(seq)
-                row_index.append(i)
-                if batch.is_prefill and seq.request_id in pending_forks and seq.num_output == 0:
-                    rows.extend(pending_forks[seq.request_id])
-                    row_index.extend([i] * len(pending_forks[seq.request_id]))
-            token_ids = self.runner.step(batch, rows, row_index)
+            if batch.is_prefill:
+                rows, row_index = self._prefill_rows(batch, pending_forks)
+                token_ids = self.runner.step(batch, rows, row_index)
+                self._after_prefill(batch, pending_forks)
+            else:
+                rows = batch.seqs
+                token_ids = self.runner.step(batch, rows, None)
             now = time.perf_counter()
-            for seq, end in zip(batch.seqs, batch.chunk_ends):
-                seq.num_computed = end
-                if batch.is_prefill:
-                    self.block_manager.cache_computed(seq, end)
-                if end == len(seq) and seq.num_output == 0:
-                    for child in pending_forks.pop(seq.request_id, []):
-                        child.token_ids = list(seq.token_ids)
-                        self.block_manager.fork(seq, child)
-                        child.num_computed = len(child)
-                        child.status = Status.RUNNING
-                        self.scheduler.running.append(child)
+            decode = not batch.is_prefill
             for seq, token in zip(rows, token_ids):
+                if decode:
+                    seq.num_computed += 1
                 seq.token_ids.append(token)
-                seq.first_token_time = seq.first_token_time or now
+                if seq.first_token_time is None:
+                    seq.first_token_time = now
                 delta = stops[seq.seq_id].observe(token)
                 if stream and delta:
                     yield seq.request_id, seq.index, delta
@@ -239,6 +228,35 @@ class LLM:
         if not stream:
             for request_id, text, ids, seqs in requests:
                 yield _request_output(request_id, text, ids, seqs)
+
+    @staticmethod
+    def _prefill_rows(batch, pending_forks) -> tuple[list[Sequence], list[int]]:
+        """The sequences a prefill step samples for (those whose prompt it completes, and the
+        other samples of their requests) and the batch row whose logits each one uses."""
+        rows, row_index = [], []
+        for i, (seq, end) in enumerate(zip(batch.seqs, batch.chunk_ends)):
+            if end < len(seq):
+                continue  # a prefill chunk short of the sequence's end: nothing to sample yet
+            rows.append(seq)
+            row_index.append(i)
+            if seq.request_id in pending_forks and seq.num_output == 0:
+                rows.extend(pending_forks[seq.request_id])
+                row_index.extend([i] * len(pending_forks[seq.request_id]))
+        return rows, row_index
+
+    def _after_prefill(self, batch, pending_forks) -> None:
+        """Mark the prefilled tokens computed and cached; fork the other samples of requests
+        whose prompt is complete (they share its blocks)."""
+        for seq, end in zip(batch.seqs, batch.chunk_ends):
+            seq.num_computed = end
+            self.block_manager.cache_computed(seq, end)
+            if end == len(seq) and seq.num_output == 0:
+                for child in pending_forks.pop(seq.request_id, []):
+                    child.token_ids = list(seq.token_ids)
+                    self.block_manager.fork(seq, child)
+                    child.num_computed = len(child)
+                    child.status = Status.RUNNING
+                    self.scheduler.running.append(child)
 
     def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
         """Apply the model's chat template to `messages` (a list of `{"role", "content"}` dicts, or
@@ -253,48 +271,61 @@ class LLM:
 
 class _Stopper:
     """Per-sequence stop checks and incremental text, constant work per token: the text is kept
-    as pieces (joined once, when the sequence finishes) and stop strings are searched in a
-    tail window as long as the longest stop string."""
+    as pieces (joined once, when the sequence finishes), and stop strings are looked for only
+    when the new text contains the last character of one, in a window of the newest text as
+    long as the new text plus the longest stop string."""
 
     def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int):
+        p = seq.params
         self.seq = seq
-        self.params = seq.params
-        self.eos = set() if seq.params.ignore_eos else set(eos_token_ids)
-        self.stop_ids = set(seq.params.stop_token_ids or [])
-        self.stop_strings = list(seq.params.stop or [])
-        self.keep = max(map(len, self.stop_strings), default=1) - 1
-        self.max_model_len = max_model_len
+        self.min_tokens = p.min_tokens
+        self.stop_ids = set(p.stop_token_ids or []) | (set() if p.ignore_eos else set(eos_token_ids))
+        self.stop_strings = list(p.stop or [])
+        self.stop_last_chars = frozenset(s[-1] for s in self.stop_strings)
+        self.longest = max(map(len, self.stop_strings), default=0)
+        # The sequence reaches its length limit at this many tokens (prompt included).
+        self.end = min(seq.prompt_len + p.max_tokens, max_model_len)
         self.detok = IncrementalDetokenizer(tokenizer)
         self.pieces: list[str] = []
         self.length = 0  # characters emitted so far
-        self.tail = ""  # their last `keep` characters
 
     def observe(self, token: int) -> str:
-        """Account for a newly sampled token; returns the text it adds. Finishes the sequence
-        when a stop condition holds (the stop token or string is not part of the text)."""
-        seq, p = self.seq, self.params
-        n = seq.num_output
-        if n >= p.min_tokens and (token in self.eos or token in self.stop_ids):
+        """Account for a newly sampled token (already appended to the sequence); returns the
+        text it adds. Finishes the sequence when a stop condition holds (the stop token or
+        string is not part of the text)."""
+        seq = self.seq
+        n = len(seq.token_ids) - seq.prompt_len  # output tokens, this one included
+        if token in self.stop_ids and n >= self.min_tokens:
             self._finish("stop", token)
             return ""
         delta = self.detok.add(token)
-        if self.stop_strings and n >= p.min_tokens and delta:
-            window = self.tail + delta
-            hits = [(window.find(s), s) for s in self.stop_strings]
-            hits = [(at, s) for at, s in hits if at != -1]
-            if hits:
-                at, stop = min(hits)
-                end = self.length - len(self.tail) + at  # where the text stops, in the whole text
-                self.pieces.append(delta)
-                self._finish("stop", stop, text_end=end)
-                return delta[: max(0, end - self.length)]
         if delta:
             self.pieces.append(delta)
             self.length += len(delta)
-            self.tail = (self.tail + delta)[-self.keep:] if self.keep else ""
-        if n >= p.max_tokens or len(seq) >= self.max_model_len:
+            if n >= self.min_tokens and not self.stop_last_chars.isdisjoint(delta):
+                stopped = self._stop_string(delta)
+                if stopped is not None:
+                    return stopped
+        if len(seq.token_ids) >= self.end:
             self._finish("length")
         return delta
+
+    def _stop_string(self, delta: str) -> str | None:
+        """If `delta` completes a stop string, finish before the earliest such string and return
+        the part of `delta` before it; otherwise None."""
+        size = len(delta) + self.longest - 1
+        window, i = "", len(self.pieces)
+        while len(window) < size and i:
+            i -= 1
+            window = self.pieces[i][len(window) - size:] + window
+        new = len(window) - len(delta)  # where delta starts in the window
+        hits = [(at, s) for s in self.stop_strings if (at := window.find(s, max(0, new - len(s) + 1))) != -1]
+        if not hits:
+            return None
+        at, stop = min(hits)
+        end = self.length - len(window) + at  # where the text stops, in the whole text
+        self._finish("stop", stop, text_end=end)
+        return delta[: max(0, end - (self.length - len(delta)))]
 
     def _finish(self, reason: str, stop_reason=None, text_end: int | None = None) -> None:
         text = "".join(self.pieces)

@@ -2,22 +2,50 @@
 
 Prefill steps run eagerly; on a GPU decode steps replay CUDA graphs (`cuda_graphs.py`)
 unless `enforce_eager`.
+
+A decode step's host work is kept flat in the sequences' lengths and small in the batch
+size. Block tables live on the device, one row ("slot") per live sequence, and a decode
+batch's sequences hold slots `0..B-1` in batch order, so its block tables are a view. While a
+decode batch is the same list of sequences as the previous decode step (the steady state of
+long generations), its inputs advance in place on the device: the input ids are the ids just
+sampled, positions, lengths and cache slots move on by one, only the table entries of
+sequences that entered a new block are written, and the sampling tensors (and the
+repetition-penalty presence mask) are reused. Any other batch rebuilds them from the
+sequences.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 
 from fastcot.engine.metadata import AttentionMetadata
-from fastcot.engine.sampling import Sampler, SamplingTensors, presence_mask
+from fastcot.engine.sampling import Sampler, SamplingTensors, pack, presence_mask, record_tokens_
 from fastcot.engine.scheduler import Batch
 from fastcot.engine.sequence import Sequence
 
 
+@dataclass
+class _DecodeState:
+    """Inputs of the last decode step, advanced in place while its sequences stay the same."""
+
+    seqs: list[Sequence]
+    row: dict[int, int]  # seq_id -> row in the batch (== its slot)
+    positions: torch.Tensor  # [B] int64, the position of each sequence's newest token
+    seq_lens: torch.Tensor  # [B] int32
+    slot_mapping: torch.Tensor  # [B] int32
+    max_len: int
+    tensors: SamplingTensors | None = None  # reused, advanced, while no row suppresses ids
+    next_ids: torch.Tensor | None = None  # [B] int64, the ids sampled by that step
+
+
 class ModelRunner:
-    """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps."""
+    """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps.
+
+    Callers that change a running sequence's tokens outside `step` must call `invalidate()`.
+    """
 
     def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device,
                  max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True):
@@ -32,12 +60,16 @@ class ModelRunner:
             for _ in range(config.num_hidden_layers)
         ]
         self.sampler = Sampler()
-        # Block tables live on the device, one row per live sequence, updated by the entries
-        # that changed: a decode step's host work stays flat however long the sequences grow.
         self.max_blocks_per_seq = max_blocks_per_seq
-        self.tables = torch.zeros((16, max_blocks_per_seq), dtype=torch.int32, device=device)
-        self.rows: dict[int, tuple[int, int]] = {}  # seq_id -> (row, entries synced)
-        self.free_rows = list(range(15, -1, -1))
+        capacity = min(max_num_seqs, 16)
+        self.tables = torch.zeros((capacity, max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.presence: torch.Tensor | None = None  # [capacity, V] bool, per slot, made when needed
+        self.rows: dict[int, list[int]] = {}  # seq_id -> [slot, table entries written]
+        self.owner: list[int | None] = [None] * capacity  # slot -> seq_id
+        self.free_slots = list(range(capacity - 1, -1, -1))  # lowest last
+        self.width = 0  # most table entries written in any slot
+        self.presence_ok: set[int] = set()  # seq_ids whose presence row is up to date
+        self._decode: _DecodeState | None = None
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
@@ -45,68 +77,159 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, self.kv_caches, max_batch=max_num_seqs,
                                        max_blocks_per_seq=max_blocks_per_seq, device=device)
 
+    # ---- slots and block tables ------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        """Rebuild the next decode step's inputs from the sequences."""
+        self._decode = None
+
     def release(self, seq: Sequence) -> None:
-        """Forget a finished sequence's block-table row."""
+        """Forget a finished or preempted sequence's slot."""
         entry = self.rows.pop(seq.seq_id, None)
         if entry is not None:
-            self.free_rows.append(entry[0])
+            self.owner[entry[0]] = None
+            self.free_slots.append(entry[0])
+            self.free_slots.sort(reverse=True)
+        self.presence_ok.discard(seq.seq_id)
+        self._decode = None
 
-    def _row(self, seq: Sequence, rewrite: bool) -> int:
+    def _slot(self, seq: Sequence) -> int:
         entry = self.rows.get(seq.seq_id)
         if entry is None:
-            if not self.free_rows:
-                grown = self.tables.shape[0]
-                self.tables = torch.cat([self.tables, torch.zeros_like(self.tables)])
-                self.free_rows = list(range(2 * grown - 1, grown - 1, -1))
-            entry = (self.free_rows.pop(), 0)
-            rewrite = True
-        row, synced = entry
-        table = seq.block_table
-        start = 0 if rewrite else synced
-        if len(table) > start:
-            self.tables[row, start:len(table)] = self._tensor(table[start:], torch.int32)
-        self.rows[seq.seq_id] = (row, len(table))
-        return row
+            if not self.free_slots:
+                self._grow()
+            entry = self.rows[seq.seq_id] = [self.free_slots.pop(), 0]
+            self.owner[entry[0]] = seq.seq_id
+        return entry[0]
 
-    def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
-        bs, table = self.block_size, seq.block_table
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+    def _grow(self) -> None:
+        capacity = self.tables.shape[0]
+        self.tables = torch.cat([self.tables, torch.zeros_like(self.tables)])
+        if self.presence is not None:
+            self.presence = torch.cat([self.presence, torch.zeros_like(self.presence)])
+        self.owner += [None] * capacity
+        self.free_slots = list(range(2 * capacity - 1, capacity - 1, -1)) + self.free_slots
+
+    def _write_tables(self, seqs, *, rewrite: bool = False, last: bool = False) -> None:
+        """Copy the new entries of `seqs`' block tables (all of them if `rewrite`; the last
+        one too if `last`, after a copy-on-write) to their slots, in one indexed copy."""
+        index, vals, stride = [], [], self.tables.stride(0)
+        for seq in seqs:
+            entry = self.rows[seq.seq_id]
+            table = seq.block_table
+            start = 0 if rewrite else min(entry[1], len(table) - 1) if last else entry[1]
+            if len(table) > start:
+                base = entry[0] * stride
+                index += range(base + start, base + len(table))
+                vals += table[start:]
+            entry[1] = len(table)
+            self.width = max(self.width, len(table))
+        if vals:
+            _put(self.tables.view(-1), index, vals, self.device)
+
+    def _arrange(self, seqs: list[Sequence]) -> None:
+        """Move slots so that `seqs[i]` holds slot i (one gather of the live rows)."""
+        want = [self._slot(s) for s in seqs]
+        if want == list(range(len(seqs))):
+            return
+        taken = set(want)
+        perm = want + [slot for slot, owner in enumerate(self.owner) if owner is not None and slot not in taken]
+        index = pack("q", perm, torch.int64, self.device)
+        n = len(perm)
+        self.tables[:n, : self.width] = self.tables[index, : self.width]
+        if self.presence is not None:
+            self.presence[:n] = self.presence[index]
+        owners = [self.owner[p] for p in perm]
+        for slot, seq_id in enumerate(owners):
+            self.rows[seq_id][0] = slot
+        self.owner = owners + [None] * (len(self.owner) - n)
+        self.free_slots = list(range(len(self.owner) - 1, n - 1, -1))
+
+    # ---- inputs ------------------------------------------------------------------------------
 
     def _tensor(self, values, dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
-    def _block_tables(self, batch: Batch) -> torch.Tensor:
-        # A prefill (re)allocates, copy-on-write replaces a last block: rewrite those rows;
-        # otherwise tables only grow at the end.
-        rewrite = batch.is_prefill or bool(batch.block_copies)
-        rows = [self._row(s, rewrite) for s in batch.seqs]
-        width = max(len(s.block_table) for s in batch.seqs)
-        return self.tables[self._tensor(rows, torch.int64), :width]
-
     def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        seqs = batch.seqs
-        if batch.is_prefill:
-            spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
-            ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
-            positions = [p for a, b in spans for p in range(a, b)]
-            slots = [x for s, (a, b) in zip(seqs, spans) for x in self._slots(s, a, b)]
-            q_lens = [b - a for a, b in spans]
-            metadata = AttentionMetadata(
-                slot_mapping=self._tensor(slots, torch.int32),
-                block_tables=self._block_tables(batch),
-                seq_lens=self._tensor(batch.chunk_ends, torch.int32),
-                cu_seqlens_q=self._tensor([0, *itertools.accumulate(q_lens)], torch.int32),
-                max_query_len=max(q_lens),
-            )
-        else:
-            ids = [s.token_ids[-1] for s in seqs]
-            positions = [len(s) - 1 for s in seqs]
-            metadata = AttentionMetadata(
-                slot_mapping=self._tensor([self._slots(s, len(s) - 1, len(s))[0] for s in seqs], torch.int32),
-                block_tables=self._block_tables(batch),
-                seq_lens=self._tensor([len(s) for s in seqs], torch.int32),
-            )
+        return self._prepare_prefill(batch) if batch.is_prefill else self._prepare_decode(batch)
+
+    def _prepare_prefill(self, batch: Batch):
+        seqs, bs = batch.seqs, self.block_size
+        if self._decode is not None and any(s.seq_id in self._decode.row for s in seqs):
+            self._decode = None
+        for seq in seqs:
+            self.presence_ok.discard(seq.seq_id)
+        slots = [self._slot(s) for s in seqs]
+        self._write_tables(seqs, rewrite=True)  # (re)allocated: rewrite the rows
+        spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
+        ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
+        positions = [p for a, b in spans for p in range(a, b)]
+        slot_mapping = [s.block_table[p // bs] * bs + p % bs for s, (a, b) in zip(seqs, spans) for p in range(a, b)]
+        q_lens = [b - a for a, b in spans]
+        width = max(len(s.block_table) for s in seqs)
+        metadata = AttentionMetadata(
+            slot_mapping=self._tensor(slot_mapping, torch.int32),
+            block_tables=self.tables[self._tensor(slots, torch.int64), :width],
+            seq_lens=self._tensor(batch.chunk_ends, torch.int32),
+            cu_seqlens_q=self._tensor([0, *itertools.accumulate(q_lens)], torch.int32),
+            max_query_len=max(q_lens),
+        )
         return self._tensor(ids, torch.int64), self._tensor(positions, torch.int64), metadata
+
+    def _prepare_decode(self, batch: Batch):
+        seqs, bs, d = batch.seqs, self.block_size, self._decode
+        if d is not None and d.next_ids is not None and d.seqs == seqs:
+            # The same sequences as the last decode step, each one token longer.
+            d.positions.add_(1)
+            d.seq_lens.add_(1)
+            d.slot_mapping.add_(1)
+            d.max_len += 1
+            if batch.grown:  # a new (or copied) last block: its first slot, and its table entry
+                self._write_tables(batch.grown, last=True)
+                rows = [d.row[s.seq_id] for s in batch.grown]
+                slots = [s.block_table[(len(s) - 1) // bs] * bs + (len(s) - 1) % bs for s in batch.grown]
+                _put(d.slot_mapping, rows, slots, self.device)
+            input_ids = d.next_ids
+            d.next_ids = None
+        else:
+            self._arrange(seqs)
+            self._write_tables(seqs, last=bool(batch.block_copies))
+            lens = [len(s) for s in seqs]
+            positions = [n - 1 for n in lens]
+            slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
+            ints = pack("i", lens + slots, torch.int32, self.device).view(2, -1)
+            d = self._decode = _DecodeState(
+                seqs=list(seqs), row={s.seq_id: i for i, s in enumerate(seqs)},
+                positions=pack("q", positions, torch.int64, self.device),
+                seq_lens=ints[0], slot_mapping=ints[1], max_len=max(lens),
+            )
+            input_ids = pack("q", [s.token_ids[-1] for s in seqs], torch.int64, self.device)
+        metadata = AttentionMetadata(
+            slot_mapping=d.slot_mapping,
+            block_tables=self.tables[: len(seqs), : -(-d.max_len // bs)],
+            seq_lens=d.seq_lens,
+        )
+        return input_ids, d.positions, metadata
+
+    def _sampling_tensors(self, rows: list[Sequence]) -> SamplingTensors:
+        return SamplingTensors.from_params(
+            [s.params for s in rows], output_lens=[s.num_output for s in rows], keys=[s.noise_key for s in rows],
+            eos_token_ids=self.config.eos_token_ids, device=self.device,
+        )
+
+    def _decode_presence(self, seqs: list[Sequence], vocab_size: int) -> torch.Tensor:
+        """`[B, V]` view of the per-slot presence rows of a decode batch (built once per
+        sequence, then updated with each sampled token)."""
+        if self.presence is None or self.presence.shape[1] != vocab_size:
+            self.presence = torch.zeros((self.tables.shape[0], vocab_size), dtype=torch.bool, device=self.device)
+            self.presence_ok.clear()
+        for i, seq in enumerate(seqs):
+            if seq.seq_id not in self.presence_ok:
+                self.presence[i] = presence_mask([seq.token_ids], vocab_size, self.device)[0]
+                self.presence_ok.add(seq.seq_id)
+        return self.presence[: len(seqs)]
+
+    # ---- steps -------------------------------------------------------------------------------
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         if not pairs:
@@ -120,7 +243,10 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, batch: Batch, rows: list[Sequence], row_index: list[int]) -> list[int]:
         """Run the batch and sample one token for each of `rows`, from the logits of batch
-        sequence `row_index[i]` (the n samples of a request all draw from its one prefill)."""
+        sequence `row_index[i]` (the n samples of a request all draw from its one prefill;
+        a decode step samples every batch sequence in order)."""
+        for seq in batch.preempted:
+            self.release(seq)
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
         logits = None
@@ -134,13 +260,34 @@ class ModelRunner:
             if batch.is_prefill:
                 hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
             logits = self.model.compute_logits(hidden)
-        if row_index != list(range(len(batch.seqs))):
+        if batch.is_prefill:
+            return self._sample_prefill(logits, rows, row_index)
+        d = self._decode
+        tensors = d.tensors
+        if tensors is None or tensors.suppress_ids is not None:  # suppression (min_tokens) changes per step
+            tensors = d.tensors = self._sampling_tensors(batch.seqs)
+        presence = None
+        if tensors.do_penalty:
+            presence = self._decode_presence(batch.seqs, logits.shape[1])
+        elif self.presence_ok:  # this step's tokens go unrecorded: the rows are out of date
+            self.presence_ok.clear()
+        sampled = self.sampler(logits, tensors, presence)
+        if presence is not None:
+            record_tokens_(presence, sampled)
+        tensors.advance_()
+        d.next_ids = sampled
+        return sampled.tolist()
+
+    def _sample_prefill(self, logits: torch.Tensor, rows: list[Sequence], row_index: list[int]) -> list[int]:
+        if row_index != list(range(logits.shape[0])):
             logits = logits[self._tensor(row_index, torch.int64)]
-        tensors = SamplingTensors.from_params(
-            [s.params for s in rows], output_lens=[s.num_output for s in rows], keys=[s.noise_key for s in rows],
-            eos_token_ids=self.config.eos_token_ids, device=self.device,
-        )
+        tensors = self._sampling_tensors(rows)
         presence = None
         if tensors.do_penalty:
             presence = presence_mask([s.token_ids for s in rows], logits.shape[1], self.device)
         return self.sampler(logits, tensors, presence).tolist()
+
+
+def _put(target: torch.Tensor, index: list[int], values: list[int], device) -> None:
+    """`target[index] = values` for a 1-D int32 `target` (one small copy and one kernel)."""
+    target.index_copy_(0, pack("q", index, torch.int64, device), pack("i", values, torch.int32, device))

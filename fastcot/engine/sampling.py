@@ -209,13 +209,13 @@ class SamplingTensors:
                 suppress[row] += (p.stop_token_ids or []) + ([] if p.ignore_eos else list(eos_token_ids))
 
         # array + frombuffer packs a list about 3x faster than torch.tensor(list) (host budget).
-        floats = _pack("f", temps + tops_p + mins_p + penalties, torch.float32, device).view(4, B)
-        ints = _pack("q", tops_k + list(keys) + list(output_lens), torch.int64, device).view(3, B)
+        floats = pack("f", temps + tops_p + mins_p + penalties, torch.float32, device).view(4, B)
+        ints = pack("q", tops_k + list(keys) + list(output_lens), torch.int64, device).view(3, B)
         width = max(map(len, suppress), default=0)
         suppress_ids = None
         if width:
             flat = [i for s in suppress for i in s + [-1] * (width - len(s))]
-            suppress_ids = _pack("q", flat, torch.int64, device).view(B, width)
+            suppress_ids = pack("q", flat, torch.int64, device).view(B, width)
         num_greedy = sum(t < _GREEDY_TEMPERATURE for t in temps)
         return cls(
             temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition_penalty=floats[3],
@@ -229,7 +229,9 @@ class SamplingTensors:
         )
 
 
-def _pack(typecode: str, values: list, dtype: torch.dtype, device) -> torch.Tensor:
+def pack(typecode: str, values: list, dtype: torch.dtype, device) -> torch.Tensor:
+    """A 1-D tensor of `values` on `device` (`typecode` "f", "i" or "q" as in `array`), packed
+    on the host through `array`, about 3x faster than `torch.tensor(list)`."""
     if not values:
         return torch.empty(0, dtype=dtype, device=device)
     host = torch.frombuffer(array.array(typecode, values), dtype=dtype)

@@ -30,6 +30,11 @@ class Batch:
     is_prefill: bool
     chunk_ends: list[int] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) copy-on-write
+    # Decode: the sequences whose block table changed for this step (a new last block, or a
+    # copy-on-write of it); every other table is as it was at its previous step.
+    grown: list[Sequence] = field(default_factory=list)
+    # Sequences preempted while scheduling this step: their blocks are gone.
+    preempted: list[Sequence] = field(default_factory=list)
 
 
 class Scheduler:
@@ -39,8 +44,10 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.prefilling: list[Sequence] = []  # running sequences whose prompt is not all computed
         self.num_preemptions = 0
         self._last_was_prefill = False
+        self._preempted: list[Sequence] = []
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -52,25 +59,29 @@ class Scheduler:
         """The next step's batch (None if nothing can run) and sequences that failed to fit."""
         failed: list[Sequence] = []
         batch = None
-        if not (self._last_was_prefill and any(map(_decode_ready, self.running))):
+        # Running sequences are either mid-prefill or decode-ready (see `_decode_ready`).
+        self.prefilling = [s for s in self.prefilling if s.status == Status.RUNNING and not _decode_ready(s)]
+        any_decode = len(self.running) > len(self.prefilling)
+        if not (self._last_was_prefill and any_decode):
             batch = self._schedule_prefill(failed)
-        if batch is None:
+        if batch is None and any_decode:
             batch = self._schedule_decode()
         if batch is None and not self._last_was_prefill:
             batch = self._schedule_prefill(failed)
         self._last_was_prefill = batch is not None and batch.is_prefill
+        if batch is not None:
+            batch.preempted, self._preempted = self._preempted, []
         return batch, failed
 
     def _schedule_prefill(self, failed: list[Sequence]) -> Batch | None:
         seqs, ends, budget = [], [], self.max_num_batched_tokens
-        for seq in self.running:
+        for seq in self.prefilling:  # oldest first: their next chunks
             if budget == 0:
                 break
-            if seq.num_computed < len(seq) - 1:  # mid-prefill: its next chunk
-                chunk = min(len(seq) - seq.num_computed, budget)
-                seqs.append(seq)
-                ends.append(seq.num_computed + chunk)
-                budget -= chunk
+            chunk = min(len(seq) - seq.num_computed, budget)
+            seqs.append(seq)
+            ends.append(seq.num_computed + chunk)
+            budget -= chunk
         admitted = []
         while self.waiting and budget > 0 and len(self.running) + len(admitted) < self.max_num_seqs:
             seq = self.waiting[0]
@@ -91,13 +102,22 @@ class Scheduler:
             ends.append(seq.num_computed + chunk)
             budget -= chunk
         self.running.extend(admitted)
+        self.prefilling.extend(admitted)
         return Batch(seqs, is_prefill=True, chunk_ends=ends) if seqs else None
 
     def _schedule_decode(self) -> Batch | None:
-        scheduled, copies = [], []
-        for seq in [s for s in self.running if _decode_ready(s)]:  # oldest first
+        ready = [s for s in self.running if s.num_computed == len(s.token_ids) - 1]  # oldest first
+        needing = self.blocks.needing_room(ready)
+        if not needing:  # the common step: every new token goes into its own last block
+            return Batch(ready, is_prefill=False) if ready else None
+        needing = set(needing)
+        scheduled, copies, grown = [], [], []
+        for seq in ready:
             if seq.status != Status.RUNNING:
                 continue  # preempted for an older sequence in this loop
+            if seq not in needing:
+                scheduled.append(seq)
+                continue
             while not self.blocks.can_append(seq):
                 victims = [s for s in reversed(self.running) if s is not seq and s not in scheduled]
                 victim = victims[0] if victims else seq
@@ -109,13 +129,17 @@ class Scheduler:
                 if pair is not None:
                     copies.append(pair)
                 scheduled.append(seq)
+                grown.append(seq)
         if not scheduled:
             return None
-        return Batch(scheduled, is_prefill=False, chunk_ends=[len(s) for s in scheduled], block_copies=copies)
+        return Batch(scheduled, is_prefill=False, block_copies=copies, grown=grown)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        if seq in self.prefilling:
+            self.prefilling.remove(seq)
         self.blocks.free(seq)
+        self._preempted.append(seq)
         seq.num_computed = 0
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
@@ -126,6 +150,8 @@ class Scheduler:
         self.blocks.free(seq)
         if seq in self.running:
             self.running.remove(seq)
+        if seq in self.prefilling:
+            self.prefilling.remove(seq)
 
 
 def _decode_ready(seq: Sequence) -> bool:
