@@ -40,7 +40,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
 EXT_NAME = "fastcot._C"
-SOURCES = ["csrc/bindings.cpp", "csrc/int4_dequant.cu"]
+SOURCES = ["csrc/bindings.cpp", "csrc/int4_dequant.cu", "csrc/int4_gemv.cu", "csrc/paged_decode.cu"]
 HEADERS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "include").rglob("*.*h"))
 DEFAULT_ARCHS = "80;90a"
 LOG_NAME = "_C.ptxas.log"

@@ -48,6 +48,8 @@ Status dispatch_scale(const Int4DequantParams& p, int64_t group_size, cudaStream
       return launch<OutT, __half>(p, group_size, stream);
     case DType::kBFloat16:
       return launch<OutT, __nv_bfloat16>(p, group_size, stream);
+    default:
+      break;
   }
   return Status::InvalidArgument("int4_dequantize: unknown scale dtype code " +
                                  std::to_string(static_cast<int>(p.scale_dtype)));
@@ -90,6 +92,8 @@ Status int4_dequantize(const Int4DequantParams& params, cudaStream_t stream) {
       return dispatch_scale<__half>(params, group_size, stream);
     case DType::kBFloat16:
       return dispatch_scale<__nv_bfloat16>(params, group_size, stream);
+    default:
+      break;
   }
   return Status::InvalidArgument("int4_dequantize: unknown output dtype code " +
                                  std::to_string(static_cast<int>(params.out_dtype)));

@@ -131,6 +131,18 @@ def test_ptxas_parser_reports_spills_and_missing_arches():
     ]
 
 
+def test_missing_kernel_families_are_reported_per_arch():
+    kernels = report.parse_ptxas_log(PTXAS_CLEAN)
+    found = report.missing_kernels(kernels, DEFAULT_ARCHS, "log", families=("int4_gemv_kernel",))
+    assert found == ["log: no int4_gemv_kernel for sm_80", "log: no int4_gemv_kernel for sm_90a"]
+    renamed = PTXAS_CLEAN.replace("_Z1kPf", "_ZN7fastcot16int4_gemv_kernelIfLi1ELi4EEEvNS_12Int4GemvArgsE")
+    kernels = report.parse_ptxas_log(renamed)
+    assert report.missing_kernels(kernels, DEFAULT_ARCHS, "log", families=("int4_gemv_kernel",)) == []
+    assert report.missing_kernels(kernels, ["sm_80"], "log", families=("paged_decode_kernel",)) == [
+        "log: no paged_decode_kernel for sm_80"
+    ]
+
+
 def test_ptxas_parser_rejects_truncated_blocks():
     with pytest.raises(ValueError, match="stack/spill"):
         frame_line = "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
@@ -207,6 +219,7 @@ def test_ptxas_log_is_clean_for_every_arch(ext):
     assert log.is_file(), f"setup.py saves the compiler output beside the extension; missing {log}; {REBUILD}"
     kernels = report.parse_ptxas_log(log.read_text())
     assert report.problems(kernels, expected_archs(), "ptxas log") == []
+    assert report.missing_kernels(kernels, expected_archs(), "ptxas log") == []
 
 
 @needs_build
@@ -216,6 +229,7 @@ def test_cuobjdump_resource_usage_is_clean_and_matches_ptxas(ext):
     so = Path(ext.__file__)
     dumped = report.parse_resource_usage(report.cuobjdump(tool, so, "--dump-resource-usage"))
     assert report.problems(dumped, expected_archs(), "cuobjdump") == []
+    assert report.missing_kernels(dumped, expected_archs(), "cuobjdump") == []
     ptxas = report.parse_ptxas_log((so.parent / "_C.ptxas.log").read_text())
     assert {(k.arch, k.name) for k in dumped} == {(k.arch, k.name) for k in ptxas}
     assert {(k.arch, k.name, k.registers) for k in dumped} == {(k.arch, k.name, k.registers) for k in ptxas}
@@ -248,6 +262,145 @@ def test_binding_rejects_bad_arguments_before_touching_the_device(ext, changes, 
 def test_binding_does_nothing_for_empty_tensors(ext):
     ext.int4_dequantize(qweight=0, scales=0, zeros=0, perm=0, out=0, n=0, k=96, group_size=32,
                         out_dtype=ext.DTYPE_FLOAT32, scale_dtype=ext.DTYPE_FLOAT32, device=0, stream=0)
+
+
+GEMV_ARGS = {"x": 256, "qweight": 256, "scales": 256, "zeros": 0, "bias": 0, "out": 256, "m": 4, "n": 8, "k": 256,
+             "group_size": 128, "stride_xm": 256, "stride_om": 8, "x_dtype": 1, "scale_dtype": 1, "bias_dtype": 1,
+             "device": 0, "stream": 0}
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"m": 17}, "M <= 16"),
+        ({"m": -1}, "M, N, K >= 0"),
+        ({"k": 12}, "multiple of 8"),
+        ({"group_size": 24}, "group_size"),
+        ({"group_size": 0}, "group_size"),
+        ({"x_dtype": 3}, "unknown dtype code 3"),
+        ({"bias_dtype": 7}, "unknown dtype code 7"),
+        ({"scales": 0}, "non-null"),
+        ({"x": 264}, "16-byte aligned"),
+        ({"stride_xm": 100}, "16-byte aligned"),
+        ({"stride_om": 4}, "out rows overlap"),
+    ],
+)
+def test_int4_gemv_binding_rejects_bad_arguments_before_touching_the_device(ext, changes, message):
+    with pytest.raises(ValueError, match=message):
+        ext.int4_gemv(**{**GEMV_ARGS, **changes})
+
+
+@needs_build
+def test_int4_gemv_binding_does_nothing_for_empty_tensors(ext):
+    ext.int4_gemv(**{**GEMV_ARGS, "m": 0, "x": 0, "qweight": 0, "scales": 0, "out": 0})
+    ext.int4_gemv(**{**GEMV_ARGS, "n": 0, "x": 0, "qweight": 0, "scales": 0, "out": 0})
+
+
+DECODE_ARGS = {"q": 256, "k_cache": 256, "v_cache": 256, "block_tables": 256, "seq_lens": 256, "out": 256,
+               "part_out": 0, "part_lse": 0, "batch": 2, "q_heads": 32, "num_kv_heads": 8, "head_dim": 128,
+               "num_blocks": 10, "block_size": 16, "num_splits": 1, "stride_q_b": 4096, "stride_q_h": 128,
+               "stride_out_b": 4096, "stride_out_h": 128, "stride_table_b": 5, "qk_scale": 0.1, "v_scale": 1.0,
+               "q_dtype": 1, "cache_dtype": 1, "device": 0, "stream": 0}
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"head_dim": 96}, "head_dim must be 64, 128 or 256"),
+        ({"block_size": 12}, "block_size must be a power of two"),
+        ({"block_size": 512}, "block_size must be a power of two"),
+        ({"num_kv_heads": 5}, "not a multiple of Hkv"),
+        ({"num_kv_heads": 0}, "Hkv > 0"),
+        ({"num_splits": 65}, "num_splits"),
+        ({"num_splits": 0}, "num_splits"),
+        ({"num_splits": 4}, "part_out and part_lse"),
+        ({"cache_dtype": 2}, "q's dtype or be float8_e4m3fn"),
+        ({"q_dtype": 0, "cache_dtype": 0}, "float32 caches"),
+        ({"q_dtype": 3, "cache_dtype": 3}, "unknown dtype code 3"),
+        ({"q_dtype": 9}, "unknown dtype code 9"),
+        ({"k_cache": 0}, "non-null"),
+        ({"v_cache": 264}, "16-byte aligned"),
+    ],
+)
+def test_paged_decode_binding_rejects_bad_arguments_before_touching_the_device(ext, changes, message):
+    with pytest.raises(ValueError, match=message):
+        ext.paged_decode_attention(**{**DECODE_ARGS, **changes})
+
+
+@needs_build
+def test_paged_decode_binding_accepts_fp8_caches_and_does_nothing_for_an_empty_batch(ext):
+    assert ext.DTYPE_FLOAT8_E4M3 == 3
+    assert ext.INT4_GEMV_MAX_M == cuda.INT4_GEMV_MAX_M
+    assert ext.PAGED_DECODE_MAX_SPLITS == cuda.PAGED_DECODE_MAX_SPLITS
+    ext.paged_decode_attention(**{**DECODE_ARGS, "batch": 0, "cache_dtype": ext.DTYPE_FLOAT8_E4M3})
+
+
+# ------------------------------------------ the kernels' conversion helpers, on the host
+
+
+@pytest.fixture(scope="module")
+def host_checks(tmp_path_factory):
+    """tests/csrc/host_checks.cu built with the csrc headers: runs the kernels' int4, fp8,
+    bf16 and fp16 conversion helpers on the CPU."""
+    exe = tmp_path_factory.mktemp("host_checks") / "host_checks"
+    build = subprocess.run([NVCC, "-std=c++17", f"-I{REPO / 'csrc' / 'include'}",
+                            str(REPO / "tests" / "csrc" / "host_checks.cu"), "-o", str(exe)],
+                           capture_output=True, text=True, check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+
+    def run(*args: str) -> torch.Tensor:
+        done = subprocess.run([str(exe), *args], capture_output=True, text=True, check=True)
+        bits = [int(word, 16) for word in done.stdout.split()]
+        return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+    return run
+
+
+def assert_same_floats(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert_bitwise_equal(actual, expected.float(), "host helper")
+
+
+@needs_build
+def test_int4_nibble_trick_gives_every_nibble_in_k_order(host_checks):
+    gen = torch.Generator().manual_seed(3)
+    words = torch.randint(0, 2**32, (64,), generator=gen, dtype=torch.int64)
+    words[:2] = torch.tensor([0x76543210, 0xFEDCBA98])
+    got = host_checks("int4", *[arg for w in words.tolist() for arg in (f"{w:08x}", "1", "0")]).view(-1, 8)
+    nibbles = (words[:, None] >> (4 * torch.arange(8))) & 0xF
+    assert_same_floats(got, nibbles)
+
+
+@needs_build
+def test_int4_dequantization_matches_the_float64_formula(host_checks):
+    gen = torch.Generator().manual_seed(4)
+    words = torch.randint(0, 2**32, (64,), generator=gen, dtype=torch.int64)
+    scales = (torch.randn(64, generator=gen) * 0.01).float()
+    zeros = (torch.rand(64, generator=gen) * 15).float()
+    args = [a for w, s, z in zip(words.tolist(), scales.tolist(), zeros.tolist()) for a in (f"{w:08x}", repr(s), repr(z))]
+    got = host_checks("int4", *args).view(-1, 8).double()
+    q = ((words[:, None] >> (4 * torch.arange(8))) & 0xF).double()
+    expected = (q - zeros.double()[:, None]) * scales.double()[:, None]
+    # fma(q, s, -z*s): two fp32 roundings of terms no larger than 15 |s|.
+    bound = 4 * torch.finfo(torch.float32).eps * 15 * scales.double().abs()[:, None]
+    assert bool(((got - expected).abs() <= bound).all()), (got - expected).abs().max()
+
+
+@needs_build
+def test_fp8_widening_matches_torch_for_every_byte(host_checks):
+    got = host_checks("fp8")
+    expected = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    assert_same_floats(got, expected)
+
+
+@needs_build
+@pytest.mark.parametrize("mode, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_16_bit_widening_matches_torch(host_checks, mode, dtype):
+    patterns = list(range(0, 2**16, 97)) + [0x0000, 0x8000, 0x0001, 0x7F7F, 0xFFFF, 0x7C00, 0x7F80]
+    got = host_checks(mode, *[f"{p:04x}" for p in patterns])
+    expected = torch.tensor(patterns, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    assert_same_floats(got, expected)
 
 
 # ---------------------------------------------------------------- on a GPU

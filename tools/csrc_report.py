@@ -7,7 +7,8 @@ Two independent sources, cross-checked:
   * `cuobjdump --dump-resource-usage` on the .so (the copy inside triton's NVIDIA
     backend works): REG, STACK, SHARED and LOCAL per kernel and arch.
 A kernel with spills, stack or local memory is a problem, and so is an arch with
-no kernels at all: the parsers refuse to report "clean" about output they did
+no kernels at all or without one of the kernel families csrc/ defines
+(EXPECTED_KERNELS): the parsers refuse to report "clean" about output they did
 not understand.
 
     python tools/csrc_report.py [--so fastcot/_C....so] [--log ...] [--archs 80;90a] [--json]
@@ -30,6 +31,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHS = ("sm_80", "sm_90a")
+# Every kernel family csrc/ defines (a substring of each instantiation's mangled name). Each
+# must be built for every arch, so a kernel dropped from the build is reported, not skipped.
+EXPECTED_KERNELS = (
+    "int4_dequantize_kernel",
+    "int4_gemv_kernel",
+    "paged_decode_kernel",
+    "paged_decode_merge_kernel",
+)
 
 
 @dataclasses.dataclass
@@ -130,6 +139,17 @@ def problems(kernels: list[KernelUsage], archs: list[str], source: str) -> list[
     return found
 
 
+def missing_kernels(kernels: list[KernelUsage], archs: list[str], source: str,
+                    families: tuple[str, ...] = EXPECTED_KERNELS) -> list[str]:
+    """Kernel families with no instantiation for an arch."""
+    return [
+        f"{source}: no {family} for {arch}"
+        for arch in archs
+        for family in families
+        if not any(k.arch == arch and family in k.name for k in kernels)
+    ]
+
+
 def find_cuobjdump() -> Path | None:
     """triton's bundled cuobjdump first (always present with triton), then the toolkit's."""
     spec = importlib.util.find_spec("triton")
@@ -208,14 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     archs = [a if a.startswith("sm_") else f"sm_{a}" for a in re.split(r"[;,\s]+", args.archs.strip()) if a]
     log = args.log or so.parent / "_C.ptxas.log"
     ptxas = parse_ptxas_log(log.read_text())
-    issues = problems(ptxas, archs, "ptxas log")
+    issues = problems(ptxas, archs, "ptxas log") + missing_kernels(ptxas, archs, "ptxas log")
     tool = find_cuobjdump()
     dumped: list[KernelUsage] = []
     if tool is None:
         issues.append("cuobjdump not found (neither triton's bundled copy nor a CUDA toolkit's)")
     else:
         dumped = parse_resource_usage(cuobjdump(tool, so, "--dump-resource-usage"))
-        issues += problems(dumped, archs, "cuobjdump")
+        issues += problems(dumped, archs, "cuobjdump") + missing_kernels(dumped, archs, "cuobjdump")
     rows = merge(ptxas, dumped)
     if args.json:
         kernels = [dataclasses.asdict(r) for r in rows]

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -49,6 +50,74 @@ __device__ __forceinline__ void store_vectorized(T* dst, const T (&values)[N]) {
   for (int i = 0; i < N; ++i) packed.elements[i] = values[i];
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) reinterpret_cast<uint4*>(dst)[i] = packed.chunks[i];
+}
+
+// Element codes as in fastcot/api.h (DType), repeated here so device code needs no host header.
+constexpr int kCodeFloat32 = 0;
+constexpr int kCodeFloat16 = 1;
+constexpr int kCodeBFloat16 = 2;
+
+// One element of a tensor whose float dtype is only known at run time. Used off the hot
+// loops (scales, biases, query and output rows), where a uniform branch costs nothing.
+__device__ __forceinline__ float load_float(const void* ptr, int code, int64_t index) {
+  if (code == kCodeFloat32) return __ldg(static_cast<const float*>(ptr) + index);
+  if (code == kCodeFloat16) return __half2float(__ldg(static_cast<const __half*>(ptr) + index));
+  return __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(ptr) + index));
+}
+
+__device__ __forceinline__ void store_float(void* ptr, int code, int64_t index, float value) {
+  if (code == kCodeFloat32) {
+    static_cast<float*>(ptr)[index] = value;
+  } else if (code == kCodeFloat16) {
+    static_cast<__half*>(ptr)[index] = __float2half_rn(value);
+  } else {
+    static_cast<__nv_bfloat16*>(ptr)[index] = __float2bfloat16_rn(value);
+  }
+}
+
+// Eight consecutive elements as fp32 with 16-byte loads through the read-only path; `src`
+// must be 16-byte aligned.
+__device__ __forceinline__ void load8_as_float(const float* src, float (&dst)[8]) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(src));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(src) + 1);
+  dst[0] = a.x; dst[1] = a.y; dst[2] = a.z; dst[3] = a.w;
+  dst[4] = b.x; dst[5] = b.y; dst[6] = b.z; dst[7] = b.w;
+}
+
+// Widening of 8 packed 16-bit elements (in memory order) to fp32. Host-callable so tests can
+// check them without a GPU.
+__host__ __device__ __forceinline__ float bits_to_float(uint32_t bits) {
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+__host__ __device__ __forceinline__ void unpack8_as_float(const uint4 raw, const __half*, float (&dst)[8]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 pair;
+    memcpy(&pair, &words[i], sizeof(pair));
+    const float2 f = __half22float2(pair);
+    dst[2 * i] = f.x;
+    dst[2 * i + 1] = f.y;
+  }
+}
+
+__host__ __device__ __forceinline__ void unpack8_as_float(const uint4 raw, const __nv_bfloat16*,
+                                                          float (&dst)[8]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // bf16 is the top half of an fp32: widening is a shift, exact.
+    dst[2 * i] = bits_to_float(words[i] << 16);
+    dst[2 * i + 1] = bits_to_float(words[i] & 0xFFFF0000u);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void load8_as_float(const T* src, float (&dst)[8]) {
+  unpack8_as_float(__ldg(reinterpret_cast<const uint4*>(src)), src, dst);
 }
 
 }  // namespace fastcot

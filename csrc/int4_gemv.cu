@@ -1,0 +1,122 @@
+// Launcher for the int4 GEMV: checks what the kernel relies on, picks the M tile and load
+// width, dispatches on the activation dtype and enqueues on the caller's stream.
+#include <cstdint>
+#include <string>
+
+#include "fastcot/api.h"
+#include "fastcot/int4_gemv.cuh"
+
+namespace fastcot {
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+bool is_float_code(DType d) {
+  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+}
+
+int64_t element_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int64_t resolved_group_size(const Int4GemvParams& p) { return p.group_size == -1 ? p.k : p.group_size; }
+
+// 16-byte weight loads need rows of whole 16-byte units and groups of whole 32-nibble chunks.
+bool wide_loads(const Int4GemvParams& p) {
+  return p.k % 32 == 0 && resolved_group_size(p) % 32 == 0 && aligned16(p.qweight);
+}
+
+template <typename XT, int M_TILE, int VEC>
+Status launch(const Int4GemvParams& p, cudaStream_t stream) {
+  const Int4GemvArgs args{
+      p.x,           reinterpret_cast<const uint32_t*>(p.qweight),
+      p.scales,      p.zeros,
+      p.bias,        p.out,
+      p.m,           p.n,
+      p.k,           resolved_group_size(p),
+      p.stride_xm,   p.stride_om,
+      static_cast<int>(p.scale_dtype), static_cast<int>(p.bias_dtype),
+  };
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kGemvRows)));
+  int4_gemv_kernel<XT, M_TILE, VEC><<<grid, kGemvThreads, 0, stream>>>(args);
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv kernel launch");
+  return Status::Ok();
+}
+
+template <typename XT, int VEC>
+Status dispatch_m(const Int4GemvParams& p, cudaStream_t stream) {
+  // Tiles of 1, 2, 4, 8, 16 rows: an odd M runs the next tile up with its extra rows masked.
+  if (p.m <= 1) return launch<XT, 1, VEC>(p, stream);
+  if (p.m <= 2) return launch<XT, 2, VEC>(p, stream);
+  if (p.m <= 4) return launch<XT, 4, VEC>(p, stream);
+  if (p.m <= 8) return launch<XT, 8, VEC>(p, stream);
+  return launch<XT, 16, VEC>(p, stream);
+}
+
+template <typename XT>
+Status dispatch_vec(const Int4GemvParams& p, cudaStream_t stream) {
+  return wide_loads(p) ? dispatch_m<XT, 4>(p, stream) : dispatch_m<XT, 1>(p, stream);
+}
+
+}  // namespace
+
+Status check_int4_gemv(const Int4GemvParams& p) {
+  const std::string op = "int4_gemv: ";
+  if (p.m < 0 || p.n < 0 || p.k < 0) {
+    return Status::InvalidArgument(op + "expected M, N, K >= 0, got M=" + str(p.m) + ", N=" + str(p.n) +
+                                   ", K=" + str(p.k));
+  }
+  if (p.m > kInt4GemvMaxM) {
+    return Status::InvalidArgument(op + "serves decode sizes M <= " + str(kInt4GemvMaxM) + ", got M=" +
+                                   str(p.m));
+  }
+  if (p.k % 8 != 0) {
+    return Status::InvalidArgument(op + "K must be a multiple of 8 (8 nibbles per int32 word), got K=" +
+                                   str(p.k));
+  }
+  if (!is_float_code(p.x_dtype) || !is_float_code(p.scale_dtype) || !is_float_code(p.bias_dtype)) {
+    return Status::InvalidArgument(op + "x, scales and bias must be float32, float16 or bfloat16");
+  }
+  if (p.m == 0 || p.n == 0) return Status::Ok();
+  const int64_t group_size = resolved_group_size(p);
+  if (p.k > 0 && (group_size <= 0 || group_size % 8 != 0 || p.k % group_size != 0)) {
+    return Status::InvalidArgument(op + "group_size must be -1 or a positive multiple of 8 dividing K=" +
+                                   str(p.k) + ", got " + str(p.group_size));
+  }
+  if (p.x == nullptr || p.qweight == nullptr || p.scales == nullptr || p.out == nullptr) {
+    return Status::InvalidArgument(op + "x, qweight, scales and out must be non-null");
+  }
+  if (p.n > int64_t(kGemvRows) * 0x7FFFFFFF) {
+    return Status::InvalidArgument(op + "N=" + str(p.n) + " exceeds the grid");
+  }
+  const int64_t x_row_bytes = p.stride_xm * element_size(p.x_dtype);
+  if (!aligned16(p.x) || (p.m > 1 && x_row_bytes % 16 != 0) || p.stride_xm < (p.m > 1 ? p.k : 0)) {
+    return Status::InvalidArgument(op + "x rows must be 16-byte aligned and not overlap (stride_xm=" +
+                                   str(p.stride_xm) + ", K=" + str(p.k) + ")");
+  }
+  if (p.stride_om < (p.m > 1 ? p.n : 0)) {
+    return Status::InvalidArgument(op + "out rows overlap (stride_om=" + str(p.stride_om) + " < N=" +
+                                   str(p.n) + ")");
+  }
+  return Status::Ok();
+}
+
+Status int4_gemv(const Int4GemvParams& params, cudaStream_t stream) {
+  const Status status = check_int4_gemv(params);
+  if (!status.ok() || params.m == 0 || params.n == 0) return status;
+  switch (params.x_dtype) {
+    case DType::kFloat32:
+      return dispatch_vec<float>(params, stream);
+    case DType::kFloat16:
+      return dispatch_vec<__half>(params, stream);
+    case DType::kBFloat16:
+      return dispatch_vec<__nv_bfloat16>(params, stream);
+    default:
+      break;
+  }
+  return Status::InvalidArgument("int4_gemv: unknown x dtype code " +
+                                 std::to_string(static_cast<int>(params.x_dtype)));
+}
+
+}  // namespace fastcot
