@@ -160,3 +160,192 @@ def int4_dequantize(
         stream=torch.cuda.current_stream(out.device).cuda_stream,
     )
     return out
+
+
+# --- int4 GEMV (decode) ---------------------------------------------------------------------
+
+INT4_GEMV_MAX_M = 16  # equals fastcot._C.INT4_GEMV_MAX_M; checked here so the error needs no GPU
+
+
+def check_int4_gemv(x: torch.Tensor, out: torch.Tensor) -> None:
+    """What the CUDA GEMV cannot serve that the op contract allows: more than
+    `INT4_GEMV_MAX_M` rows (prefill belongs to the triton backend)."""
+    m = x.shape[0]
+    if m > INT4_GEMV_MAX_M:
+        raise ValueError(
+            f"x: the cuda backend's int4 GEMV serves decode sizes, at most {INT4_GEMV_MAX_M} rows, got "
+            f"M={m}; run prefill-sized matmuls with fastcot.backend('triton')"
+        )
+    if out.shape[0] != m or out.stride(-1) != 1:
+        raise ValueError(f"out: expected [M={m}, N] with unit stride along N, got {list(out.shape)} {out.stride()}")
+
+
+def int4_gemv(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    group_size: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """`out[M, N] = x[M, K] @ W.T (+ bias)` on the current stream, M <= 16, fp32 accumulation.
+
+    `x` fp16/bf16/fp32 `[M, K]` with unit stride along K, 16-byte aligned rows, columns in
+    the weight's stored order (an act-order perm already applied); `qweight` int32
+    `[N, K // 8]`; `scales`, `zeros` `[G, N]` (`zeros` None: zero point 8); `bias` `[N]` or
+    None; `out` `[M, N]` of x's dtype, unit stride along N. Returns `out`.
+    """
+    module = _require("int4_gemv")
+    check_int4_gemv(x, out)
+    if x.device.type != "cuda":
+        raise ValueError(f"x: expected a CUDA tensor, got {x.device}")
+    m, k = x.shape
+    n = out.shape[1]
+    groups = 1 if group_size == -1 else k // group_size
+    _check_tensor(qweight, "qweight", x.device, (n, k // 8), torch.int32)
+    _check_tensor(scales, "scales", x.device, (groups, n))
+    if zeros is not None:
+        _check_tensor(zeros, "zeros", x.device, (groups, n), scales.dtype)
+    if bias is not None:
+        _check_tensor(bias, "bias", x.device, (n,))
+    if out.dtype != x.dtype or out.device != x.device:
+        raise TypeError(f"out: expected {x.dtype} on {x.device}, got {out.dtype} on {out.device}")
+    module.int4_gemv(
+        x=x.data_ptr(),
+        qweight=qweight.data_ptr(),
+        scales=scales.data_ptr(),
+        zeros=zeros.data_ptr() if zeros is not None else 0,
+        bias=bias.data_ptr() if bias is not None else 0,
+        out=out.data_ptr(),
+        m=m,
+        n=n,
+        k=k,
+        group_size=group_size,
+        stride_xm=x.stride(0),
+        stride_om=out.stride(0),
+        x_dtype=_dtype_code(module, x.dtype, "x"),
+        scale_dtype=_dtype_code(module, scales.dtype, "scales"),
+        bias_dtype=_dtype_code(module, bias.dtype if bias is not None else x.dtype, "bias"),
+        device=x.device.index,
+        stream=torch.cuda.current_stream(x.device).cuda_stream,
+    )
+    return out
+
+
+# --- paged decode attention -----------------------------------------------------------------
+
+PAGED_DECODE_HEAD_DIMS = (64, 128, 256)
+PAGED_DECODE_CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn)
+PAGED_DECODE_MAX_SPLITS = 64  # equals fastcot._C.PAGED_DECODE_MAX_SPLITS
+MAX_GRID_YZ = 65535
+
+
+def decode_group_tiles(group: int) -> int:
+    """Blocks per KV head: the kernel serves up to 8 query heads of a GQA group per block
+    (the same rule as csrc/paged_decode.cu's group_tile)."""
+    tile = 1 if group <= 1 else 2 if group <= 2 else 4 if group <= 4 else 8
+    return -(-group // tile)
+
+
+def check_paged_decode(q: torch.Tensor, k_cache: torch.Tensor, num_splits: int) -> None:
+    """What the CUDA decode kernel cannot serve that the op contract allows."""
+    if k_cache.dtype not in PAGED_DECODE_CACHE_DTYPES:
+        raise TypeError(
+            f"k_cache: the cuda backend's decode kernel serves float16, bfloat16 and float8_e4m3fn caches, "
+            f"got {k_cache.dtype}"
+        )
+    head_dim = k_cache.shape[-1]
+    if head_dim not in PAGED_DECODE_HEAD_DIMS:
+        raise ValueError(
+            f"head_dim: the cuda backend's decode kernel serves {PAGED_DECODE_HEAD_DIMS}, got {head_dim}"
+        )
+    if q.shape[1] > MAX_GRID_YZ:
+        raise ValueError(f"q: at most {MAX_GRID_YZ} query heads, got {q.shape[1]}")
+    if not 1 <= num_splits <= PAGED_DECODE_MAX_SPLITS:
+        raise ValueError(f"num_splits must be in [1, {PAGED_DECODE_MAX_SPLITS}], got {num_splits}")
+
+
+def _dtype_code_with_fp8(module: ModuleType, dtype: torch.dtype, name: str) -> int:
+    if dtype == torch.float8_e4m3fn:
+        return module.DTYPE_FLOAT8_E4M3
+    return _dtype_code(module, dtype, name)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    qk_scale: float,
+    v_scale: float,
+    num_splits: int,
+    part_out: torch.Tensor | None = None,
+    part_lse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Split-KV paged decode attention into `out [B, Hq, D]` on the current stream.
+
+    `q` `[B, Hq, D]` (unit stride along D); caches `[num_blocks, block_size, Hkv, D]`
+    contiguous, q's dtype or float8_e4m3fn; `block_tables` `[B, W]` int32 with contiguous rows;
+    `seq_lens` `[B]` int32. `qk_scale` is `scale * k_scale * log2(e)`. With `num_splits > 1`,
+    `part_out` `[B, Hq, num_splits, D]` and `part_lse` `[B, Hq, num_splits]` float32 are the
+    caller's scratch. Returns `out`.
+    """
+    module = _require("paged_decode_attention")
+    check_paged_decode(q, k_cache, num_splits)
+    device = k_cache.device
+    if device.type != "cuda":
+        raise ValueError(f"k_cache: expected a CUDA tensor, got {device}")
+    batch, q_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    _check_tensor(v_cache, "v_cache", device, tuple(k_cache.shape), k_cache.dtype)
+    _check_tensor(k_cache, "k_cache", device, tuple(k_cache.shape))
+    _check_tensor(seq_lens, "seq_lens", device, (batch,), torch.int32)
+    for name, t in (("q", q), ("out", out)):
+        if t.device != device or tuple(t.shape) != (batch, q_heads, head_dim) or t.stride(-1) != 1:
+            raise ValueError(f"{name}: expected [B, Hq, D] = {[batch, q_heads, head_dim]} on {device} with unit "
+                             f"stride along D, got {list(t.shape)} {t.stride()} on {t.device}")
+    if out.dtype != q.dtype:
+        raise TypeError(f"out: expected q's dtype {q.dtype}, got {out.dtype}")
+    if block_tables.dtype != torch.int32 or block_tables.dim() != 2 or block_tables.shape[0] != batch:
+        raise ValueError(f"block_tables: expected int32 [B={batch}, W], got {block_tables.dtype} "
+                         f"{list(block_tables.shape)}")
+    if block_tables.device != device or block_tables.stride(1) != 1:
+        raise ValueError("block_tables: expected contiguous rows on the cache's device")
+    if num_splits > 1:
+        if part_out is None or part_lse is None:
+            raise ValueError("part_out and part_lse are required when num_splits > 1")
+        _check_tensor(part_out, "part_out", device, (batch, q_heads, num_splits, head_dim), torch.float32)
+        _check_tensor(part_lse, "part_lse", device, (batch, q_heads, num_splits), torch.float32)
+    module.paged_decode_attention(
+        q=q.data_ptr(),
+        k_cache=k_cache.data_ptr(),
+        v_cache=v_cache.data_ptr(),
+        block_tables=block_tables.data_ptr(),
+        seq_lens=seq_lens.data_ptr(),
+        out=out.data_ptr(),
+        part_out=part_out.data_ptr() if num_splits > 1 else 0,
+        part_lse=part_lse.data_ptr() if num_splits > 1 else 0,
+        batch=batch,
+        q_heads=q_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        num_splits=num_splits,
+        stride_q_b=q.stride(0),
+        stride_q_h=q.stride(1),
+        stride_out_b=out.stride(0),
+        stride_out_h=out.stride(1),
+        stride_table_b=block_tables.stride(0),
+        qk_scale=qk_scale,
+        v_scale=v_scale,
+        q_dtype=_dtype_code(module, q.dtype, "q"),
+        cache_dtype=_dtype_code_with_fp8(module, k_cache.dtype, "k_cache"),
+        device=device.index,
+        stream=torch.cuda.current_stream(device).cuda_stream,
+    )
+    return out

@@ -42,6 +42,10 @@ def int4_matmul(
     x2d, out2d, result = _validate(x, weight, bias, out)
     if x2d.shape[0] > 0:
         backend = _backend.resolve("int4_matmul", x.device)
+        if backend == "cuda":
+            from fastcot.kernels import cuda
+
+            cuda.check_int4_gemv(x2d, out2d)  # before launch: M > 16 is the triton backend's
         torch.ops.fastcot.int4_matmul(
             x2d, weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size,
             bias, out2d, backend,
@@ -98,6 +102,8 @@ def _int4_matmul_op(
     """Registered op: `out[M, N] = x[M, K] @ W.T (+ bias)` with the named backend."""
     if backend == "triton":
         int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out)
+    elif backend == "cuda":
+        int4_matmul_cuda(x, qweight, scales, zeros, perm, group_size, bias, out)
     elif backend == "torch":
         out.copy_(reference.int4_matmul(x, qweight, scales, zeros, perm, group_size, bias))
     else:
@@ -125,6 +131,23 @@ def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, c
         key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, x.device)
         config = _autotuner.pick(key, candidate_configs(m, n, k, group_size, num_sms(x.device)), run, x.device)
     run(config)
+
+
+def int4_matmul_cuda(x, qweight, scales, zeros, perm, group_size, bias, out) -> None:
+    """The csrc GEMV (decode, M <= 16) on 2-D `x [M, K]` into `out [M, N]`.
+
+    It reads the weight as stored, so an act-order `perm` is applied to `x` instead (a gather
+    of M x K activations, stored column j taking input channel perm[j]); x rows the kernel
+    cannot load 16 bytes at a time are copied to a fresh, aligned buffer first.
+    """
+    from fastcot.kernels import cuda
+
+    if perm is not None:
+        x = x.index_select(1, perm)
+    row_bytes = x.stride(0) * x.element_size()
+    if x.data_ptr() % 16 or (x.shape[0] > 1 and (row_bytes % 16 or x.stride(0) < x.shape[1])):
+        x = x.clone(memory_format=torch.contiguous_format)
+    cuda.int4_gemv(x, qweight, scales, zeros, bias, group_size, out)
 
 
 def int4_dequantize_triton(qweight, scales, zeros, perm, group_size, out, *, block_n=32, block_k=128) -> None:

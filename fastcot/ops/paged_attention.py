@@ -56,6 +56,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale
     q = q if q.stride(-1) == 1 else q.contiguous()
     if batch > 0:
         backend = _backend.resolve("paged_decode_attention", device)
+        if backend == "cuda":
+            from fastcot.kernels import cuda
+
+            cuda.check_paged_decode(q, k_cache, num_splits=1)  # before launch: dtypes, head sizes
         torch.ops.fastcot.paged_decode_attention(
             q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, backend
         )
@@ -157,6 +161,8 @@ def _paged_decode_op(
 ) -> None:
     if backend == "triton":
         paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale)
+    elif backend == "cuda":
+        paged_decode_cuda(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale)
     elif backend == "torch":
         out.copy_(reference.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, k_scale, v_scale))
     else:
@@ -246,6 +252,28 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
             HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, SPLITS_PAD=max(2, _pow2(num_splits)),
             num_warps=4,
         )
+
+
+def paged_decode_cuda(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
+    """Launch the csrc split-KV decode kernel (and its merge when split). The split count
+    follows `decode_num_splits` over the kernel's blocks per sequence (KV heads times query-head
+    tiles), so it too depends only on shapes; `num_splits` forces one (tests)."""
+    from fastcot.kernels import cuda
+
+    batch, q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    if num_splits is None:
+        blocks = num_kv_heads * cuda.decode_group_tiles(q_heads // num_kv_heads)
+        num_splits = decode_num_splits(batch, blocks, block_tables.shape[1] * block_size, num_sms(q.device))
+    part_out = part_lse = None
+    if num_splits > 1:
+        part_out = torch.empty((batch, q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
+    cuda.paged_decode_attention(
+        q, k_cache, v_cache, block_tables, seq_lens, out,
+        qk_scale=scale * k_scale * LOG2E, v_scale=v_scale, num_splits=num_splits,
+        part_out=part_out, part_lse=part_lse,
+    )
 
 
 def _prefill_tiles(head_dim: int) -> tuple[int, int, int, int]:
