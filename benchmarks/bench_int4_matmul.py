@@ -1,8 +1,8 @@
 """int4 weight-only matmul (W4A16) microbenchmark: fastcot vs cuBLAS fp16/bf16 vs torch tinygemm.
 
 For every (layer shape, M) it times, side by side in one run: `F.linear` on the float weight
-in fp16 and bf16 (cuBLAS), `fastcot.ops.int4_matmul` per backend (triton; cuda when the
-extension has the kernel), and `torch.ops.aten._weight_int4pack_mm` (bf16 only) on the same
+in fp16 and bf16 (cuBLAS), `fastcot.ops.int4_matmul` per backend (triton; cuda, the csrc GEMV, when fastcot._C
+loaded and a GPU is present, for M <= 16 only), and `torch.ops.aten._weight_int4pack_mm` (bf16 only) on the same
 quantized weight. Each int4 result is checked against the dequantized weight before it is
 timed. Without a GPU (or with --smoke) it runs tiny shapes on CPU so the script cannot rot.
 
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 FAMILY = "int4_matmul"
+CUDA_GEMV_MAX_M = 16  # fastcot.kernels.cuda.INT4_GEMV_MAX_M: the csrc GEMV refuses larger M
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,8 @@ class ShapeBench:
             ("linear_bf16", f"{dense} bf16", torch.bfloat16, dense_bytes, "bf16", _linear, False),
         ]
         for backend, reason in ctx.backends.items():
+            if backend == "cuda" and m > CUDA_GEMV_MAX_M:
+                continue  # decode sizes only: larger M raises by design (triton serves it)
             if reason is None:
                 out.append((f"fastcot_{backend}", f"fastcot {backend}", ctx.act_dtype, qbytes, "int4",
                             _fastcot_call(ctx.fastcot, backend), True))

@@ -1,7 +1,7 @@
 """Paged attention microbenchmark: fastcot decode (and prefill) vs SDPA on a contiguous cache.
 
 Decode: for every (batch, context, block size, KV dtype) it times `fastcot.ops.paged_decode_attention`
-per backend on a cache whose physical blocks are shuffled, and, in the same run, PyTorch's
+per backend (triton; cuda, the csrc kernel, when fastcot._C loaded and a GPU is present) on a cache whose physical blocks are shuffled, and, in the same run, PyTorch's
 `F.scaled_dot_product_attention` on a contiguous `[B, Hkv, L, D]` cache holding the same
 numbers. Every fastcot row is first checked against SDPA in float32 on a few sequences.
 `--prefill` adds chunked prefill (2k new tokens onto 0 or 8k cached) against causal SDPA.
@@ -301,6 +301,8 @@ def time_fastcot(ctx, base: dict, op_name: str, bind, check, *, n_copies: int, n
     copy i; `check(out)` returns the row's error, tolerance and status."""
     rows = []
     for backend in ctx.available:
+        if not _has_kernel(ctx.fastcot, op_name, backend):
+            continue  # e.g. cuda has a decode kernel but no prefill one
         def op(*args, backend=backend, **kwargs):
             with ctx.fastcot.backend(backend):
                 return getattr(ctx.fastcot.ops, op_name)(*args, **kwargs)
@@ -315,6 +317,11 @@ def time_fastcot(ctx, base: dict, op_name: str, bind, check, *, n_copies: int, n
             row |= _error(exc)
         rows.append(row)
     return rows
+
+
+def _has_kernel(fastcot, op_name: str, backend: str) -> bool:
+    implementations = getattr(getattr(fastcot.ops, "_backend", None), "IMPLEMENTATIONS", {})
+    return backend in implementations.get(op_name, (backend,))
 
 
 @contextlib.contextmanager

@@ -174,3 +174,12 @@ def test_targets_verdicts():
     assert all(t["status"] == "n/a" for t in bench.judge_targets(rows, bench.Heads(8, 2, 32)))
     assert [t["status"] for t in bench.judge_targets([], bench.Heads(32, 8, 128))] == ["n/a"] * 4
     print(bench.format_targets(results))  # formats without error, including the FAIL reasons
+
+
+def test_cuda_column_only_for_ops_with_a_cuda_kernel():
+    import fastcot
+
+    bench = import_benchmark("bench_paged_attention")
+    assert bench._has_kernel(fastcot, "paged_decode_attention", "cuda")
+    assert not bench._has_kernel(fastcot, "paged_prefill_attention", "cuda")
+    assert bench._has_kernel(fastcot, "paged_prefill_attention", "triton")

@@ -127,3 +127,9 @@ def test_tinygemm_operands_match_dequantize():
         ref = x.float() @ qw.dequantize(torch.float32).t()
         # bf16 scales, zeros and output: about 1% of the output's magnitude at worst.
         assert (y.float() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+def test_cuda_gemv_limit_matches_the_kernel():
+    from fastcot.kernels import cuda
+
+    assert import_benchmark("bench_int4_matmul").CUDA_GEMV_MAX_M == cuda.INT4_GEMV_MAX_M
