@@ -113,7 +113,8 @@ def test_small_shapes_against_reference_and_triton(dtype, q_heads, kv_heads, hea
     out = decode(case, "cuda")
     assert_close(out, expected(case), atol=TOL[dtype], rtol=TOL[dtype])
     assert (out[0] == 0).all(), "a sequence of length 0 gives zeros"
-    assert_close(out, decode(case, "triton"), atol=2 * TOL[dtype], rtol=2 * TOL[dtype])
+    if block_size == 16:  # one block size is enough for the cross-check; each is a Triton compile
+        assert_close(out, decode(case, "triton"), atol=2 * TOL[dtype], rtol=2 * TOL[dtype])
 
 
 @pytest.mark.gpu
