@@ -500,8 +500,9 @@ def measure_engine(ctx, model_name, model, weights, wname: str, kv: str, batch: 
 
 
 def effective_context(config, context: int, plan) -> int:
-    """A context whose prompt + generated tokens fit the model's window (128k = 131072 would not)."""
-    reserve = -(-(plan["hf_tokens"] + 2) // 64) * 64
+    """A context whose prompt + generated tokens fit the model's window (128k = 131072 would not):
+    the window less the HF or engine tokens and a block, rounded up to 64 (130880 by default)."""
+    reserve = -(-(max(plan["hf_tokens"], plan["engine_tokens"]) + BLOCK_SIZE + 2) // 64) * 64
     return min(context, config.max_position_embeddings - reserve)
 
 
