@@ -332,6 +332,11 @@ class Row:
         return ks, vs
 
 
+def contiguous_bytes(config, dtype, batch: int, context: int) -> int:
+    """A contiguous float copy of a row's cache, with 10% for the gather's temporaries."""
+    return int(1.1 * batch * (context + 1) * kv_bytes_per_token(config, dtype))
+
+
 def check_logits(ours: torch.Tensor, ref: torch.Tensor, dtype) -> dict:
     err = (ours.float() - ref.float()).abs().max().item()
     rel = err / max(ref.float().abs().max().item(), 1e-30)
@@ -363,7 +368,7 @@ def measure_fastcot(ctx, model_name, model, weights, wname: str, kv: str, batch:
             contig = None
             want_peer = "sdpa" in ctx.plan["peers"] and wname == "float" and kv == "float"
             if plain is not None and (not ctx.args.no_check or want_peer):
-                if ctx.fits(2 * Row.nbytes(cfg, dt, batch, context))[0]:
+                if ctx.fits(contiguous_bytes(cfg, dt, batch, context))[0]:
                     contig = setup.contiguous(dt)
                     ref = plain.step(setup.input_ids, *contig, context, kv_dtype=kv_dtype)
                     if not ctx.args.no_check:
@@ -394,7 +399,7 @@ def measure_plain(ctx, base: dict, plain, contig, cfg, nbytes: dict) -> dict:
     batch, context, dt = base["batch"], base["context"], ctx.float_dtype
     try:
         if contig is None:
-            ok, why = ctx.fits(2 * Row.nbytes(cfg, dt, batch, context))
+            ok, why = ctx.fits(contiguous_bytes(cfg, dt, batch, context))
             if not ok:
                 return row | {"status": "error", "reason": why}
             shape = (batch, cfg.num_key_value_heads, context + 1, cfg.head_dim)
