@@ -602,9 +602,7 @@ def run_hf(ctx, model_name, model, weights, shapes) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = common.pick_device(args.device, smoke=args.smoke)
-    tiny = device.type == "cpu" or args.smoke
-    if tiny and device.type == "cuda":
-        device = torch.device("cpu")
+    tiny = device.type == "cpu" or args.smoke  # `--smoke --device cuda`: the tiny plan on the GPU
     plan = run_plan(args, tiny)
     fastcot, env = common.start_run(device, args.seed)
     ctx = Context(args, plan, fastcot, device, env, tiny)

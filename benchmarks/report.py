@@ -107,7 +107,10 @@ def build(folder: Path) -> dict:
                         "skipped": d.get("skipped", [])} for d in docs],
         "missing": [f for f in EXPECTED if f not in {d["family"] for d in docs}],
     }
-    summary["plots"] = [p.name for p in plots.make_plots(docs, folder)] if docs else []
+    try:
+        summary["plots"] = [p.name for p in plots.make_plots(docs, folder)] if docs else []
+    except SystemExit as exc:  # matplotlib missing: the report still gets written
+        summary["plots"], summary["plots_error"] = [], str(exc)
     return summary | {"_docs": docs}
 
 
@@ -161,6 +164,8 @@ def render(summary: dict) -> str:
         lines += [f"Missing (no result JSON; see the logs): {', '.join(summary['missing'])}", ""]
     if summary["plots"]:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in summary["plots"]] + [""]
+    if summary.get("plots_error"):
+        lines += [f"No plots: {summary['plots_error']}", ""]
     lines += ["Logs: " + (", ".join(summary["logs"]) or "none"), ""]
     return "\n".join(lines)
 
