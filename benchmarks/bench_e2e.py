@@ -57,8 +57,8 @@ CHECK_RTOL = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 1e-1}
 
 ROW_KEYS = ("model", "impl", "label", "weights", "kv_dtype", "act_dtype", "batch", "context", "status", "reason",
             "steps", "step_median_us", "step_p20_us", "step_p80_us", "timer", "tokens_per_s", "bytes_per_step",
-            "weight_bytes", "kv_bytes", "gbps", "pct_roofline", "roofline_tokens_per_s", "check_rel_err",
-            "check_tol", "check_top1_agree", "prefill_s", "peer_note")
+            "weight_bytes", "kv_bytes", "flops_per_step", "gbps", "tflops", "pct_roofline", "roofline_tokens_per_s",
+            "check_rel_err", "check_tol", "check_top1_agree", "prefill_s", "peer_note")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
 
 
@@ -139,20 +139,23 @@ def weight_bytes(model) -> dict:
     """Bytes of the weights one decode step must read: decoder (linears as stored, norms),
     final norm and lm_head; the embedding table contributes one row per sequence.
     `dequantized`: what float copies of the int4 weights would take (the plain PyTorch check)."""
-    decoder = dequantized = 0
+    decoder = dequantized = params = 0
     for module in model.model.layers.modules():
         w = getattr(module, "weight", None)
         if hasattr(w, "qweight"):  # Int4Linear: packed weight + scales (+ zeros)
             decoder += w.nbytes
             dequantized += w.shape[0] * w.shape[1] * model.lm_head_weight.element_size()
+            params += w.shape[0] * w.shape[1]
         elif isinstance(w, torch.Tensor):
             decoder += w.nbytes
+            params += w.numel() if w.dim() == 2 else 0
         bias = getattr(module, "bias", None)
         if isinstance(bias, torch.Tensor):
             decoder += bias.nbytes
     head = model.lm_head_weight
     return {"decoder": decoder, "lm_head": head.nbytes + model.model.norm.weight.nbytes,
-            "embed_row": head.shape[1] * head.element_size(), "dequantized": dequantized}
+            "embed_row": head.shape[1] * head.element_size(), "dequantized": dequantized,
+            "matmul_params": params + head.numel()}
 
 
 def kv_bytes_per_token(config, kv_dtype) -> int:
@@ -162,11 +165,14 @@ def kv_bytes_per_token(config, kv_dtype) -> int:
 def step_bytes(weights: dict, config, *, batch: int, context: int, kv_dtype) -> dict:
     """The fewest bytes a decode step moves: every weight once, each sequence's `context + 1`
     cached tokens read and its new token's keys/values written, the fp32 logits written.
-    Activations between kernels are not counted (a fused step keeps them on chip)."""
+    Activations between kernels are not counted (a fused step keeps them on chip). Also the
+    step's FLOPs: 2 per weight per sequence, and 4 x Hq x D per cached token per layer."""
     per_token = kv_bytes_per_token(config, kv_dtype)
     kv = batch * (context + 2) * per_token
     w = weights["decoder"] + weights["lm_head"] + batch * weights["embed_row"]
-    return {"weight_bytes": w, "kv_bytes": kv, "bytes_per_step": w + kv + batch * config.vocab_size * 4}
+    attention = 4 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * (context + 1)
+    return {"weight_bytes": w, "kv_bytes": kv, "bytes_per_step": w + kv + batch * config.vocab_size * 4,
+            "flops_per_step": batch * (2 * weights["matmul_params"] + attention)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +275,7 @@ class Context:
         gbps = nbytes["bytes_per_step"] / seconds / 1e9
         return row | timing | nbytes | {
             "status": row["status"] or "ok", "tokens_per_s": row["batch"] / seconds, "gbps": gbps,
+            "tflops": nbytes["flops_per_step"] / seconds / 1e12,
             "pct_roofline": 100.0 * gbps / self.copy_gbps,
             "roofline_tokens_per_s": row["batch"] * self.copy_gbps * 1e9 / nbytes["bytes_per_step"]}
 

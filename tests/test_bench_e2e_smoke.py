@@ -14,7 +14,8 @@ from helpers import import_benchmark, run_benchmark
 
 ENV_KEYS = {"date_utc", "torch", "triton", "cuda_runtime", "git_commit", "git_dirty", "device_type", "device_name",
             "copy_bandwidth"}
-TIMED_KEYS = ("step_median_us", "tokens_per_s", "bytes_per_step", "gbps", "pct_roofline", "roofline_tokens_per_s")
+TIMED_KEYS = ("step_median_us", "tokens_per_s", "bytes_per_step", "flops_per_step", "gbps", "tflops", "pct_roofline",
+              "roofline_tokens_per_s")
 
 
 @pytest.fixture(scope="module")
