@@ -618,6 +618,10 @@ def main(argv=None) -> int:
     hf_reason = peers.hf_unavailable()
     for peer, impl in (("hf", "hf_generate"), ("hf-compile", "hf_generate_compile")):
         availability[impl] = hf_reason or (None if peer in plan["peers"] else "not asked for")
+    for impl in ("torch_sdpa", "hf_generate", "hf_generate_compile"):
+        if availability[impl] is None and "float" not in plan["weights"]:
+            availability[impl] = "needs --weights float: the peers run on the float weights"
+    availability["fastcot_engine"] = None if plan["engine"] else "not asked for"
     if device.type == "cpu" and "hf-compile" in plan["peers"]:
         print("note: transformers compiles generate only on accelerators; on CPU the compiled row runs eagerly",
               file=sys.stderr)
