@@ -208,18 +208,20 @@ class LLM:
             else:
                 rows = batch.seqs
                 token_ids = self.runner.step(batch, rows, None)
-            now = time.perf_counter()
-            decode = not batch.is_prefill
+            if batch.is_prefill:
+                now = time.perf_counter()
+                for seq in rows:
+                    seq.first_token_time = seq.first_token_time or now
+            else:
+                for seq in rows:
+                    seq.num_computed += 1  # the token it fed in is now in the cache
+            finished = Status.FINISHED
             for seq, token in zip(rows, token_ids):
-                if decode:
-                    seq.num_computed += 1
                 seq.token_ids.append(token)
-                if seq.first_token_time is None:
-                    seq.first_token_time = now
                 delta = stops[seq.seq_id].observe(token)
                 if stream and delta:
                     yield seq.request_id, seq.index, delta
-                if seq.status == Status.FINISHED:
+                if seq.status is finished:
                     self.scheduler.finish(seq)
                     self.runner.release(seq)
                     done(seq)
