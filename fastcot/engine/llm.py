@@ -215,6 +215,10 @@ class LLM:
             else:
                 for seq in rows:
                     seq.num_computed += 1  # the token it fed in is now in the cache
+            if self.runner.last_logprobs is not None:
+                for seq, entry in zip(rows, self.runner.last_logprobs):
+                    if entry is not None:
+                        seq.logprobs.append(entry)
             finished = Status.FINISHED
             for seq, token in zip(rows, token_ids):
                 seq.token_ids.append(token)
@@ -342,7 +346,8 @@ def _request_output(request_id, text, ids, seqs) -> RequestOutput:
     decoded = sum(max(0, s.num_output - 1) for s in seqs)
     rate = decoded / (last - first) if first and last and last > first else None
     metrics = RequestMetrics(arrival, first, last, None if first is None else first - arrival, rate)
-    outputs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason) for s in seqs]
+    outputs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason, s.logprobs)
+               for s in seqs]
     return RequestOutput(request_id, text, list(ids), outputs, metrics)
 
 

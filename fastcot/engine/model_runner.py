@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from fastcot.engine.metadata import AttentionMetadata
-from fastcot.engine.sampling import Sampler, SamplingTensors, pack, presence_mask, record_tokens_
+from fastcot.engine.sampling import (
+    Sampler,
+    SamplingTensors,
+    compute_logprobs,
+    pack,
+    presence_mask,
+    record_tokens_,
+)
 from fastcot.engine.scheduler import Batch
 from fastcot.engine.sequence import Sequence
 
@@ -38,6 +45,7 @@ class _DecodeState:
     slot_mapping: torch.Tensor  # [B] int32
     max_len: int
     tensors: SamplingTensors | None = None  # reused, advanced, while no row suppresses ids
+    num_logprobs: int | None = None  # most top log-probabilities any row asks for
     next_ids: torch.Tensor | None = None  # [B] int64, the ids sampled by that step
 
 
@@ -70,6 +78,9 @@ class ModelRunner:
         self.width = 0  # most table entries written in any slot
         self.presence_ok: set[int] = set()  # seq_ids whose presence row is up to date
         self._decode: _DecodeState | None = None
+        # Per row of the last step: {token id: log-probability} (the sampled token and the
+        # row's top `logprobs`), or None where the request did not ask; None if no row did.
+        self.last_logprobs: list[dict[int, float] | None] | None = None
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
@@ -202,6 +213,7 @@ class ModelRunner:
                 seqs=list(seqs), row={s.seq_id: i for i, s in enumerate(seqs)},
                 positions=pack("q", positions, torch.int64, self.device),
                 seq_lens=ints[0], slot_mapping=ints[1], max_len=max(lens),
+                num_logprobs=_num_logprobs(seqs),
             )
             input_ids = pack("q", [s.token_ids[-1] for s in seqs], torch.int64, self.device)
         metadata = AttentionMetadata(
@@ -247,6 +259,7 @@ class ModelRunner:
         a decode step samples every batch sequence in order)."""
         for seq in batch.preempted:
             self.release(seq)
+        self.last_logprobs = None
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
         logits = None
@@ -276,7 +289,10 @@ class ModelRunner:
             record_tokens_(presence, sampled)
         tensors.advance_()
         d.next_ids = sampled
-        return sampled.tolist()
+        tokens = sampled.tolist()
+        if d.num_logprobs is not None:
+            self.last_logprobs = _logprobs(logits, sampled, tokens, batch.seqs, d.num_logprobs)
+        return tokens
 
     def _sample_prefill(self, logits: torch.Tensor, rows: list[Sequence], row_index: list[int]) -> list[int]:
         if row_index != list(range(logits.shape[0])):
@@ -285,7 +301,32 @@ class ModelRunner:
         presence = None
         if tensors.do_penalty:
             presence = presence_mask([s.token_ids for s in rows], logits.shape[1], self.device)
-        return self.sampler(logits, tensors, presence).tolist()
+        sampled = self.sampler(logits, tensors, presence)
+        tokens = sampled.tolist()
+        num_logprobs = _num_logprobs(rows)
+        if num_logprobs is not None:
+            self.last_logprobs = _logprobs(logits, sampled, tokens, rows, num_logprobs)
+        return tokens
+
+
+def _num_logprobs(rows: list[Sequence]) -> int | None:
+    return max((s.params.logprobs for s in rows if s.params.logprobs is not None), default=None)
+
+
+def _logprobs(logits, sampled, tokens, rows, num_top) -> list[dict[int, float] | None]:
+    """Each row's {token id: log-probability} under the raw model distribution: its top
+    `params.logprobs` tokens and the sampled one (one host copy for the batch)."""
+    token_lp, top_ids, top_lp = (t.tolist() for t in compute_logprobs(logits, sampled, num_top))
+    out = []
+    for i, seq in enumerate(rows):
+        n = seq.params.logprobs
+        if n is None:
+            out.append(None)
+            continue
+        entry = dict(zip(top_ids[i][:n], top_lp[i][:n]))
+        entry[tokens[i]] = token_lp[i]
+        out.append(entry)
+    return out
 
 
 def _put(target: torch.Tensor, index: list[int], values: list[int], device) -> None:

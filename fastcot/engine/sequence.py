@@ -39,6 +39,8 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.text = ""
+        # Per output token {token id: log-probability}, when params.logprobs is set.
+        self.logprobs: list[dict[int, float]] | None = None if params.logprobs is None else []
         self.arrival_time = time.perf_counter()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
@@ -75,13 +77,16 @@ class RequestMetrics:
 @dataclass
 class CompletionOutput:
     """One sample: its generated token ids and text, and why it stopped ("stop", "length",
-    or "error" with the message in `stop_reason`)."""
+    or "error" with the message in `stop_reason`). With `SamplingParams(logprobs=k)`,
+    `logprobs[i]` maps token ids to log-probabilities (under the model's raw distribution) for
+    output token i: the `k` most likely tokens and the sampled one."""
 
     index: int
     text: str
     token_ids: list[int]
     finish_reason: str | None
     stop_reason: str | int | None = None
+    logprobs: list[dict[int, float]] | None = None
 
 
 @dataclass

@@ -124,3 +124,30 @@ def test_seeded_samples_do_not_depend_on_the_batch():
     others = [SamplingParams(temperature=1.0, seed=i, max_tokens=3 + 5 * i, ignore_eos=True) for i in range(6)]
     outs = crowd_llm.generate(prompts(7)[1:] + [prompts(1)[0]], others + [params], use_tqdm=False)
     assert outs[-1].outputs[0].token_ids == alone
+
+
+def test_logprobs_are_the_raw_distribution_of_each_output_token():
+    llm, _ = make_llm(400, max_num_batched_tokens=8)
+    model = llm.model
+    ps = prompts(4, seed=5)
+    params = [SamplingParams(temperature=0.8, seed=1, max_tokens=12, ignore_eos=True, logprobs=3),
+              SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=7, ignore_eos=True, logprobs=0, n=2),
+              SamplingParams(temperature=1.0, seed=2, max_tokens=5, ignore_eos=True, logprobs=1,
+                             repetition_penalty=1.5)]
+    outs = llm.generate(ps, params, use_tqdm=False)
+    assert outs[1].outputs[0].logprobs is None
+    for prompt, p, out in zip(ps, params, outs):
+        for completion in out.outputs:
+            if p.logprobs is None:
+                continue
+            ids = prompt + completion.token_ids
+            assert len(completion.logprobs) == len(completion.token_ids)
+            for i, (token, entry) in enumerate(zip(completion.token_ids, completion.logprobs)):
+                pos = len(prompt) - 1 + i
+                hidden = torch.tensor([[ids[pos], pos]], dtype=torch.float64)
+                expected = model.compute_logits(hidden).double().log_softmax(dim=1)[0]
+                top = expected.topk(p.logprobs).indices.tolist()
+                assert set(entry) == set(top) | {token}
+                for t, lp in entry.items():
+                    assert lp == pytest.approx(expected[t].item(), abs=1e-5)
