@@ -9,5 +9,6 @@ amortized in the output length.
 """
 
 from fastcot.reasoning.ngram import NgramIndex, propose_from
+from fastcot.reasoning.repetition import RepetitionGuard
 
-__all__ = ["NgramIndex", "propose_from"]
+__all__ = ["NgramIndex", "RepetitionGuard", "propose_from"]
