@@ -8,7 +8,16 @@ models (`ThinkingDelimiters`, `find_thinking_delimiters`, `ReasoningSplitter`, `
 amortized in the output length.
 """
 
+from fastcot.reasoning.answers import (
+    extract_answer,
+    majority_vote,
+    normalize_answer,
+    vote_is_decided,
+)
 from fastcot.reasoning.ngram import NgramIndex, propose_from
 from fastcot.reasoning.repetition import RepetitionGuard
 
-__all__ = ["NgramIndex", "RepetitionGuard", "propose_from"]
+__all__ = [
+    "NgramIndex", "RepetitionGuard", "extract_answer", "majority_vote", "normalize_answer", "propose_from",
+    "vote_is_decided",
+]
