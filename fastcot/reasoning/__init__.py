@@ -16,8 +16,19 @@ from fastcot.reasoning.answers import (
 )
 from fastcot.reasoning.ngram import NgramIndex, propose_from
 from fastcot.reasoning.repetition import RepetitionGuard
+from fastcot.reasoning.thinking import (
+    COT_SYSTEM_PROMPT,
+    KNOWN_DELIMITERS,
+    ReasoningSplitter,
+    ThinkingDelimiters,
+    ThinkingState,
+    find_thinking_delimiters,
+    prompt_opens_thinking,
+    split_cot_answer,
+)
 
 __all__ = [
-    "NgramIndex", "RepetitionGuard", "extract_answer", "majority_vote", "normalize_answer", "propose_from",
-    "vote_is_decided",
+    "COT_SYSTEM_PROMPT", "KNOWN_DELIMITERS", "NgramIndex", "ReasoningSplitter", "RepetitionGuard",
+    "ThinkingDelimiters", "ThinkingState", "extract_answer", "find_thinking_delimiters", "majority_vote",
+    "normalize_answer", "prompt_opens_thinking", "propose_from", "split_cot_answer", "vote_is_decided",
 ]
