@@ -11,12 +11,10 @@ from __future__ import annotations
 import re
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# "Final answer: X", "**Final Answer:** X", "Final answer**: X"; "The (final) answer is X".
-_MARKERS = re.compile(
-    r"(?:\*\*)?\bfinal\s+answer\s*(?:\*\*)?\s*:(?:\*\*)?"
-    r"|\b(?:the\s+)?(?:final\s+)?answer\s+is\b\s*:?",
-    re.IGNORECASE,
-)
+# "Final answer: X", "**Final Answer:** X", "**Final answer**: X".
+FINAL_ANSWER_MARKER = re.compile(r"(?:\*\*)?\bfinal\s+answer\s*(?:\*\*)?\s*:(?:\*\*)?", re.IGNORECASE)
+# "The (final) answer is X": weaker ("the answer is correct"), used only without a marker above.
+_ANSWER_IS = re.compile(r"\b(?:the\s+)?(?:final\s+)?answer\s+is\b\s*:?", re.IGNORECASE)
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"([+-]?)(\d+)(?:\.(\d*))?")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
@@ -61,15 +59,11 @@ def _unwrap_boxed(text: str) -> str:
 
 def _last_marked(text: str) -> str | None:
     """What follows the last answer marker on its line (or on the next non-empty line)."""
-    matches = list(_MARKERS.finditer(text))
+    matches = list(FINAL_ANSWER_MARKER.finditer(text)) or list(_ANSWER_IS.finditer(text))
     if not matches:
         return None
-    rest = text[matches[-1].end():]
-    lines = rest.split("\n")
-    first = lines[0].strip()
-    if first:
-        return first
-    return next((line.strip() for line in lines[1:] if line.strip()), None)
+    lines = text[matches[-1].end():].split("\n")
+    return next((line.strip() for line in lines if line.strip()), None)
 
 
 def _strip_pair(text: str, left: str, right: str) -> str:
@@ -120,9 +114,10 @@ def extract_answer(text: str) -> str | None:
     """The final answer of a completion, normalized (`normalize_answer`), or None.
 
     Looks for, in order: the last `\\boxed{...}` (or `\\fbox{...}`) whose braces balance
-    (nested braces kept: `\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`); else the last answer
-    marker, case-insensitive, "Final answer: X" / "**Final Answer:** X" / "The (final) answer
-    is X", taking the rest of its line (or the next non-empty line when the marker ends one).
+    (nested braces kept: `\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`); else the last
+    "Final answer: X" / "**Final Answer:** X" (case-insensitive); else the last "The (final)
+    answer is X". X is the rest of the marker's line, or the next non-empty line when the
+    marker ends its line.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")

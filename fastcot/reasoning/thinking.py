@@ -14,9 +14,10 @@ the completion `starts_in_reasoning`.
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from fastcot.reasoning.answers import FINAL_ANSWER_MARKER
 
 # Pairs known from open reasoning models, most common first.
 KNOWN_DELIMITERS = (
@@ -291,7 +292,6 @@ COT_SYSTEM_PROMPT = (
     "Final answer: <answer>\n"
     "giving only the answer on that line, with nothing after it."
 )
-_COT_MARKER = re.compile(r"(?:\*\*)?\bfinal\s+answer\s*(?:\*\*)?\s*:(?:\*\*)?", re.IGNORECASE)
 
 
 def split_cot_answer(text: str) -> tuple[str, str]:
@@ -303,7 +303,7 @@ def split_cot_answer(text: str) -> tuple[str, str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    matches = list(_COT_MARKER.finditer(text))
+    matches = list(FINAL_ANSWER_MARKER.finditer(text))
     if not matches:
         return text.strip(), ""
     marker = matches[-1]

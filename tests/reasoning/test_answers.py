@@ -29,6 +29,8 @@ from fastcot.reasoning import (
     ("**Final answer**: **B**", "B"),
     ("final answer:\n\n  17  \n", "17"),  # the marker ends its line: the next non-empty line
     ("So the answer is 1,234,567.", "1234567"),
+    ("Final answer: 12\n\nI hope the answer is correct.", "12"),  # "Final answer" outranks "answer is"
+    ("The answer is 3. Actually, the answer is 4.", "4"),
     ("Therefore, the final answer is $-5$.", "-5"),
     ("The answer is: \\text{Paris}", "Paris"),
     ("The answer is 12.0", "12"),
