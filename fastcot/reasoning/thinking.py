@@ -93,10 +93,10 @@ def find_thinking_delimiters(tokenizer, start: str | None = None, end: str | Non
     return None
 
 
-def _last_index(ids: Sequence[int], pattern: Sequence[int]) -> int:
-    n = len(pattern)
+def _last_index(ids: Sequence[int], pattern: list[int]) -> int:
+    n, first = len(pattern), pattern[0]
     for i in range(len(ids) - n, -1, -1):
-        if list(ids[i:i + n]) == pattern:
+        if ids[i] == first and list(ids[i:i + n]) == pattern:
             return i
     return -1
 
@@ -104,7 +104,8 @@ def _last_index(ids: Sequence[int], pattern: Sequence[int]) -> int:
 def prompt_opens_thinking(prompt_ids: Sequence[int], delimiters: ThinkingDelimiters) -> bool:
     """True when the prompt leaves a thinking section open (its last start delimiter comes
     after its last end delimiter), as templates that end the generation prompt with `<think>`
-    do: pass it as `starts_in_reasoning`. Scans the prompt once, O(len(prompt_ids))."""
+    do: pass it as `starts_in_reasoning`. Once per request: scans back from the end, at worst
+    O(len(prompt_ids)) (times the delimiter length on repeated partial matches)."""
     start = _last_index(prompt_ids, delimiters.start_ids)
     return start >= 0 and start > _last_index(prompt_ids, delimiters.end_ids)
 
