@@ -304,7 +304,7 @@ class _Stopper:
         if token in self.stop_ids and n >= self.min_tokens:
             self._finish("stop", token)
             return ""
-        delta = self.detok.add(token)
+        delta = self.detok.add(token) or ""
         if delta:
             self.pieces.append(delta)
             self.length += len(delta)

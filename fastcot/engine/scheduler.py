@@ -106,7 +106,8 @@ class Scheduler:
         return Batch(seqs, is_prefill=True, chunk_ends=ends) if seqs else None
 
     def _schedule_decode(self) -> Batch | None:
-        ready = [s for s in self.running if s.num_computed == len(s.token_ids) - 1]  # oldest first
+        # Oldest first; without sequences mid-prefill every running sequence is ready.
+        ready = [s for s in self.running if _decode_ready(s)] if self.prefilling else list(self.running)
         needing = self.blocks.needing_room(ready)
         if not needing:  # the common step: every new token goes into its own last block
             return Batch(ready, is_prefill=False) if ready else None
