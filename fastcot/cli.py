@@ -103,7 +103,7 @@ def _engine(args):
 
 def _generate(args) -> int:
     llm, params = _engine(args)
-    for _, _, delta in llm.generate_stream(args.prompt, params):
+    for _, _, delta, *_ in llm.generate_stream(args.prompt, params):
         print(delta, end="", flush=True)
     print()
     return 0
@@ -121,7 +121,7 @@ def _chat(args) -> int:
         prompt = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         prompt = list(prompt["input_ids"]) if hasattr(prompt, "keys") else list(prompt)
         reply = []
-        for _, _, delta in llm.generate_stream(prompt, params):
+        for _, _, delta, *_ in llm.generate_stream(prompt, params):
             reply.append(delta)
             print(delta, end="", flush=True)
         print()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -13,6 +16,7 @@ from fastcot.engine.detokenizer import IncrementalDetokenizer
 from fastcot.engine.model_runner import ModelRunner
 from fastcot.engine.sampling import SamplingParams, request_key
 from fastcot.engine.scheduler import Scheduler
+from fastcot.reasoning import RepetitionGuard, ThinkingState, find_thinking_delimiters, prompt_opens_thinking
 from fastcot.engine.sequence import CompletionOutput, RequestMetrics, RequestOutput, Sequence, Status
 
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -36,6 +40,11 @@ class LLM:
         enforce_eager: run decode steps eagerly instead of replaying CUDA graphs (GPU only;
             graphs are captured for padded batch sizes up to max_num_seqs at the first decode).
         seed: seeds the noise of unseeded sampling and random preset weights.
+        thinking_delimiters: a reasoning model's thinking delimiters: None detects them from
+            the tokenizer (`<think>`/`</think>` and the like, see
+            `fastcot.reasoning.find_thinking_delimiters`), a `(start, end)` pair of strings sets
+            them, False means none. Each must be a single token. With delimiters, outputs carry
+            `reasoning_text` apart from the answer `text`, and thinking budgets apply.
 
     Example::
 
@@ -46,7 +55,7 @@ class LLM:
 
     def __init__(self, model: str, *, quantization=None, dtype="auto", kv_cache_dtype="auto", device=None,
                  max_model_len=None, max_num_seqs=256, block_size=16, num_kv_blocks=None, enforce_eager=False,
-                 seed=0, max_num_batched_tokens=8192):
+                 seed=0, max_num_batched_tokens=8192, thinking_delimiters=None):
         from fastcot.models import load_config, load_model, load_tokenizer, resolve_device
 
         if kv_cache_dtype not in KV_CACHE_DTYPES:  # fail before loading the weights
@@ -58,11 +67,13 @@ class LLM:
             config=config, device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, block_size=block_size, num_kv_blocks=num_kv_blocks,
             enforce_eager=enforce_eager, seed=seed, max_num_batched_tokens=max_num_batched_tokens,
+            thinking_delimiters=thinking_delimiters,
         )
 
     @classmethod
     def from_model(cls, model, tokenizer, *, device, kv_cache_dtype="auto", max_model_len=None, max_num_seqs=256,
-                   block_size=16, num_kv_blocks=None, enforce_eager=False, seed=0, max_num_batched_tokens=8192):
+                   block_size=16, num_kv_blocks=None, enforce_eager=False, seed=0, max_num_batched_tokens=8192,
+                   thinking_delimiters=None):
         """An engine around an already built model (anything with `config`, `lm_head_weight`,
         `__call__(input_ids, positions, kv_caches, metadata)` and `compute_logits`), e.g. a
         stub for measuring host overhead."""
@@ -70,11 +81,11 @@ class LLM:
         llm._setup(model, tokenizer, config=model.config, device=torch.device(device), kv_cache_dtype=kv_cache_dtype,
                    max_model_len=max_model_len, max_num_seqs=max_num_seqs, block_size=block_size,
                    num_kv_blocks=num_kv_blocks, enforce_eager=enforce_eager, seed=seed,
-                   max_num_batched_tokens=max_num_batched_tokens)
+                   max_num_batched_tokens=max_num_batched_tokens, thinking_delimiters=thinking_delimiters)
         return llm
 
     def _setup(self, model, tokenizer, *, config, device, kv_cache_dtype, max_model_len, max_num_seqs, block_size,
-               num_kv_blocks, enforce_eager, seed, max_num_batched_tokens):
+               num_kv_blocks, enforce_eager, seed, max_num_batched_tokens, thinking_delimiters=None):
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
         for name, value in (("max_num_seqs", max_num_seqs), ("block_size", block_size),
@@ -106,6 +117,7 @@ class LLM:
                                    max_num_batched_tokens=max_num_batched_tokens)
         self._rng = random.Random(seed)
         self._request_counter = 0
+        self.thinking = _thinking_delimiters(tokenizer, thinking_delimiters)
 
     def _default_num_blocks(self, block_size: int, kv_dtype: torch.dtype) -> int:
         per_block = self.config.kv_cache_bytes_per_block(block_size, kv_dtype)
@@ -136,6 +148,10 @@ class LLM:
         return text, ids
 
     def _add_request(self, prompt, params: SamplingParams) -> tuple[str, str | None, list[int], list[Sequence]]:
+        if self.thinking is None and (params.thinking_budget is not None or params.min_thinking_tokens):
+            field = "thinking_budget" if params.thinking_budget is not None else "min_thinking_tokens"
+            raise ValueError(f"SamplingParams.{field} needs a reasoning model, but this model's tokenizer has no known "
+                             "thinking delimiters; give them as LLM(..., thinking_delimiters=(start, end))")
         text, ids = self._prompt_ids(prompt)
         request_id = str(self._request_counter)
         self._request_counter += 1
@@ -156,8 +172,10 @@ class LLM:
             outputs[out.request_id] = out
         return list(outputs.values())
 
-    def generate_stream(self, prompts, sampling_params=None) -> Iterator[tuple[str, int, str]]:
-        """Yield `(request_id, sample_index, text_delta)` as tokens are generated."""
+    def generate_stream(self, prompts, sampling_params=None) -> Iterator[StreamDelta]:
+        """Yield `StreamDelta(request_id, index, text, kind, finish_reason)` as tokens are
+        generated: `kind` is "reasoning" or "answer"; each sample's last delta has its
+        `finish_reason` (and may have empty text)."""
         yield from self._run(prompts, sampling_params, use_tqdm=False, stream=True)
 
     def _normalize(self, prompts, sampling_params):
@@ -182,7 +200,8 @@ class LLM:
             # The first sample is prefilled; the others fork from it afterwards and share its blocks.
             self.scheduler.add(seqs[0])
             for seq in seqs:
-                stops[seq.seq_id] = _Stopper(seq, self.tokenizer, self.config.eos_token_ids, self.max_model_len)
+                stops[seq.seq_id] = _Stopper(seq, self.tokenizer, self.config.eos_token_ids, self.max_model_len,
+                                             self.thinking)
         pending_forks = {rid: seqs[1:] for rid, _, _, seqs in requests if len(seqs) > 1}
         samples = {rid: seqs for rid, _, _, seqs in requests}
         bar = _progress(len(requests), use_tqdm)
@@ -220,15 +239,24 @@ class LLM:
                     if entry is not None:
                         seq.logprobs.append(entry)
             finished = Status.FINISHED
-            for seq, token in zip(rows, token_ids):
+            replaced = []
+            for i, (seq, token) in enumerate(zip(rows, token_ids)):
+                stopper = stops[seq.seq_id]
+                if stopper.controls and (chosen := stopper.choose(token)) != token:
+                    token = chosen
+                    replaced.append((i, token))
                 seq.token_ids.append(token)
-                delta = stops[seq.seq_id].observe(token)
+                delta = stopper.observe(token)
                 if stream and delta:
-                    yield seq.request_id, seq.index, delta
+                    yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
                 if seq.status is finished:
                     self.scheduler.finish(seq)
                     self.runner.release(seq)
                     done(seq)
+                    if stream:
+                        yield StreamDelta(seq.request_id, seq.index, "", stopper.kind, seq.finish_reason)
+            if replaced:
+                self.runner.replace_sampled(rows, replaced)
         if bar is not None:
             bar.close()
         if not stream:
@@ -275,13 +303,78 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
 
+class StreamDelta(NamedTuple):
+    """New text of one sample (`index`) of a request, from `LLM.generate_stream`."""
+
+    request_id: str
+    index: int
+    text: str
+    kind: str = "answer"  # "reasoning" (inside a thinking section) or "answer"
+    finish_reason: str | None = None  # set on the sample's last delta
+
+
+def _thinking_delimiters(tokenizer, spec):
+    """The engine's thinking delimiters from `LLM(thinking_delimiters=...)` (see there)."""
+    if spec is False:
+        return None
+    if spec is None:
+        found = find_thinking_delimiters(tokenizer) if hasattr(tokenizer, "get_vocab") else None
+        if found is not None and (len(found.start_ids) != 1 or len(found.end_ids) != 1):
+            return None  # only single-token delimiters are tracked
+        return found
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(x, str) for x in spec)):
+        raise ValueError(f"thinking_delimiters must be None, False or a (start, end) pair of strings, got {spec!r}")
+    found = find_thinking_delimiters(tokenizer, *spec)
+    for name, ids in (("start", found.start_ids), ("end", found.end_ids)):
+        if len(ids) != 1:
+            raise ValueError(f"thinking_delimiters {name} {getattr(found, name)!r} is {len(ids)} tokens in this "
+                             f"tokenizer ({ids}); each delimiter must be a single token")
+    return found
+
+
+class _Thinking:
+    """One sequence's thinking section: the token-level state, and the budget rules that
+    replace sampled tokens (`SamplingParams.thinking_budget`, `min_thinking_tokens`)."""
+
+    def __init__(self, seq: Sequence, delimiters, tokenizer):
+        p = seq.params
+        self.end_id = delimiters.end_ids[0]
+        self.state = ThinkingState(delimiters, starts_in_reasoning=prompt_opens_thinking(seq.token_ids, delimiters))
+        self.budget = p.thinking_budget
+        self.min_tokens = p.min_thinking_tokens
+        self.controls = self.budget is not None or self.min_tokens > 0
+        encode = functools.partial(tokenizer.encode, add_special_tokens=False)
+        self.lead_in = list(encode(p.answer_lead_in)) if self.budget is not None and p.answer_lead_in else []
+        self.continuation = list(encode(p.thinking_continuation)) if self.min_tokens else []
+
+    def choose(self, sampled: int, forced: deque) -> int:
+        """The token to emit instead of `sampled` (queuing any that must follow in `forced`)."""
+        state = self.state
+        if not state.in_reasoning:
+            return sampled
+        n = state.num_reasoning_tokens
+        if sampled == self.end_id:
+            if n < self.min_tokens:  # too early: keep thinking
+                forced.extend(self.continuation[1:])
+                return self.continuation[0]
+            return sampled
+        if self.budget is not None and n >= self.budget:
+            forced.extend(self.lead_in)
+            return self.end_id
+        return sampled
+
+
 class _Stopper:
     """Per-sequence stop checks and incremental text, constant work per token: the text is kept
     as pieces (joined once, when the sequence finishes), and stop strings are looked for only
     when the new text contains the last character of one, in a window of the newest text as
-    long as the new text plus the longest stop string."""
+    long as the new text plus the longest stop string.
 
-    def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int):
+    For reasoning models it also tracks the thinking section (its delimiter tokens' text is
+    dropped; `reasoning` holds the character span of the thinking text) and applies the
+    thinking-budget rules through `choose`, which replaces sampled tokens."""
+
+    def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int, thinking=None):
         p = seq.params
         self.seq = seq
         self.min_tokens = p.min_tokens
@@ -294,6 +387,19 @@ class _Stopper:
         self.detok = IncrementalDetokenizer(tokenizer)
         self.pieces: list[str] = []
         self.length = 0  # characters emitted so far
+        self.thinking = None if thinking is None else _Thinking(seq, thinking, tokenizer)
+        self.forced: deque[int] = deque()  # tokens to emit in the next steps, whatever is sampled
+        self.guard = RepetitionGuard() if p.repetition_guard else None
+        # Whether `choose` must see every sampled token.
+        self.controls = self.thinking is not None and self.thinking.controls
+        self.reasoning = [0, None] if self.thinking is not None and self.thinking.state.in_reasoning else None
+        self.kind = "reasoning" if self.reasoning else "answer"  # of the text being emitted
+
+    def choose(self, sampled: int) -> int:
+        """The token this sequence emits for the `sampled` one (thinking-budget rules)."""
+        if self.forced:
+            return self.forced.popleft()
+        return self.thinking.choose(sampled, self.forced)
 
     def observe(self, token: int) -> str:
         """Account for a newly sampled token (already appended to the sequence); returns the
@@ -305,6 +411,8 @@ class _Stopper:
             self._finish("stop", token)
             return ""
         delta = self.detok.add(token) or ""
+        if self.thinking is not None and self._delimiter(token):
+            delta = ""  # a delimiter's own text is in neither the reasoning nor the answer
         if delta:
             self.pieces.append(delta)
             self.length += len(delta)
@@ -312,9 +420,26 @@ class _Stopper:
                 stopped = self._stop_string(delta)
                 if stopped is not None:
                     return stopped
-        if len(seq.token_ids) >= self.end:
+        if self.guard is not None and self.guard.observe(token):
+            self._finish("repetition")
+        elif len(seq.token_ids) >= self.end:
             self._finish("length")
         return delta
+
+    def _delimiter(self, token: int) -> bool:
+        """Feed the thinking state; True if `token` is a delimiter (its span boundary recorded)."""
+        state = self.thinking.state
+        was, before = state.in_reasoning, state.num_delimiter_tokens
+        state.observe(token)
+        if state.num_delimiter_tokens == before:
+            return False
+        if state.in_reasoning and not was:
+            self.reasoning = [self.length, None]
+        elif was and not state.in_reasoning:
+            self.reasoning[1] = self.length
+            self.controls = bool(self.forced)
+        self.kind = "reasoning" if state.in_reasoning else "answer"
+        return True
 
     def _stop_string(self, delta: str) -> str | None:
         """If `delta` completes a stop string, finish before the earliest such string and return
@@ -335,8 +460,18 @@ class _Stopper:
 
     def _finish(self, reason: str, stop_reason=None, text_end: int | None = None) -> None:
         text = "".join(self.pieces)
-        self.seq.text = text if text_end is None else text[:text_end]
-        self.seq.finish(reason, stop_reason)
+        if text_end is not None:
+            text = text[:text_end]
+        seq = self.seq
+        if self.reasoning is not None:
+            start, end = self.reasoning
+            end = len(text) if end is None else min(end, len(text))
+            seq.reasoning_text, text = text[start:end], text[:start] + text[end:]
+        if self.thinking is not None:
+            seq.num_reasoning_tokens = self.thinking.state.num_reasoning_tokens
+            seq.num_delimiter_tokens = self.thinking.state.num_delimiter_tokens
+        seq.text = text
+        seq.finish(reason, stop_reason)
 
 
 def _request_output(request_id, text, ids, seqs) -> RequestOutput:
@@ -346,8 +481,8 @@ def _request_output(request_id, text, ids, seqs) -> RequestOutput:
     decoded = sum(max(0, s.num_output - 1) for s in seqs)
     rate = decoded / (last - first) if first and last and last > first else None
     metrics = RequestMetrics(arrival, first, last, None if first is None else first - arrival, rate)
-    outputs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason, s.logprobs)
-               for s in seqs]
+    outputs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason, s.logprobs,
+                                s.reasoning_text, s.num_reasoning_tokens, s.num_delimiter_tokens) for s in seqs]
     return RequestOutput(request_id, text, list(ids), outputs, metrics)
 
 

@@ -241,6 +241,16 @@ class ModelRunner:
                 self.presence_ok.add(seq.seq_id)
         return self.presence[: len(seqs)]
 
+    @torch.inference_mode()
+    def replace_sampled(self, rows: list[Sequence], replaced: list[tuple[int, int]]) -> None:
+        """The engine emitted other tokens than the last step sampled for some rows
+        (`(row, token)` pairs): the next decode step feeds those instead."""
+        d = self._decode
+        if d is not None and d.next_ids is not None and d.seqs == rows:
+            _put(d.next_ids, [i for i, _ in replaced], [t for _, t in replaced], self.device, torch.int64)
+        for i, _ in replaced:
+            self.presence_ok.discard(rows[i].seq_id)  # it recorded the sampled token
+
     # ---- steps -------------------------------------------------------------------------------
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
@@ -329,6 +339,7 @@ def _logprobs(logits, sampled, tokens, rows, num_top) -> list[dict[int, float] |
     return out
 
 
-def _put(target: torch.Tensor, index: list[int], values: list[int], device) -> None:
-    """`target[index] = values` for a 1-D int32 `target` (one small copy and one kernel)."""
-    target.index_copy_(0, pack("q", index, torch.int64, device), pack("i", values, torch.int32, device))
+def _put(target: torch.Tensor, index: list[int], values: list[int], device, dtype=torch.int32) -> None:
+    """`target[index] = values` for a 1-D int32 (or int64) `target` (one small copy, one kernel)."""
+    code = "i" if dtype == torch.int32 else "q"
+    target.index_copy_(0, pack("q", index, torch.int64, device), pack(code, values, dtype, device))

@@ -40,6 +40,16 @@ class SamplingParams:
     tokens, during which EOS (unless `ignore_eos`) and `stop_token_ids` cannot be sampled.
     `seed` makes this request's samples reproducible whatever batch it runs in.
     `logprobs`: how many top log-probabilities to return per token (None: none).
+
+    Reasoning models (thinking delimiters known to the engine, see `fastcot.LLM`):
+    `thinking_budget=N` caps the thinking section at N tokens: the token after the N-th is
+    replaced by the end-of-thinking delimiter, followed by the tokens of `answer_lead_in`.
+    `min_thinking_tokens=M`: while fewer than M thinking tokens have been generated, an
+    end-of-thinking delimiter the model samples is replaced by the tokens of
+    `thinking_continuation` (s1's budget forcing). Both count within `max_tokens`.
+    `repetition_guard=True` ends a completion whose tail has become a degenerate loop (the
+    same span repeated back to back; `fastcot.reasoning.RepetitionGuard`'s defaults) with
+    `finish_reason="repetition"`.
     Invalid values raise ValueError naming the field.
     """
 
@@ -56,6 +66,11 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     logprobs: int | None = None
+    thinking_budget: int | None = None
+    min_thinking_tokens: int = 0
+    answer_lead_in: str = "\n\n"
+    thinking_continuation: str = "\nWait"
+    repetition_guard: bool = False
 
     def __post_init__(self):
         _check_int("n", self.n, low=1)
@@ -87,6 +102,22 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, low=0)
+        if self.thinking_budget is not None:
+            _check_int("thinking_budget", self.thinking_budget, low=0)
+            if self.thinking_budget > self.max_tokens:
+                raise ValueError(f"SamplingParams.thinking_budget must be <= max_tokens ({self.max_tokens}), "
+                                 f"got {self.thinking_budget}")
+        _check_int("min_thinking_tokens", self.min_thinking_tokens, low=0)
+        limit = self.max_tokens if self.thinking_budget is None else self.thinking_budget
+        if self.min_thinking_tokens > limit:
+            raise ValueError(f"SamplingParams.min_thinking_tokens must be <= {'thinking_budget' if self.thinking_budget is not None else 'max_tokens'} ({limit}), got {self.min_thinking_tokens}")
+        for name in ("answer_lead_in", "thinking_continuation"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"SamplingParams.{name} must be a str, got {getattr(self, name)!r}")
+        if not self.thinking_continuation and self.min_thinking_tokens:
+            raise ValueError("SamplingParams.thinking_continuation must not be empty when min_thinking_tokens > 0")
+        if not isinstance(self.repetition_guard, bool):
+            raise ValueError(f"SamplingParams.repetition_guard must be a bool, got {self.repetition_guard!r}")
 
     @property
     def greedy(self) -> bool:

@@ -39,6 +39,9 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.text = ""
+        self.reasoning_text = ""
+        self.num_reasoning_tokens = 0
+        self.num_delimiter_tokens = 0
         # Per output token {token id: log-probability}, when params.logprobs is set.
         self.logprobs: list[dict[int, float]] | None = None if params.logprobs is None else []
         self.arrival_time = time.perf_counter()
@@ -77,7 +80,10 @@ class RequestMetrics:
 @dataclass
 class CompletionOutput:
     """One sample: its generated token ids and text, and why it stopped ("stop", "length",
-    or "error" with the message in `stop_reason`). With `SamplingParams(logprobs=k)`,
+    "repetition", or "error" with the message in `stop_reason`). For a reasoning model,
+    `reasoning_text` is the thinking section and `text` the answer (the delimiters in neither),
+    with `num_reasoning_tokens`, `num_delimiter_tokens` and `num_answer_tokens` counting the
+    output tokens of each. With `SamplingParams(logprobs=k)`,
     `logprobs[i]` maps token ids to log-probabilities (under the model's raw distribution) for
     output token i: the `k` most likely tokens and the sampled one."""
 
@@ -87,6 +93,15 @@ class CompletionOutput:
     finish_reason: str | None
     stop_reason: str | int | None = None
     logprobs: list[dict[int, float]] | None = None
+    reasoning_text: str = ""
+    num_reasoning_tokens: int = 0
+    num_delimiter_tokens: int = 0
+
+    @property
+    def num_answer_tokens(self) -> int:
+        """Output tokens outside the thinking section and its delimiters (a final stop or EOS
+        token included)."""
+        return len(self.token_ids) - self.num_reasoning_tokens - self.num_delimiter_tokens
 
 
 @dataclass

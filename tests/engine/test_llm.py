@@ -118,7 +118,7 @@ def test_stop_strings_and_streaming_on_tiny_random():
     llm = LLM("tiny-random", device="cpu", num_kv_blocks=64)
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
     full = llm.generate("Hello", params, use_tqdm=False)[0].outputs[0]
-    deltas = "".join(d for _, _, d in llm.generate_stream("Hello", params))
+    deltas = "".join(d.text for d in llm.generate_stream("Hello", params))
     assert deltas == full.text
     if len(full.text) >= 4:
         stop = full.text[2:4]
