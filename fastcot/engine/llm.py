@@ -16,8 +16,19 @@ from fastcot.engine.detokenizer import IncrementalDetokenizer
 from fastcot.engine.model_runner import ModelRunner
 from fastcot.engine.sampling import SamplingParams, request_key
 from fastcot.engine.scheduler import Scheduler
-from fastcot.reasoning import RepetitionGuard, ThinkingState, find_thinking_delimiters, prompt_opens_thinking
-from fastcot.engine.sequence import CompletionOutput, RequestMetrics, RequestOutput, Sequence, Status
+from fastcot.engine.sequence import (
+    CompletionOutput,
+    RequestMetrics,
+    RequestOutput,
+    Sequence,
+    Status,
+)
+from fastcot.reasoning import (
+    RepetitionGuard,
+    ThinkingState,
+    find_thinking_delimiters,
+    prompt_opens_thinking,
+)
 
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,7 +67,12 @@ class LLM:
     def __init__(self, model: str, *, quantization=None, dtype="auto", kv_cache_dtype="auto", device=None,
                  max_model_len=None, max_num_seqs=256, block_size=16, num_kv_blocks=None, enforce_eager=False,
                  seed=0, max_num_batched_tokens=8192, thinking_delimiters=None):
-        from fastcot.models import load_config, load_model, load_tokenizer, resolve_device
+        from fastcot.models import (
+            load_config,
+            load_model,
+            load_tokenizer,
+            resolve_device,
+        )
 
         if kv_cache_dtype not in KV_CACHE_DTYPES:  # fail before loading the weights
             raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
