@@ -275,6 +275,21 @@ class BlockManager:
         if parent.seq_id in self._hashed:
             self._hashed[child.seq_id] = self._hashed[parent.seq_id]
 
+    def truncate(self, seq: BlockSequence) -> None:
+        """Release the blocks past those `seq.token_ids` needs, after its last tokens were
+        taken back (speculative tokens that were rejected). Their slots were never cached:
+        `append_slots` hashes only tokens before the ones it makes room for."""
+        keep = self.num_blocks_needed(len(seq.token_ids))
+        table = seq.block_table
+        hashed = self._hashed.get(seq.seq_id, (0, b""))[0]
+        if keep < hashed:
+            raise RuntimeError(f"sequence {seq.seq_id!r}: cannot drop cached blocks ({hashed} hashed, keeping {keep})")
+        while len(table) > keep:
+            block = table.pop()
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                self._free.append(block)
+
     def free(self, seq: BlockSequence) -> None:
         """Release the blocks of a finished or preempted sequence. Blocks with a hash stay
         cached until reallocated; the sequence's last blocks are evicted first (a shared

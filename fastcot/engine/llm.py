@@ -15,7 +15,8 @@ from fastcot.engine.block_manager import BlockManager
 from fastcot.engine.detokenizer import IncrementalDetokenizer
 from fastcot.engine.model_runner import ModelRunner
 from fastcot.engine.sampling import SamplingParams, request_key
-from fastcot.engine.scheduler import Scheduler
+from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
+from fastcot.engine.scheduler import Batch, Scheduler
 from fastcot.engine.sequence import (
     CompletionOutput,
     RequestMetrics,
@@ -56,6 +57,9 @@ class LLM:
             `fastcot.reasoning.find_thinking_delimiters`), a `(start, end)` pair of strings sets
             them, False means none. Each must be a single token. With delimiters, outputs carry
             `reasoning_text` apart from the answer `text`, and thinking budgets apply.
+        speculative_config: None, or `{"method": "ngram", "num_speculative_tokens": k, ...}`
+            for n-gram speculative decoding of small decode batches (see
+            `fastcot.engine.speculative`); greedy and seeded outputs are unchanged by it.
 
     Example::
 
@@ -66,7 +70,7 @@ class LLM:
 
     def __init__(self, model: str, *, quantization=None, dtype="auto", kv_cache_dtype="auto", device=None,
                  max_model_len=None, max_num_seqs=256, block_size=16, num_kv_blocks=None, enforce_eager=False,
-                 seed=0, max_num_batched_tokens=8192, thinking_delimiters=None):
+                 seed=0, max_num_batched_tokens=8192, thinking_delimiters=None, speculative_config=None):
         from fastcot.models import (
             load_config,
             load_model,
@@ -83,13 +87,13 @@ class LLM:
             config=config, device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, block_size=block_size, num_kv_blocks=num_kv_blocks,
             enforce_eager=enforce_eager, seed=seed, max_num_batched_tokens=max_num_batched_tokens,
-            thinking_delimiters=thinking_delimiters,
+            thinking_delimiters=thinking_delimiters, speculative_config=speculative_config,
         )
 
     @classmethod
     def from_model(cls, model, tokenizer, *, device, kv_cache_dtype="auto", max_model_len=None, max_num_seqs=256,
                    block_size=16, num_kv_blocks=None, enforce_eager=False, seed=0, max_num_batched_tokens=8192,
-                   thinking_delimiters=None):
+                   thinking_delimiters=None, speculative_config=None):
         """An engine around an already built model (anything with `config`, `lm_head_weight`,
         `__call__(input_ids, positions, kv_caches, metadata)` and `compute_logits`), e.g. a
         stub for measuring host overhead."""
@@ -97,11 +101,13 @@ class LLM:
         llm._setup(model, tokenizer, config=model.config, device=torch.device(device), kv_cache_dtype=kv_cache_dtype,
                    max_model_len=max_model_len, max_num_seqs=max_num_seqs, block_size=block_size,
                    num_kv_blocks=num_kv_blocks, enforce_eager=enforce_eager, seed=seed,
-                   max_num_batched_tokens=max_num_batched_tokens, thinking_delimiters=thinking_delimiters)
+                   max_num_batched_tokens=max_num_batched_tokens, thinking_delimiters=thinking_delimiters,
+                   speculative_config=speculative_config)
         return llm
 
     def _setup(self, model, tokenizer, *, config, device, kv_cache_dtype, max_model_len, max_num_seqs, block_size,
-               num_kv_blocks, enforce_eager, seed, max_num_batched_tokens, thinking_delimiters=None):
+               num_kv_blocks, enforce_eager, seed, max_num_batched_tokens, thinking_delimiters=None,
+               speculative_config=None):
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
         for name, value in (("max_num_seqs", max_num_seqs), ("block_size", block_size),
@@ -134,6 +140,8 @@ class LLM:
         self._rng = random.Random(seed)
         self._request_counter = 0
         self.thinking = _thinking_delimiters(tokenizer, thinking_delimiters)
+        spec = SpeculativeConfig.from_user(speculative_config)
+        self.speculator = None if spec is None else NgramSpeculator(spec)
 
     def _default_num_blocks(self, block_size: int, kv_dtype: torch.dtype) -> int:
         per_block = self.config.kv_cache_bytes_per_block(block_size, kv_dtype)
@@ -241,6 +249,10 @@ class LLM:
                 token_ids = self.runner.step(batch, rows, row_index)
                 self._after_prefill(batch, pending_forks)
             else:
+                drafts = self._drafts(batch, stops) if self.speculator is not None else None
+                if drafts is not None:
+                    yield from self._speculative_step(batch, drafts, stops, stream, done)
+                    continue
                 rows = batch.seqs
                 token_ids = self.runner.step(batch, rows, None)
             if batch.is_prefill:
@@ -266,9 +278,7 @@ class LLM:
                 if stream and delta:
                     yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
                 if seq.status is finished:
-                    self.scheduler.finish(seq)
-                    self.runner.release(seq)
-                    done(seq)
+                    self._finished(seq, done)
                     if stream:
                         yield StreamDelta(seq.request_id, seq.index, "", stopper.kind, seq.finish_reason)
             if replaced:
@@ -278,6 +288,67 @@ class LLM:
         if not stream:
             for request_id, text, ids, seqs in requests:
                 yield _request_output(request_id, text, ids, seqs)
+
+    def _finished(self, seq: Sequence, done) -> None:
+        self.scheduler.finish(seq)
+        self.runner.release(seq)
+        if self.speculator is not None:
+            self.speculator.forget(seq)
+        done(seq)
+
+    def _drafts(self, batch, stops) -> list[list[int]] | None:
+        """Draft tokens per sequence of a decode batch, or None to decode it plainly (a large
+        batch, a row whose sampling depends on each token, or nothing to propose)."""
+        seqs = batch.seqs
+        if len(seqs) > self.speculator.config.max_batch_size:
+            return None
+        if any(s.params.repetition_penalty != 1.0 or s.params.logprobs is not None for s in seqs):
+            return None
+        drafts = []
+        for seq in seqs:
+            stopper = stops[seq.seq_id]
+            # Room for drafts before the length limit, past the token this step samples anyway.
+            limit = 0 if stopper.controls else stopper.end - len(seq.token_ids) - 1
+            drafts.append(self.speculator.propose(seq, limit))
+        return drafts if any(drafts) else None
+
+    def _speculative_step(self, batch, drafts, stops, stream, done):
+        """Score every sequence's drafts in one forward pass and emit the accepted tokens."""
+        blocks = self.block_manager
+        copies = list(batch.block_copies)
+        for seq, draft in zip(batch.seqs, drafts):
+            if not draft:
+                continue
+            seq.token_ids.extend(draft)
+            if blocks.can_append(seq, len(draft)):
+                copies += blocks.append_slots(seq, len(draft))
+            else:  # no room for the drafts: this sequence decodes one token
+                del seq.token_ids[-len(draft):]
+                draft.clear()
+        verify = Batch(batch.seqs, is_prefill=True, chunk_ends=[len(s) for s in batch.seqs], block_copies=copies,
+                       preempted=batch.preempted)
+        sampled = self.runner.verify(verify)
+        self.speculator.num_steps += 1
+        for seq, draft, samples in zip(batch.seqs, drafts, sampled):
+            if draft:
+                del seq.token_ids[-len(draft):]
+            tokens = self.speculator.accept(draft, samples)
+            stopper = stops[seq.seq_id]
+            for token in tokens:
+                if stopper.controls:
+                    token = stopper.choose(token)  # only rows without drafts have controls
+                seq.num_computed += 1
+                seq.token_ids.append(token)
+                delta = stopper.observe(token)
+                if stream and delta:
+                    yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
+                if seq.status == Status.FINISHED:
+                    self._finished(seq, done)
+                    if stream:
+                        yield StreamDelta(seq.request_id, seq.index, "", stopper.kind, seq.finish_reason)
+                    break
+            else:
+                blocks.truncate(seq)  # the blocks taken for rejected drafts
 
     @staticmethod
     def _prefill_rows(batch, pending_forks) -> tuple[list[Sequence], list[int]]:

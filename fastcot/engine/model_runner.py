@@ -171,7 +171,9 @@ class ModelRunner:
         for seq in seqs:
             self.presence_ok.discard(seq.seq_id)
         slots = [self._slot(s) for s in seqs]
-        self._write_tables(seqs, rewrite=True)  # (re)allocated: rewrite the rows
+        # A new row is written whole; otherwise only new entries, and the last one after a
+        # copy-on-write (a speculative step).
+        self._write_tables(seqs, last=bool(batch.block_copies))
         spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
         ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
         positions = [p for a, b in spans for p in range(a, b)]
@@ -303,6 +305,35 @@ class ModelRunner:
         if d.num_logprobs is not None:
             self.last_logprobs = _logprobs(logits, sampled, tokens, batch.seqs, d.num_logprobs)
         return tokens
+
+    @torch.inference_mode()
+    def verify(self, batch: Batch) -> list[list[int]]:
+        """A speculative step: `batch` is a prefill-shaped batch whose sequences end with their
+        draft tokens (`chunk_ends[i] = len(seq)`, computing from the last accepted token on).
+        Samples every position as plain decoding would sample that output token; returns
+        each sequence's sampled tokens, one per computed position."""
+        for seq in batch.preempted:
+            self.release(seq)
+        self.last_logprobs = None
+        self.copy_blocks(batch.block_copies)
+        input_ids, positions, metadata = self._prepare_prefill(batch)
+        logits = self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, metadata))
+        rows, output_lens = [], []
+        for seq, end in zip(batch.seqs, batch.chunk_ends):
+            first = seq.num_computed + 1 - seq.prompt_len  # output index sampled at the first position
+            rows += [seq] * (end - seq.num_computed)
+            output_lens += range(first, first + end - seq.num_computed)
+        tensors = SamplingTensors.from_params(
+            [s.params for s in rows], output_lens=output_lens, keys=[s.noise_key for s in rows],
+            eos_token_ids=self.config.eos_token_ids, device=self.device,
+        )
+        sampled = self.sampler(logits, tensors).tolist()
+        out, at = [], 0
+        for seq, end in zip(batch.seqs, batch.chunk_ends):
+            n = end - seq.num_computed
+            out.append(sampled[at: at + n])
+            at += n
+        return out
 
     def _sample_prefill(self, logits: torch.Tensor, rows: list[Sequence], row_index: list[int]) -> list[int]:
         if row_index != list(range(logits.shape[0])):
