@@ -15,7 +15,6 @@ from fastcot.engine.block_manager import BlockManager
 from fastcot.engine.detokenizer import IncrementalDetokenizer
 from fastcot.engine.model_runner import ModelRunner
 from fastcot.engine.sampling import SamplingParams, request_key
-from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
 from fastcot.engine.scheduler import Batch, Scheduler
 from fastcot.engine.sequence import (
     CompletionOutput,
@@ -24,6 +23,7 @@ from fastcot.engine.sequence import (
     Sequence,
     Status,
 )
+from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
 from fastcot.reasoning import (
     RepetitionGuard,
     ThinkingState,
