@@ -25,10 +25,12 @@ from fastcot.engine.sequence import (
 )
 from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
 from fastcot.reasoning import (
+    COT_SYSTEM_PROMPT,
     RepetitionGuard,
     ThinkingState,
     find_thinking_delimiters,
     prompt_opens_thinking,
+    split_cot_answer,
 )
 
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -139,6 +141,7 @@ class LLM:
                                    max_num_batched_tokens=max_num_batched_tokens)
         self._rng = random.Random(seed)
         self._request_counter = 0
+        self._aborted: set[str] = set()
         self.thinking = _thinking_delimiters(tokenizer, thinking_delimiters)
         spec = SpeculativeConfig.from_user(speculative_config)
         self.speculator = None if spec is None else NgramSpeculator(spec)
@@ -177,6 +180,11 @@ class LLM:
             raise ValueError(f"SamplingParams.{field} needs a reasoning model, but this model's tokenizer has no known "
                              "thinking delimiters; give them as LLM(..., thinking_delimiters=(start, end))")
         text, ids = self._prompt_ids(prompt)
+        bm = self.block_manager
+        needed = len(ids) // bm.block_size + params.n  # the shared full blocks, and a last block each
+        if params.n > 1 and needed > bm.num_blocks:
+            raise ValueError(f"SamplingParams.n={params.n} samples of a {len(ids)}-token prompt need {needed} KV "
+                             f"blocks at once (shared prompt blocks plus one each), but the cache has {bm.num_blocks}")
         request_id = str(self._request_counter)
         self._request_counter += 1
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
@@ -235,7 +243,11 @@ class LLM:
             if bar is not None and rid not in pending_forks and all(s.status == Status.FINISHED for s in samples[rid]):
                 bar.update(1)
 
+        self._aborted = set()
         while self.scheduler.has_unfinished():
+            if self._aborted:
+                yield from self._abort_now(samples, pending_forks, stops, stream, done)
+                continue
             batch, failed = self.scheduler.schedule()
             for seq in failed:
                 for other in [seq, *pending_forks.pop(seq.request_id, [])]:
@@ -288,6 +300,29 @@ class LLM:
         if not stream:
             for request_id, text, ids, seqs in requests:
                 yield _request_output(request_id, text, ids, seqs)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request that `generate_stream` is generating (from the loop consuming the
+        stream): its unfinished samples end with `finish_reason="abort"` before the next step."""
+        self._aborted.add(request_id)
+
+    def _abort_now(self, samples, pending_forks, stops, stream, done):
+        for request_id in self._aborted:
+            seqs = samples.get(request_id, [])
+            pending = pending_forks.pop(request_id, [])
+            for seq in seqs:
+                if seq.status == Status.FINISHED:
+                    continue
+                if seq not in pending:
+                    self.scheduler.abort(seq)
+                    self.runner.release(seq)
+                stops[seq.seq_id]._finish("abort")  # the text so far
+                if self.speculator is not None:
+                    self.speculator.forget(seq)
+                done(seq)
+                if stream:
+                    yield StreamDelta(seq.request_id, seq.index, "", "answer", "abort")
+        self._aborted.clear()
 
     def _finished(self, seq: Sequence, done) -> None:
         self.scheduler.finish(seq)
@@ -379,15 +414,46 @@ class LLM:
                     child.status = Status.RUNNING
                     self.scheduler.running.append(child)
 
-    def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
+    def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, reasoning: str | None = None
+             ) -> list[RequestOutput]:
         """Apply the model's chat template to `messages` (a list of `{"role", "content"}` dicts, or
-        a list of such conversations), then generate."""
+        a list of such conversations), then generate.
+
+        `reasoning="cot"` (for models that do not think on their own): a built-in
+        chain-of-thought system prompt (`fastcot.reasoning.COT_SYSTEM_PROMPT`: step by step,
+        self-checking, a last line "Final answer: ...") is put before each conversation, and
+        each output's `text` is the final answer, with the reasoning before it in
+        `reasoning_text` (`text` stays whole when no final-answer line was written)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [
-            self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True) for conv in conversations
-        ]
-        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        prompts = [self.chat_prompt(conv, reasoning=reasoning) for conv in conversations]
+        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        if reasoning == "cot":
+            for out in outputs:
+                for completion in out.outputs:
+                    thought, answer = split_cot_answer(completion.text)
+                    if answer:
+                        completion.reasoning_text, completion.text = thought, answer
+        return outputs
+
+    def chat_prompt(self, conversation: list[dict], *, reasoning: str | None = None) -> list[int]:
+        """The token ids of one conversation under the chat template (see `chat`)."""
+        if reasoning not in (None, "cot"):
+            raise ValueError(f"reasoning must be None or 'cot', got {reasoning!r}")
+        if reasoning == "cot":
+            if self.thinking is not None:
+                raise ValueError("reasoning='cot' is for models that do not think on their own; this model has "
+                                 f"thinking delimiters {self.thinking.start!r}/{self.thinking.end!r}")
+            conversation = _with_system_prompt(conversation, COT_SYSTEM_PROMPT)
+        ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"]) if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
+
+
+def _with_system_prompt(conversation: list[dict], prompt: str) -> list[dict]:
+    """`prompt` as the system message (before an existing system message's content)."""
+    if conversation and conversation[0].get("role") == "system":
+        first = dict(conversation[0], content=f"{prompt}\n\n{conversation[0]['content']}")
+        return [first, *conversation[1:]]
+    return [{"role": "system", "content": prompt}, *conversation]
 
 
 class StreamDelta(NamedTuple):

@@ -146,6 +146,12 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence (its blocks released); the caller finishes it."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.finish(seq)
+
     def finish(self, seq: Sequence) -> None:
         """Release a finished running sequence's blocks."""
         self.blocks.free(seq)
