@@ -89,23 +89,47 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--thinking-budget", type=int, default=None,
+                   help="reasoning models: most thinking tokens before the answer is forced")
+    p.add_argument("--min-thinking-tokens", type=int, default=0,
+                   help="reasoning models: an earlier end of thinking is replaced by 'Wait'")
+    p.add_argument("--speculative-tokens", type=int, default=0,
+                   help="n-gram speculative decoding with this many draft tokens (0: off)")
 
 
 def _engine(args):
     import fastcot
 
+    speculative = None
+    if args.speculative_tokens:
+        speculative = {"method": "ngram", "num_speculative_tokens": args.speculative_tokens}
     llm = fastcot.LLM(args.model, quantization=args.quantization, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
-                      device=args.device, max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks)
+                      device=args.device, max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
+                      speculative_config=speculative)
     params = fastcot.SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                    max_tokens=args.max_tokens, seed=args.seed, ignore_eos=args.ignore_eos)
+                                    max_tokens=args.max_tokens, seed=args.seed, ignore_eos=args.ignore_eos,
+                                    thinking_budget=args.thinking_budget,
+                                    min_thinking_tokens=args.min_thinking_tokens)
     return llm, params
+
+
+def _stream(llm, prompt, params) -> str:
+    """Print a completion as it is generated, the thinking section marked; returns the answer."""
+    answer, kind = [], "answer"
+    for delta in llm.generate_stream(prompt, params):
+        if delta.text and delta.kind != kind:
+            kind = delta.kind
+            print("[thinking]\n" if kind == "reasoning" else "\n[answer]\n", end="", file=sys.stderr, flush=True)
+        if delta.kind == "answer":
+            answer.append(delta.text)
+        print(delta.text, end="", flush=True)
+    print()
+    return "".join(answer)
 
 
 def _generate(args) -> int:
     llm, params = _engine(args)
-    for _, _, delta, *_ in llm.generate_stream(args.prompt, params):
-        print(delta, end="", flush=True)
-    print()
+    _stream(llm, args.prompt, params)
     return 0
 
 
@@ -118,14 +142,8 @@ def _chat(args) -> int:
         if not line:
             break
         messages.append({"role": "user", "content": line})
-        prompt = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        prompt = list(prompt["input_ids"]) if hasattr(prompt, "keys") else list(prompt)
-        reply = []
-        for _, _, delta, *_ in llm.generate_stream(prompt, params):
-            reply.append(delta)
-            print(delta, end="", flush=True)
-        print()
-        messages.append({"role": "assistant", "content": "".join(reply)})
+        reply = _stream(llm, llm.chat_prompt(messages), params)
+        messages.append({"role": "assistant", "content": reply})
     return 0
 
 
