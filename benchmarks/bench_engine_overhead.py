@@ -74,7 +74,7 @@ PARTS = ("schedule", "prepare", "block_tables", "model", "sampling_tensors", "sa
          "runner_step", "detokenize_stop")
 ROW_KEYS = ("batch", "generated", "generated_min", "generated_max", "context_max", "vocab", "temperature",
             "status", "reason", "rounds", "steps", "step_median_us", "step_p90_us", "step_mean_us", "host_median_us",
-            "host_p90_us", "host_per_seq_us", "sampler_median_us", "breakdown_steps", "instrumented_step_us",
+            "host_p90_us", "host_per_seq_us", "host_cpu_median_us", "host_cpu_p90_us", "sampler_median_us", "breakdown_steps", "instrumented_step_us",
             "schedule_us", "prepare_us", "block_tables_us", "model_us", "sampling_tensors_us", "sampler_us",
             "runner_other_us", "detokenize_stop_us", "loop_other_us", "setup_s")
 
@@ -161,6 +161,7 @@ class StepRecorder:
         self.breakdown: list[dict] = []
         self.full_steps = 0
         self.start = None  # perf_counter at the start of the open step, if it is recorded
+        self.cpu_start = 0.0  # thread_time then
         self.parts: dict[str, float] = {}
         self.instrumented: set[str] = {"schedule", "sampler"}
         self.generated_at_start: list[int] = []
@@ -168,7 +169,7 @@ class StepRecorder:
         self._undo: list = []
         self._orig_schedule = llm.scheduler.schedule
         self._patch(llm.scheduler, "schedule", self._schedule)
-        self._patch(llm.runner, "sampler", self._timed("sampler", llm.runner.sampler))
+        self._patch(llm.runner, "sampler", self._timed("sampler", llm.runner.sampler, cpu=True))
 
     def _patch(self, obj, name, value) -> None:
         had = name in vars(obj)
@@ -180,16 +181,20 @@ class StepRecorder:
         while self._undo:
             self._undo.pop()()
 
-    def _timed(self, name, fn):
-        clock, parts = time.perf_counter, self.parts
+    def _timed(self, name, fn, cpu=False):
+        clock, cpu_clock, parts = time.perf_counter, time.thread_time, self.parts
         self.instrumented.add(name)
+        if cpu:
+            self.instrumented.add(name + "_cpu")
 
         def timed(*args, **kwargs):
-            t0 = clock()
+            t0, c0 = clock(), cpu_clock() if cpu else 0.0
             try:
                 return fn(*args, **kwargs)
             finally:
                 parts[name] = parts.get(name, 0.0) + clock() - t0
+                if cpu:
+                    parts[name + "_cpu"] = parts.get(name + "_cpu", 0.0) + cpu_clock() - c0
 
         return timed
 
@@ -214,11 +219,12 @@ class StepRecorder:
             self._patch(stopper, "observe", self._timed("detokenize_stop", stopper.observe))
 
     def _schedule(self):
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), time.thread_time()
         if self.start is not None:
             # A part that was instrumented but not called in a step took 0 (e.g. sampling
             # tensors reused in place).
-            record = {"step": now - self.start, **dict.fromkeys(self.instrumented, 0.0), **self.parts}
+            record = {"step": now - self.start, "step_cpu": now_cpu - self.cpu_start,
+                      **dict.fromkeys(self.instrumented, 0.0), **self.parts}
             (self.breakdown if len(self.timed_steps) == self.steps else self.timed_steps).append(record)
             self.start = None
             if len(self.breakdown) == self.breakdown_steps:
@@ -235,7 +241,7 @@ class StepRecorder:
             if self.full_steps == self.warmup + 1:
                 self.generated_at_start = [s.num_output for s in batch.seqs]
             if self.full_steps > self.warmup:
-                self.start = now
+                self.start, self.cpu_start = now, now_cpu
         elif self.full_steps > self.warmup:
             raise RuntimeError(f"a step of {len(batch.seqs) if batch else 0} sequences (prefill: "
                                f"{batch is not None and batch.is_prefill}) inside the timed steps")
@@ -371,11 +377,13 @@ def summarize(runs: list[Measurement], batch: int) -> dict:
     breakdown = [r for m in runs for r in m.breakdown]
     steps = [r["step"] * us for r in timed]
     host = [(r["step"] - r.get("sampler", 0.0)) * us for r in timed]
+    host_cpu = [(r["step_cpu"] - r.get("sampler_cpu", 0.0)) * us for r in timed]
     out = {
         "rounds": len(runs), "steps": len(steps), "step_median_us": statistics.median(steps),
         "step_p90_us": common.percentile(steps, 90), "step_mean_us": statistics.fmean(steps),
         "host_median_us": statistics.median(host), "host_p90_us": common.percentile(host, 90),
         "host_per_seq_us": statistics.median(host) / batch,
+        "host_cpu_median_us": statistics.median(host_cpu), "host_cpu_p90_us": common.percentile(host_cpu, 90),
         "sampler_median_us": statistics.median(r.get("sampler", 0.0) * us for r in timed),
         "generated_min": min(g for m in runs for g in m.generated_at_start),
         "generated_max": max(g for m in runs for g in m.generated_at_start),
@@ -400,14 +408,18 @@ def summarize(runs: list[Measurement], batch: int) -> dict:
     return out
 
 
-def judge_targets(rows: list[dict]) -> list[dict]:
+def judge_targets(rows: list[dict], clock: str = "wall") -> list[dict]:
+    """The issue's targets on the host time per step: wall time (`clock="wall"`) or the
+    engine thread's CPU time (`"cpu"`, which time spent descheduled on a shared machine does
+    not inflate)."""
+    key = "host_median_us" if clock == "wall" else "host_cpu_median_us"
     ok = {(r["batch"], r["generated"]): r for r in rows if r["status"] == "ok"}
     results = []
     for name, batch, limit in LIMIT_TARGETS:
         runs = sorted(g for b, g in ok if b == batch)
         for g in runs or [None]:
             r = ok.get((batch, g))
-            value = None if r is None else r["host_median_us"]
+            value = None if r is None else r[key]
             results.append({"target": name, "batch": batch, "generated": g, "need": f"< {limit:g} µs", "value": value,
                             "step_median_us": None if r is None else r["step_median_us"],
                             "status": "n/a" if r is None else "PASS" if value < limit else "FAIL"})
@@ -417,7 +429,7 @@ def judge_targets(rows: list[dict]) -> list[dict]:
         result = {"target": f"B={batch} flat 1k -> 100k", "batch": batch, "generated": [short, long],
                   "need": f"ratio <= {FLAT_RATIO:.2f}", "value": None, "step_median_us": None, "status": "n/a"}
         if short <= 2 * KI and long >= 100 * KI:
-            result["value"] = ok[batch, long]["host_median_us"] / ok[batch, short]["host_median_us"]
+            result["value"] = ok[batch, long][key] / ok[batch, short][key]
             result["step_median_us"] = [ok[batch, short]["step_median_us"], ok[batch, long]["step_median_us"]]
             result["status"] = "PASS" if result["value"] <= FLAT_RATIO else "FAIL"
         else:
@@ -431,7 +443,7 @@ def _k(n) -> str:
 
 
 def format_rows(rows: list[dict]) -> str:
-    headers = ["B", "generated", "step µs", "p90", "host µs", "p90", "/seq", "sampler", "sched", "prepare",
+    headers = ["B", "generated", "step µs", "p90", "host µs", "p90", "/seq", "cpu µs", "sampler", "sched", "prepare",
                "(tables)", "model", "params", "sampler", "runner+", "detok+stop", "loop+", "instr."]
     fmt = common.fmt
     table = []
@@ -441,12 +453,12 @@ def format_rows(rows: list[dict]) -> str:
             table.append(cells + ["error"] + [""] * (len(headers) - 3))
             continue
         cells += [fmt(r[k], ".0f") for k in ("step_median_us", "step_p90_us", "host_median_us", "host_p90_us")]
-        cells += [fmt(r["host_per_seq_us"], ".2f"), fmt(r["sampler_median_us"], ".0f")]
+        cells += [fmt(r["host_per_seq_us"], ".2f"), fmt(r["host_cpu_median_us"], ".0f"), fmt(r["sampler_median_us"], ".0f")]
         cells += [fmt(r[k], ".0f") for k in ("schedule_us", "prepare_us", "block_tables_us", "model_us",
                                              "sampling_tensors_us", "sampler_us", "runner_other_us",
                                              "detokenize_stop_us", "loop_other_us", "instrumented_step_us")]
         table.append(cells)
-    return common.format_table(headers, table, groups=[2, 4, 7, 8])
+    return common.format_table(headers, table, groups=[2, 4, 8, 9])
 
 
 def format_targets(results: list[dict]) -> str:
@@ -533,7 +545,8 @@ def main(argv=None) -> int:
     print()
     print(format_rows(rows))
     print("step: wall time per decode step of the engine loop, excluding nothing (median, p90); host: step minus "
-          "the sampler's [B, V] math (device work on a GPU); /seq: host per sequence; sampler: its median. "
+          "the sampler's [B, V] math (device work on a GPU); /seq: host per sequence; cpu: host on the engine "
+          "thread's CPU clock (thread_time); sampler: its median. "
           "Breakdown (means of the instrumented steps, which they add up to as 'instr.'): sched = "
           "Scheduler.schedule, prepare = ModelRunner.prepare (tables: its block-table writes and slot moves), model = stub "
           "forward + logits, params = SamplingTensors.from_params, runner+ = rest of ModelRunner.step "
@@ -543,9 +556,13 @@ def main(argv=None) -> int:
         print(f"\ntargets: not judged ({targets['why']})")
     else:
         results = judge_targets(rows)
-        targets = {"judged": True, "metric": "host_median_us", "results": results}
-        print(f"\ntargets (issue 5, host time per decode step on this CPU: {env['device_name']}):")
+        cpu_results = judge_targets(rows, clock="cpu")
+        targets = {"judged": True, "metric": "host_median_us", "results": results,
+                   "cpu_time": {"metric": "host_cpu_median_us", "results": cpu_results}}
+        print(f"\ntargets (issue 5, host wall time per decode step on this CPU: {env['device_name']}):")
         print(format_targets(results))
+        print("\nthe same on the engine thread's CPU time (time descheduled on a shared machine excluded):")
+        print(format_targets(cpu_results))
     extra = {"config": vars(args) | {"out_dir": str(args.out_dir), "run_plan": plan, "block_size": BLOCK_SIZE,
                                      "prefill_budget": PREFILL_BUDGET, "stop": STOP},
              "targets": targets}

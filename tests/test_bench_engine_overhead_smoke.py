@@ -63,6 +63,7 @@ def test_smoke_json_schema(smoke_run):
         assert r["steps"] == 2 * plan["steps"] and r["breakdown_steps"] == 2 * plan["breakdown_steps"]
         assert 0 < r["step_median_us"] <= r["step_p90_us"]
         assert 0 < r["host_median_us"] <= r["step_median_us"]
+        assert 0 < r["host_cpu_median_us"] <= r["host_p90_us"] * 2
         # Every sequence starts the timed steps with at least its pretended output plus the warm-up.
         assert r["generated"] + plan["warmup"] <= r["generated_min"] <= r["generated_max"] < r["context_max"]
         for key in PARTS:
