@@ -10,9 +10,13 @@ checks run every step.
 
 What a measured decode step is: the wall time from one `Scheduler.schedule` call of the engine
 loop to the next, excluding nothing, on steps where all B sequences decode. `host` is that
-minus the time inside `Sampler.__call__`, whose body is `[B, V]` tensor math (an argmax over
-the vocabulary) that a GPU runs asynchronously: on a CPU it would otherwise dominate (tens of
-ms at B=256, V=128k), while the issue's targets are about the host's own work. The
+minus the time inside the sampler. By default (`--sampler peaks`) the sampler returns each
+row's peak token without touching the logits: the sampling math is device work on a GPU, and
+on this CPU the `[B, V]` argmax (131 MB at B=256, V=128k) would not only take tens of ms but
+also evict the engine's per-sequence data from the caches before every step, which a GPU host
+never sees (a loop touching the tail of 256 long token lists costs ~1 µs more per sequence
+after such an eviction). `--sampler torch` runs the engine's real sampler and subtracts its
+time. The
 breakdown comes from a second run of steps with timers wrapped around the engine's methods
 (schedule, prepare, block tables, model, sampling-parameter packing, sampler, detokenize +
 stop checks); its means add up to the instrumented step, which the timers lengthen a little.
@@ -97,6 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None,
                    help="engines built and measured per configuration, lengths interleaved, steps pooled "
                         "(default 5 for B <= 8, else 1)")
+    p.add_argument("--sampler", choices=("peaks", "torch"), default="peaks",
+                   help="peaks (default): each row's known peak token, no [B, V] math on the host, as on a "
+                        "GPU host (see PeakSampler); torch: the engine's sampler, whose [B, V] math on this "
+                        "CPU evicts the engine's data from the caches every step")
     p.add_argument("--quick", action="store_true", help="B=1,256 x 1k,100k with fewer steps")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; targets not judged")
     p.add_argument("--threads", type=int, default=1,
@@ -131,6 +139,8 @@ class StubModel:
         self._logits = torch.randn(rows, config.vocab_size, generator=gen)
         peaks = torch.tensor(token_ids * (rows // len(token_ids) + 1))[:rows]
         self._logits[torch.arange(rows), peaks] = 30.0  # far above N(0, 1): every sampler picks it
+        self._peaks = peaks
+        self.last_peaks = peaks[:0]  # the peak token of each row of the last logits
         self._period = len(token_ids)
         self._calls = 0
 
@@ -144,7 +154,20 @@ class StubModel:
         # Row b of call c peaks on paragraph token (b + c) mod K: each sequence writes the paragraph.
         start = self._calls % self._period
         self._calls += 1
+        self.last_peaks = self._peaks[start:start + hidden.shape[0]]
         return self._logits[start:start + hidden.shape[0]]
+
+
+class PeakSampler:
+    """`--sampler peaks`: returns each row's peak token (what every sampler picks from the stub's
+    logits) without reading the `[B, V]` logits, so that, as on a GPU host, the sampling math
+    does not evict the engine's data from the CPU caches between steps."""
+
+    def __init__(self, model: StubModel):
+        self.model = model
+
+    def __call__(self, logits, tensors, presence=None):
+        return self.model.last_peaks.clone()
 
 
 class _Done(Exception):
@@ -320,6 +343,8 @@ def measure(ctx, batch: int, generated: int) -> Measurement:
                                  seed=ctx.args.seed)
     params = [fastcot.SamplingParams(temperature=ctx.args.temperature, max_tokens=max_len, ignore_eos=True,
                                      stop=[STOP], seed=ctx.args.seed + i) for i in range(batch)]
+    if ctx.args.sampler == "peaks":
+        llm.runner.sampler = PeakSampler(model)
     recorder = StepRecorder(llm, ctx.mods, batch=batch, warmup=plan["warmup"], steps=plan["steps"],
                             breakdown_steps=plan["breakdown_steps"])
     _pretend_generated(llm, ctx.mods, recorder, pretend)

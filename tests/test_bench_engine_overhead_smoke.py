@@ -21,10 +21,10 @@ PARTS = ("schedule_us", "prepare_us", "model_us", "sampling_tensors_us", "sample
 
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["peaks", "torch"])
+def smoke_run(tmp_path_factory, request):
     out_dir = tmp_path_factory.mktemp("bench")
-    proc = run_benchmark("bench_engine_overhead", "--smoke", "--out-dir", str(out_dir))
+    proc = run_benchmark("bench_engine_overhead", "--smoke", "--sampler", request.param, "--out-dir", str(out_dir))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     files = sorted(out_dir.glob("*.json"))
     assert len(files) == 1, f"expected one JSON file in {out_dir}, got {files}"
