@@ -175,3 +175,20 @@ def test_graph_buckets_cover_every_batch_size():
         buckets = batch_buckets(max_batch)
         assert buckets == sorted(set(buckets)) and buckets[-1] == max_batch
         assert all(any(b >= n for b in buckets) for n in range(1, max_batch + 1))
+
+
+def test_forked_samples_equal_unshared_runs(checkpoint, prompts, monkeypatch):
+    # n samples share the prompt's blocks (a copy of the partly filled one on first write);
+    # the same samples run as separate requests, with nothing shared, give the same tokens.
+    path, _ = checkpoint
+    prompt = prompts[2]  # 37 tokens: the last prompt block is partly filled
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=11, ignore_eos=True)
+    shared = LLM(str(path), device="cpu", num_kv_blocks=64)
+    forked = [c.token_ids for c in shared.generate(prompt, params, use_tqdm=False)[0].outputs]
+    alone = LLM(str(path), device="cpu", num_kv_blocks=64)
+    alone.block_manager.enable_prefix_caching = False
+    keys = iter([fastcot.engine.sampling.request_key(11, i) for i in range(4)])
+    monkeypatch.setattr(fastcot.engine.llm, "request_key", lambda seed, index: next(keys))
+    single = SamplingParams(n=1, temperature=1.0, max_tokens=12, seed=11, ignore_eos=True)
+    unshared = [o.outputs[0].token_ids for o in alone.generate([prompt] * 4, single, use_tqdm=False)]
+    assert unshared == forked and len({tuple(t) for t in forked}) > 1
