@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
 # Tolerances versus a float64 reference (DESIGN.md §4).
@@ -49,14 +52,13 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 # --- benchmark smoke runs --------------------------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "benchmarks"
 
 
 def import_benchmark(name: str):
     """Import `benchmarks/<name>.py` (and its `_common`) as a module."""
     import importlib
-    import sys
 
     sys.path.insert(0, str(BENCH_DIR))
     try:
@@ -79,3 +81,18 @@ def run_benchmark(name: str, *args: str, timeout: float = 120, interpret: bool =
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), *args], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_test_module(relative_path: str):
+    """A helper module of another test folder (no packages under tests/), loaded by its path
+    relative to tests/ once and kept in sys.modules under its file name."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / relative_path
+    name = path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -1,32 +1,16 @@
 """`fastcot.LLM` end to end on CPU: greedy equals transformers, preemption and prefix caching
 change nothing, sampling and stop rules behave, bad requests fail alone."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import load_test_module
 
 import fastcot
 import fastcot.models
 from fastcot import LLM, SamplingParams
 
 pytest.importorskip("transformers")
-
-
-def _hf_checkpoints():
-    if "hf_checkpoints" in sys.modules:
-        return sys.modules["hf_checkpoints"]
-    path = Path(__file__).resolve().parents[1] / "models" / "hf_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("hf_checkpoints", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hf_checkpoints"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hf = _hf_checkpoints()
+hf = load_test_module("models/hf_checkpoints.py")
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 

@@ -3,19 +3,15 @@ streaming), thinking budgets and minimum thinking forced in the running batch, t
 repetition-loop guard, and their bad inputs."""
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_test_module
 
 import fastcot.models
 from fastcot import LLM, SamplingParams
 
-_path = Path(__file__).resolve().parents[1] / "reasoning" / "thinking_tokenizer.py"
-_spec = importlib.util.spec_from_file_location("thinking_tokenizer", _path)
-thinking_tokenizer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(thinking_tokenizer)
+thinking_tokenizer = load_test_module("reasoning/thinking_tokenizer.py")
 START, END = thinking_tokenizer.THINK_START_ID, thinking_tokenizer.THINK_END_ID
 EOS = 257
 A, X = ord("A"), ord("x")

@@ -3,12 +3,10 @@ seeded sampling, stub and real models, tight caches), drafts are accepted on rep
 blocks taken for rejected drafts come back, and bad configurations fail clearly."""
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_test_module
 
 import fastcot.models
 from fastcot import LLM, SamplingParams
@@ -107,20 +105,9 @@ def test_stop_strings_and_length_limits_hold_inside_accepted_runs():
     assert [c.text for o in spec for c in o.outputs] == [c.text for o in plain for c in o.outputs]
 
 
-def _hf_checkpoints():
-    if "hf_checkpoints" in sys.modules:
-        return sys.modules["hf_checkpoints"]
-    path = Path(__file__).resolve().parents[1] / "models" / "hf_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("hf_checkpoints", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hf_checkpoints"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_greedy_is_unchanged_on_a_real_model(tmp_path):
     pytest.importorskip("transformers")
-    hf = _hf_checkpoints()
+    hf = load_test_module("models/hf_checkpoints.py")
     path = hf.save_checkpoint(hf.make_hf_model("LlamaConfig", tie_word_embeddings=False), tmp_path)
     fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
     ps = prompts(5, seed=2)
