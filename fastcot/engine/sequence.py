@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from array import array
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ class Sequence:
         self.request_id = request_id
         self.index = index
         self.prompt_len = len(prompt_token_ids)
-        self.token_ids = list(prompt_token_ids)
+        # An int64 array, not a list: 8 bytes a token, and invisible to the garbage collector,
+        # whose full collections would otherwise walk every token of every long sequence.
+        self.token_ids = array("q", prompt_token_ids)
         self.block_table: list[int] = []
         self.params = params
         self.noise_key = noise_key
@@ -50,7 +53,7 @@ class Sequence:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.prompt_len:]
+        return self.token_ids[self.prompt_len:].tolist()
 
     @property
     def num_output(self) -> int:
