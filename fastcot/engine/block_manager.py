@@ -76,6 +76,9 @@ class BlockManager:
         self._evictable: dict[int, None] = {}  # free, with hash, least recently freed first
         # per live sequence: (number of leading blocks hashed, hash of the last of them)
         self._hashed: dict[Hashable, tuple[int, bytes]] = {}
+        # per decode-ready sequence: how many more decode tokens go into its own last block (set
+        # by `append_slot`, consumed by `needing_room`, dropped whenever its blocks change)
+        self._room: dict[Hashable, int] = {}
         # chain hashes of the last prompt looked up, so that a can_allocate then allocate pair
         # (or a waiting prompt checked every step) hashes it once: (seq_id, token list, length)
         self._memo: tuple[tuple, list[bytes]] | None = None
@@ -135,6 +138,7 @@ class BlockManager:
             self._ref[block] += 1
         num_new = self.num_blocks_needed(len(seq.token_ids)) - len(hits)
         seq.block_table = hits + [self._take_free_block() for _ in range(num_new)]
+        self._room.pop(seq.seq_id, None)
         self._hashed.pop(seq.seq_id, None)
         if hits:
             self._hashed[seq.seq_id] = (len(hits), hashes[len(hits) - 1])
@@ -195,9 +199,10 @@ class BlockManager:
     def append_slot(self, seq: BlockSequence) -> tuple[int, int] | None:
         """`append_slots` for the one token a decode step adds: None, or the (src, dst) pair of
         a copy-on-write that the engine must perform (all layers) before the step."""
-        if self.writes_in_place(seq):  # the common decode step, kept cheap (host budget)
-            return None
-        copies = self.append_slots(seq, 1)
+        copies = [] if self.writes_in_place(seq) else self.append_slots(seq, 1)
+        table = seq.block_table
+        if self._ref[table[-1]] == 1:  # the tokens after this one that fit in its own last block
+            self._room[seq.seq_id] = len(table) * self.block_size - len(seq.token_ids)
         return copies[0] if copies else None
 
     def writes_in_place(self, seq: BlockSequence) -> bool:
@@ -212,14 +217,16 @@ class BlockManager:
         )
 
     def needing_room(self, seqs: Iterable[BlockSequence]) -> list[BlockSequence]:
-        """The sequences of `seqs` whose newest token does not `writes_in_place`: their decode
-        step needs `append_slot` (a new block, or a copy of a shared one)."""
-        bs, ref = self.block_size, self._ref
-        out = []
+        """For a decode step of `seqs`: the sequences that need `append_slot` (a new block, a
+        copy of a shared one, or nothing known since their blocks last changed). The others'
+        tokens go into their own last blocks, and are counted as written. One dict lookup a
+        sequence: the block tables (long, cold in the cache) are not read."""
+        room, out = self._room, []
         for seq in seqs:
-            table = seq.block_table
-            position = len(seq.token_ids) - 1
-            if not (position % bs and position // bs == len(table) - 1 and ref[table[-1]] == 1):
+            left = room.get(seq.seq_id, 0)
+            if left > 0:
+                room[seq.seq_id] = left - 1
+            else:
                 out.append(seq)
         return out
 
@@ -237,6 +244,7 @@ class BlockManager:
                 f"cannot append to sequence {seq.seq_id!r}: needs {needed} blocks, {self.num_free_blocks} free"
             )
         first = len(seq.token_ids) - num_new_tokens
+        self._room.pop(seq.seq_id, None)
         self.cache_computed(seq, first)
         table, copies = seq.block_table, []
         for i in range(first // self.block_size, len(table)):
@@ -271,6 +279,8 @@ class BlockManager:
         for block in parent.block_table:
             self._ref[block] += 1
         child.block_table = list(parent.block_table)
+        self._room.pop(parent.seq_id, None)  # its last block is shared now
+        self._room.pop(child.seq_id, None)
         self._hashed.pop(child.seq_id, None)
         if parent.seq_id in self._hashed:
             self._hashed[child.seq_id] = self._hashed[parent.seq_id]
@@ -281,6 +291,7 @@ class BlockManager:
         `append_slots` hashes only tokens before the ones it makes room for."""
         keep = self.num_blocks_needed(len(seq.token_ids))
         table = seq.block_table
+        self._room.pop(seq.seq_id, None)
         hashed = self._hashed.get(seq.seq_id, (0, b""))[0]
         if keep < hashed:
             raise RuntimeError(f"sequence {seq.seq_id!r}: cannot drop cached blocks ({hashed} hashed, keeping {keep})")
@@ -302,6 +313,7 @@ class BlockManager:
                 else:
                     self._free.append(block)
         seq.block_table = []
+        self._room.pop(seq.seq_id, None)
         self._hashed.pop(seq.seq_id, None)
         if self._memo is not None and self._memo[0][0] == seq.seq_id:
             self._memo = None
