@@ -265,6 +265,8 @@ class LLM:
             for seq in failed:
                 for other in [seq, *pending_forks.pop(seq.request_id, [])]:
                     other.finish("error", seq.stop_reason)
+                    if stream:
+                        yield StreamDelta(other.request_id, other.index, "", "answer", "error")
                 self.runner.release(seq)
                 done(seq)
             if batch is None:

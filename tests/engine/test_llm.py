@@ -176,3 +176,11 @@ def test_forked_samples_equal_unshared_runs(checkpoint, prompts, monkeypatch):
     single = SamplingParams(n=1, temperature=1.0, max_tokens=12, seed=11, ignore_eos=True)
     unshared = [o.outputs[0].token_ids for o in alone.generate([prompt] * 4, single, use_tqdm=False)]
     assert unshared == forked and len({tuple(t) for t in forked}) > 1
+
+
+def test_a_failed_request_ends_its_stream(checkpoint, prompts):
+    path, _ = checkpoint
+    llm = LLM(str(path), device="cpu", num_kv_blocks=3)  # 48 tokens at most
+    ends = {d.request_id: d.finish_reason for d in llm.generate_stream([prompts[2] + prompts[1], prompts[0]], GREEDY)
+            if d.finish_reason}
+    assert ends == {"0": "error", "1": "length"}
