@@ -111,6 +111,15 @@ def _check_tensor(t: torch.Tensor, name: str, device: torch.device, shape: tuple
         raise ValueError(f"{name}: expected a contiguous tensor (strides {t.stride()})")
 
 
+def _check_int4_weight(qweight, scales, zeros, device, n: int, k: int, groups: int) -> None:
+    """An `Int4Weight`'s tensors as the kernels read them: qweight int32 `[N, K // 8]`,
+    scales and zeros (of the scales' dtype, or None) `[G, N]`."""
+    _check_tensor(qweight, "qweight", device, (n, k // 8), torch.int32)
+    _check_tensor(scales, "scales", device, (groups, n))
+    if zeros is not None:
+        _check_tensor(zeros, "zeros", device, (groups, n), scales.dtype)
+
+
 def int4_dequantize(
     qweight: torch.Tensor,
     scales: torch.Tensor,
@@ -138,10 +147,7 @@ def int4_dequantize(
         raise ValueError(f"group_size: expected -1 or a positive divisor of K={k}, got {group_size}")
     groups = 1 if group_size == -1 else k // group_size
     _check_tensor(out, "out", out.device, (n, k))
-    _check_tensor(qweight, "qweight", out.device, (n, k // 8), torch.int32)
-    _check_tensor(scales, "scales", out.device, (groups, n))
-    if zeros is not None:
-        _check_tensor(zeros, "zeros", out.device, (groups, n), scales.dtype)
+    _check_int4_weight(qweight, scales, zeros, out.device, n, k, groups)
     if perm is not None:
         _check_tensor(perm, "perm", out.device, (k,), torch.int32)
 
@@ -203,10 +209,7 @@ def int4_gemv(
     m, k = x.shape
     n = out.shape[1]
     groups = 1 if group_size == -1 else k // group_size
-    _check_tensor(qweight, "qweight", x.device, (n, k // 8), torch.int32)
-    _check_tensor(scales, "scales", x.device, (groups, n))
-    if zeros is not None:
-        _check_tensor(zeros, "zeros", x.device, (groups, n), scales.dtype)
+    _check_int4_weight(qweight, scales, zeros, x.device, n, k, groups)
     if bias is not None:
         _check_tensor(bias, "bias", x.device, (n,))
     if out.dtype != x.dtype or out.device != x.device:
