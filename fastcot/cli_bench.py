@@ -6,6 +6,9 @@ share `_common.py`, write results into `benchmarks/results/` and change with the
 (an editable install or a source tree on `PYTHONPATH`), or in `$FASTCOT_BENCHMARKS_DIR`. Every
 option after the name goes to the script unchanged, except `--json`, which `fastcot bench`
 consumes: the script's table then goes to stderr and the JSON results it wrote go to stdout.
+
+`fastcot bench static` is the exception: the static report lives in the package
+(`fastcot.static`, no GPU and no checkout needed) and takes `--json` itself.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ BENCHMARKS = {
     "e2e": ("bench_e2e.py", "whole-model decode tokens/s vs the roofline, plain PyTorch and HF generate"),
     "engine-overhead": ("bench_engine_overhead.py", "host time of one engine decode step around a no-math model"),
     "reasoning": ("bench_reasoning.py", "long chain-of-thought generation through the engine"),
+    "static": ("fastcot.static", "speed limits of the hot kernels read from their SASS, no GPU: a model, not a measurement"),
 }
+# Benchmarks that are modules of the package rather than scripts of the checkout.
+IN_PACKAGE = {"static": "fastcot.static.report"}
 WROTE = re.compile(r"^wrote (\S+\.json)\s*$")
 
 
@@ -77,6 +83,10 @@ def add_parser(sub) -> None:
 
 def run(name: str, args: list[str]) -> int:
     """Run benchmark `name` with the script options `args`; returns its exit status."""
+    if name in IN_PACKAGE:
+        import importlib
+
+        return importlib.import_module(IN_PACKAGE[name]).main(args)
     try:
         path = script_path(name)
     except BenchError as exc:

@@ -213,6 +213,18 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, sms: int)
     return max(1, min(wanted, by_length, MAX_SPLITS))
 
 
+def decode_splits(backend: str, batch: int, q_heads: int, num_kv_heads: int, max_context: int, sms: int) -> int:
+    """The split count the `backend` ("triton" or "cuda") decode launcher picks on a GPU with
+    `sms` SMs: `decode_num_splits` over that kernel's blocks per sequence (the Triton kernel
+    runs one program per KV head, the CUDA kernel one block per KV head and query-head tile)."""
+    programs = num_kv_heads
+    if backend == "cuda":
+        from fastcot.kernels import cuda
+
+        programs = num_kv_heads * cuda.decode_group_tiles(q_heads // num_kv_heads)
+    return decode_num_splits(batch, programs, max_context, sms)
+
+
 def _decode_tiles(head_dim: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_N) for a head size."""
     block_d = max(16, _pow2(head_dim))
@@ -229,7 +241,8 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     group = q_heads // num_kv_heads
     block_d, block_n = _decode_tiles(head_dim)
     if num_splits is None:
-        num_splits = decode_num_splits(batch, num_kv_heads, block_tables.shape[1] * block_size, num_sms(q.device))
+        num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
+                                   num_sms(q.device))
     part_out = part_lse = out  # unused when not split
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
@@ -263,8 +276,8 @@ def paged_decode_cuda(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     if num_splits is None:
-        blocks = num_kv_heads * cuda.decode_group_tiles(q_heads // num_kv_heads)
-        num_splits = decode_num_splits(batch, blocks, block_tables.shape[1] * block_size, num_sms(q.device))
+        num_splits = decode_splits("cuda", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
+                                   num_sms(q.device))
     part_out = part_lse = None
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
