@@ -178,11 +178,11 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         # The interpreter replaces @triton.jit kernels with Python ones, which cannot be compiled.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return subprocess.run([sys.executable, "-m", "fastcot.static", *argv], env=env).returncode
-    args = parse_args(argv)
     table_out = sys.stderr if args.json else sys.stdout
     start = time.time()
     rows = build_rows(args.kernels, args.backends, args.archs, args.filter,
