@@ -12,7 +12,7 @@ FIELDS = (
     "kernel", "backend", "arch", "machine", "shape", "label", "config", "kernel_name", "origin",
     "regs", "smem", "stack", "local", "spills", "threads", "blocks_per_sm", "occupancy_limiter",
     "grid", "grid_dims", "waves", "wave_efficiency", "extra_launches", "extra_kernels",
-    "loop_instructions", "loop_static_instructions", "loop_mix", "loop_iterations", "loop_exits",
+    "loop_instructions", "loop_static_instructions", "loop_mix", "loop_opcodes", "loop_iterations", "loop_exits",
     "bytes_per_iteration", "loaded_bytes_per_iteration", "weights_per_iteration",
     "instructions_per_byte", "instructions_per_weight", "bytes_in_flight_per_sm", "copy_stages",
     "iteration_cycles", "block_cycles", "predicted_bw_fraction", "predicted_us", "bound", "limiter",
@@ -74,6 +74,7 @@ def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
         local=kernel.local, spills=bool(kernel.stack or kernel.local), blocks_per_sm=occ.blocks_per_sm,
         occupancy_limiter=occ.limiter, waves=round(waves.waves, 3), wave_efficiency=round(waves.efficiency, 3),
         loop_instructions=len(path), loop_static_instructions=loop.static_size, loop_mix=sass.mix(path),
+        loop_opcodes=sass.opcode_counts(path),
         loop_exits=loop.exits, loaded_bytes_per_iteration=loaded * plan.main.threads,
         instructions_per_byte=round(len(path) * warps / plan.bytes_per_iteration, 4),
         instructions_per_weight=(round(len(path) * plan.main.threads / plan.weights_per_iteration, 2)

@@ -184,8 +184,18 @@ def mix_key(ins: Instruction) -> str:
     return cls
 
 
+def _sorted(counts: Counter) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def mix(path: list[Instruction]) -> dict[str, int]:
-    return dict(sorted(Counter(mix_key(i) for i in path).items(), key=lambda kv: (-kv[1], kv[0])))
+    return _sorted(Counter(mix_key(i) for i in path))
+
+
+def opcode_counts(path: list[Instruction]) -> dict[str, int]:
+    """Instructions by opcode with the modifiers that name a width or a conversion
+    (`HADD2.F32`, `F2F.BF16.F16`, `LDG.E.128`): the mix at the finest grain."""
+    return _sorted(Counter(i.opcode for i in path))
 
 
 # --- control flow ----------------------------------------------------------------------------
