@@ -5,7 +5,8 @@ sm_90), and the cubin's resource usage (registers, stack, shared and local memor
 with the `cuobjdump` bundled in Triton's NVIDIA backend. Local memory or stack in use means
 register spills: shipped configurations must have none.
 
-Run `python -m fastcot.kernels.aot` for the report.
+Run `python -m fastcot.kernels.aot` for the report. `compile_launch` compiles one recorded
+launch exactly as the runtime would specialize it (`fastcot bench static` uses it).
 """
 
 from __future__ import annotations

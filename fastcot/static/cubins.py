@@ -117,11 +117,17 @@ def csrc_dir() -> Path | None:
 
 
 def find_nvcc() -> Path | None:
+    """nvcc as setup.py looks for it: $CUDA_HOME or $CUDA_PATH (only that one when set), else
+    PATH, else /usr/local/cuda."""
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
-            return Path(os.environ[var]) / "bin" / "nvcc" if (Path(os.environ[var]) / "bin" / "nvcc").is_file() else None
-    found = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
-    return Path(found) if found else None
+            nvcc = Path(os.environ[var]) / "bin" / "nvcc"
+            return nvcc if nvcc.is_file() else None
+    on_path = shutil.which("nvcc")
+    if on_path:
+        return Path(on_path)
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return default if default.is_file() else None
 
 
 @functools.cache

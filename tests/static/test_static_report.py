@@ -63,3 +63,42 @@ def test_bad_options_are_refused_before_anything_compiles(capsys):
         main(["bench", "static", "--arch", "75"])
     assert exc.value.code == 2
     assert "--arch: choose from [80, 90]" in capsys.readouterr().err
+
+
+def test_device_machine_takes_the_devices_sms_and_measured_bandwidth():
+    from types import SimpleNamespace
+
+    from fastcot.static import compare
+
+    h200 = SimpleNamespace(major=9, minor=0, name="NVIDIA H200", multi_processor_count=132)
+    machine, why = compare.device_machine(h200, copy_gbps=4300.0)
+    assert why is None and (machine.name, machine.sms, machine.copy_bandwidth_gbs, machine.arch) == (
+        "NVIDIA H200", 132, 4300.0, 90)
+    machine, why = compare.device_machine(SimpleNamespace(major=8, minor=9, name="L40S", multi_processor_count=142), 800.0)
+    assert machine is None and "no model for sm_89" in why
+
+
+@pytest.mark.skipif(cubins.find_cuobjdump() is None or not CUDA_SOURCE, reason="no cuobjdump or no csrc kernels to read")
+def test_benchmark_rows_get_the_prediction_next_to_the_measurement():
+    from types import SimpleNamespace
+
+    from fastcot.static import compare
+
+    def bench_row(impl, status="ok", m=1):
+        return {"impl": impl, "status": status, "m": m, "n": 4096, "k": 4096, "group_size": 128, "pct_copy_bw": 41.0,
+                "model_pct_copy_bw": None, "model_note": None}
+
+    rows = [bench_row("fastcot_cuda"), bench_row("linear_fp16"), bench_row("fastcot_cuda", status="wrong"),
+            bench_row("fastcot_cuda", m=64)]
+    props = SimpleNamespace(major=9, minor=0, name="NVIDIA H100 80GB HBM3", multi_processor_count=132)
+
+    def shape_of(r):
+        return None if r["m"] not in (1, 16) else {"m": r["m"], "n": r["n"], "k": r["k"], "group_size": 128, "dtype": "fp16"}
+
+    assert compare.add_predictions(rows, kernel="int4_matmul", shape_of=shape_of, props=props, copy_gbps=3000.0) is None
+    machine, _ = compare.device_machine(props, 3000.0)
+    expected, why = compare.predicted_fraction("int4_matmul", shape_of(rows[0]), "cuda", machine)
+    assert why is None and rows[0]["model_pct_copy_bw"] == pytest.approx(100 * expected)
+    assert [r["model_pct_copy_bw"] for r in rows[1:]] == [None, None, None]  # a peer, a wrong row, M=64
+    table = compare.format_comparison(rows, label=lambda r: f"{r['n']}x{r['k']} M={r['m']}")
+    assert table.count("fastcot_cuda") == 1 and f"{100 * expected:.0f}" in table and "41" in table
