@@ -39,6 +39,14 @@ def base_row(plan: Plan, machine: Machine) -> dict:
     return row
 
 
+def error_row(target, backend: str, machine: Machine, why: str) -> dict:
+    """A row for a target whose launch could not even be planned."""
+    row = dict.fromkeys(FIELDS)
+    row.update(kernel=target.kernel, backend=backend, arch=f"sm_{machine.arch}", machine=machine.name,
+               shape=target.shape, label=target.label, config={}, error=why)
+    return row
+
+
 def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
     """Registers, occupancy, waves, the main loop and the model's prediction for one row."""
     row = base_row(plan, machine)

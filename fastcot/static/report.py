@@ -36,7 +36,11 @@ def build_rows(kernels=None, backends=("triton", "cuda"), archs=(90, 80), label_
         for backend in backends:
             for arch in archs:
                 machine = MACHINES[arch]
-                plan = targets.plan(target, backend, machine.sms)
+                try:
+                    plan = targets.plan(target, backend, machine.sms)
+                except Exception as exc:  # noqa: BLE001 - a launcher that cannot plan is a row, not the end
+                    rows.append(analyze.error_row(target, backend, machine, f"the launcher on meta tensors: {exc!r}"))
+                    continue
                 try:
                     kernel = analyze.kernel_for(plan, arch)
                     row = analyze.analyze(plan, machine, kernel)
@@ -52,6 +56,8 @@ def build_rows(kernels=None, backends=("triton", "cuda"), archs=(90, 80), label_
 
 def _config(row: dict) -> str:
     c = row["config"]
+    if not c:
+        return "-"
     if row["backend"] == "triton" and row["kernel"] == "int4_matmul":
         return f"m{c['block_m']} n{c['block_n']} k{c['block_k']} w{c['num_warps']} s{c['num_stages']} split{c['split_k']}"
     if row["backend"] == "triton":

@@ -102,3 +102,19 @@ def test_benchmark_rows_get_the_prediction_next_to_the_measurement():
     assert [r["model_pct_copy_bw"] for r in rows[1:]] == [None, None, None]  # a peer, a wrong row, M=64
     table = compare.format_comparison(rows, label=lambda r: f"{r['n']}x{r['k']} M={r['m']}")
     assert table.count("fastcot_cuda") == 1 and f"{100 * expected:.0f}" in table and "41" in table
+
+
+def test_a_launcher_that_cannot_plan_gives_a_row_that_says_why(monkeypatch):
+    from fastcot.static import report, targets
+
+    def broken(target, sms):
+        raise RuntimeError("cannot plan")
+
+    monkeypatch.setitem(targets.PLANNERS, ("paged_decode_attention", "triton"), broken)
+    rows = report.build_rows(kernels=("paged_decode_attention",), backends=("triton",), archs=(90, 80),
+                             label_filter="B=64 ctx=8k kv=bf16")
+    assert [(r["arch"], r["error"]) for r in rows] == [
+        ("sm_90", "the launcher on meta tensors: RuntimeError('cannot plan')"),
+        ("sm_80", "the launcher on meta tensors: RuntimeError('cannot plan')")]
+    assert set(analyze.FIELDS) <= set(rows[0])
+    assert "not available: the launcher on meta tensors" in report.format_table(rows)
