@@ -30,7 +30,8 @@ def build_rows(kernels=None, backends=("triton", "cuda"), archs=(90, 80), label_
     whose `error` says why."""
     chosen = [t for t in targets.targets() if (not kernels or t.kernel in kernels) and label_filter in t.label]
     if "cuda" in backends:
-        cubins.prebuild([(src, arch) for src in ("int4_gemv.cu", "paged_decode.cu") for arch in archs])
+        sources = {"int4_matmul": "int4_gemv.cu", "paged_decode_attention": "paged_decode.cu"}
+        cubins.prebuild([(sources[k], arch) for k in dict.fromkeys(t.kernel for t in chosen) for arch in archs])
     rows = []
     for target in chosen:
         for backend in backends:
@@ -67,6 +68,13 @@ def _config(row: dict) -> str:
     return f"g{c['group_tile']} tile{c['tile_tokens']} splits{c['splits']}"
 
 
+def _bound(row: dict) -> str | None:
+    """`memory`, `latency`, `issue`, or `issue:<pipe>` when a pipe limits the issue."""
+    if row["bound"] is None or row["limiter"] in (row["bound"], "issue"):
+        return row["bound"]
+    return f"{row['bound']}:{row['limiter']}"
+
+
 COLUMNS = (
     ("kernel", 7, lambda r: "int4" if r["kernel"] == "int4_matmul" else "decode"),
     ("backend", 6, lambda r: r["backend"]), ("arch", 5, lambda r: r["arch"]),
@@ -81,7 +89,7 @@ COLUMNS = (
     ("ti/w", 5, lambda r: r["instructions_per_weight"]),
     ("KB/SM", 5, lambda r: r["bytes_in_flight_per_sm"] is not None and f"{r['bytes_in_flight_per_sm'] / 1024:.1f}"),
     ("it.cyc", 6, lambda r: r["iteration_cycles"]),
-    ("bound", 8, lambda r: r["bound"] and (r["bound"] if r["limiter"] in (r["bound"], "issue") else f"{r['bound']}:{r['limiter']}")),
+    ("bound", 8, lambda r: _bound(r)),
     ("model%", 6, lambda r: r["predicted_bw_fraction"] is not None and f"{100 * r['predicted_bw_fraction']:.0f}"),
 )
 

@@ -58,7 +58,8 @@ def test_decode_plans_use_the_launchers_split_count(target, backend, sms):
 def test_cuda_int4_plan_mirrors_the_csrc_launcher():
     plan = targets.plan(INT4[4], "cuda", 132)  # M=16 14336x4096 fp16
     assert plan.config["m_tile"] == 16 and plan.config["vec"] == 4
-    assert plan.main.grid == (14336 // 4,) and plan.main.symbol == "_ZN7fastcot16int4_gemv_kernelI6__halfLi16ELi4EEEvNS_12Int4GemvArgsE"
+    assert plan.main.grid == (14336 // 4,)
+    assert plan.main.symbol == "_ZN7fastcot16int4_gemv_kernelI6__halfLi16ELi4EEEvNS_12Int4GemvArgsE"
     assert [targets.gemv_m_tile(m) for m in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
     assert targets.gemv_vec(4096, 128) == 4 and targets.gemv_vec(4104, -1) == 1
 
@@ -89,7 +90,8 @@ def test_cuda_mirrors_match_the_headers():
     assert "kDecodeThreads = kDecodeWarps * 32;" in decode and targets.DECODE_THREADS == 32 * targets.DECODE_WARPS
     assert "kChunk = G <= 4 ? 4 : 2;" in decode
     assert "return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;" in launcher
-    assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kGemvRows\)\)\)", (REPO / "csrc/int4_gemv.cu").read_text())
+    gemv_launcher = (REPO / "csrc/int4_gemv.cu").read_text()
+    assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kGemvRows\)\)\)", gemv_launcher)
 
 
 @needs_csrc
