@@ -167,7 +167,7 @@ def _function_scopes(code: str) -> list[tuple[int, int]]:
     spans, stack = [], []
     for i, c in enumerate(code):
         if c == "{":
-            head = code[max(0, code.rfind(";", 0, i), code.rfind("}", 0, i), code.rfind("{", 0, i)) + 1 : i]
+            head = code[max(code.rfind(c, 0, i) for c in ";{}") + 1 : i]
             is_namespace = re.search(r'(\bnamespace\b[\w\s:]*|\bextern\s*"\s*")\s*$', head) is not None
             stack.append((i, is_namespace))
         elif c == "}" and stack:
