@@ -1,5 +1,6 @@
-// Internal state of the SIMT runtime, shared by runtime.cpp (scheduling, collectives, shared
-// memory), launch.cpp (launches and their checks) and cuda_api.cpp (the CUDA runtime API).
+// Internal state of the SIMT runtime, shared by runtime.cpp (scheduling, shared memory),
+// collectives.cpp (barriers, warp collectives), launch.cpp (launches and their checks) and
+// cuda_api.cpp (the CUDA runtime API).
 #pragma once
 
 #include <atomic>
@@ -116,6 +117,15 @@ bool run_block(Worker& worker, Launch& launch, uint64_t linear);
 void record_failure(Worker& worker, const std::string& what);
 
 std::string where_text(const Where& where);
+
+// For collectives.cpp: the worker running the calling fiber (aborts outside a kernel), switching
+// back to its scheduler, and the pieces of messages.
+Worker& worker_here(const Where& where);
+void yield(Worker& worker);
+void release_barrier(Worker& worker);
+bool same_site(const Where& a, const Where& b);
+std::string hex(unsigned v);
+const char* op_name(WarpOp op);
 
 // The calling thread's CUDA error state (cudaGetLastError) and cudaFuncSetAttribute's limits.
 extern thread_local cudaError_t t_last_error;
