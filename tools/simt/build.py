@@ -182,8 +182,10 @@ def build_library(name: str, *, cuda_root: Path, cuda_units: list[Path], host_un
         if not lib.exists():
             tmp = lib.with_name(f".{lib.name}.{os.getpid()}")
             sanitize = [f for f in flags if f.startswith("-fsanitize")]
+            # -Bsymbolic: the launchers' cudaGetLastError & co. must be this library's even when a
+            # real libcudart was loaded globally before it (torch's CUDA builds do that).
             cmd = [tc.cxx, "-shared", "-pthread", *sanitize, "-o", str(tmp), *map(str, objects.values()),
-                   "-Wl,--no-undefined", "-ldl"]
+                   "-Wl,--no-undefined", "-Wl,-Bsymbolic", "-ldl"]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise BuildError(f"linking {name} failed:\n{' '.join(cmd)}\n{done.stderr[-6000:]}")
@@ -216,9 +218,12 @@ def libasan() -> Path:
 
 
 def asan_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child process that loads ``asan`` builds (libasan preloaded first;
-    leak checks off: the interpreter itself leaks by design)."""
+    """The environment for a child process that loads ``asan`` builds: libasan preloaded first;
+    leak checks off (the interpreter leaks by design); the shadow gap left unprotected and no
+    GPU visible, so a CUDA build of torch imports under ASan too."""
     env = dict(os.environ if env is None else env)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(libasan()), env.get("LD_PRELOAD", "")]))
-    env["ASAN_OPTIONS"] = ":".join(filter(None, ["detect_leaks=0", "abort_on_error=0", env.get("ASAN_OPTIONS", "")]))
+    options = ["detect_leaks=0", "abort_on_error=0", "protect_shadow_gap=0", env.get("ASAN_OPTIONS", "")]
+    env["ASAN_OPTIONS"] = ":".join(filter(None, options))
+    env["CUDA_VISIBLE_DEVICES"] = ""
     return env

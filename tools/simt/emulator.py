@@ -275,7 +275,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, out=None
     batch, q_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     if num_splits is None:
-        num_splits = default_num_splits(q, k_cache, block_tables)
+        num_splits = default_num_splits(q, k_cache, block_tables) if batch > 0 else 1
     if out is None:
         out = torch.full(q.shape, float("nan"), dtype=q.dtype)
     _cpu("out", out, contiguous=False)
