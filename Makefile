@@ -13,7 +13,7 @@ PIP := $(PYTHON) -m pip
 TORCH_CPU ?= torch==2.13.0
 OUT_DIR ?= gpu-report
 
-.PHONY: demo test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-attention \
+.PHONY: demo test emu-test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-attention \
 	gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine gpu-report aot-report csrc-report clean
 
 install:
@@ -33,6 +33,10 @@ demo: install
 test: install-dev
 	$(PYTHON) -m fastcot info
 	$(PYTHON) -m pytest -q
+
+# The csrc kernels on the CPU through the SIMT emulator (also part of `make test`; docs/emulator.md)
+emu-test: install-dev
+	$(PYTHON) -m pytest -q tests/csrc_emu
 
 # Registers, spills and shared memory of every shipped Triton configuration (sm_80, sm_90)
 aot-report: install-dev
