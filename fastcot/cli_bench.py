@@ -1,11 +1,14 @@
 """`fastcot bench <name> [script options]`: run one of the repository's benchmark scripts.
 
 The scripts live in the source tree's `benchmarks/` folder, not in the installed package (they
-share `_common.py`, write results into `benchmarks/results/` and change with the kernels), so
-`fastcot bench` needs a checkout: it looks for `benchmarks/` next to the `fastcot` package
-(an editable install or a source tree on `PYTHONPATH`), or in `$FASTCOT_BENCHMARKS_DIR`. Every
-option after the name goes to the script unchanged, except `--json`, which `fastcot bench`
-consumes: the script's table then goes to stderr and the JSON results it wrote go to stdout.
+share `_common.py` and change with the kernels), so `fastcot bench` needs a checkout: it looks
+for `benchmarks/` next to the `fastcot` package (an editable install or a source tree on
+`PYTHONPATH`), or in `$FASTCOT_BENCHMARKS_DIR`. Every option after the name goes to the script
+unchanged, except `--json`, which `fastcot bench` consumes: the script's table then goes to
+stderr and the JSON results it wrote go to stdout. Results are written to the current
+directory unless `--out-dir` says where (`$FASTCOT_BENCH_OUT_DIR`, which `fastcot bench` sets
+to the current directory when unset, is the scripts' default; run directly, a script writes
+into `benchmarks/results/`).
 
 `fastcot bench static` is the exception: the static report lives in the package
 (`fastcot.static`, no GPU and no checkout needed) and takes `--json` itself.
@@ -74,7 +77,7 @@ def add_parser(sub) -> None:
         description="Run one of the repository's benchmark scripts (from the source tree's benchmarks/ folder, "
                     "or $FASTCOT_BENCHMARKS_DIR). Options after NAME go to the script: `fastcot bench NAME --help` "
                     "shows them. `--json` prints the results as JSON on stdout and the table on stderr. Results "
-                    "are saved under benchmarks/results/ (or the script's --out-dir).",
+                    "are saved in the current directory (or the script's --out-dir).",
     )
     names = bench.add_subparsers(dest="benchmark", metavar="NAME", required=True)
     for name, (script, desc) in BENCHMARKS.items():
@@ -100,6 +103,7 @@ def run(name: str, args: list[str]) -> int:
     env = dict(os.environ)
     # The scripts import the same fastcot as this command.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root()), env.get("PYTHONPATH")]))
+    env.setdefault("FASTCOT_BENCH_OUT_DIR", os.getcwd())  # not the source tree's benchmarks/results/
     command = [sys.executable, str(path), *args]
     if not as_json:
         return subprocess.run(command, env=env, check=False).returncode

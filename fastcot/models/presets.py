@@ -94,6 +94,9 @@ def preset_tokenizer(name: str):
 def byte_tokenizer(vocab_size: int, special_tokens: dict[str, int]):
     """A byte-level tokenizer: ids 0..255 are bytes, `special_tokens` at their ids, the rest
     of `vocab_size` filled with `<|reserved_N|>`. First special is bos, second eos."""
+    from fastcot.models.checkpoint import require
+
+    require("transformers", "the presets' built-in tokenizer")  # brings `tokenizers` with it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
