@@ -81,8 +81,6 @@ def check_block_tables(block_tables, seq_lens, batch: int, num_blocks: int, bloc
         raise ValueError(f"block_tables must have {batch} rows (one per sequence), got {block_tables.shape[0]}")
     if seq_lens.shape[0] != batch:
         raise ValueError(f"seq_lens must have {batch} entries, got {seq_lens.shape[0]}")
-    if block_tables.stride(1) != 1:
-        raise ValueError("block_tables' rows must be contiguous")
     if batch == 0 or not index_checks_enabled(device):
         return
     capacity = block_tables.shape[1] * block_size
