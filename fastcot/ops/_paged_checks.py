@@ -47,7 +47,8 @@ def check_cache_pair(k_cache, v_cache) -> tuple[int, int, int, int]:
         raise ValueError(f"block_size (k_cache.shape[1]) must be a power of two from 8 to 256, got {block_size}")
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         if not cache.is_contiguous():
-            raise ValueError(f"{name} must be contiguous [num_blocks, block_size, num_kv_heads, head_dim]")
+            raise ValueError(f"{name} must be contiguous [num_blocks, block_size, num_kv_heads, head_dim] "
+                             f"(caches are never copied); got strides {list(cache.stride())}")
     return num_blocks, block_size, num_kv_heads, head_dim
 
 

@@ -8,6 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import check_written
 from fastcot.quant.int4 import Int4Weight
 
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -47,8 +48,7 @@ def int4_dequantize(weight: Int4Weight, dtype: torch.dtype | None = None, *, out
             raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
         if out.device != weight.device:
             raise ValueError(f"out is on {out.device} but weight is on {weight.device}")
-        if not out.is_contiguous():
-            raise ValueError("out must be contiguous")
+        check_written("out", out)
     backend = _backend.resolve("int4_dequantize", weight.device)
     torch.ops.fastcot.int4_dequantize(
         weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size, out, backend
