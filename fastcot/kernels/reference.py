@@ -96,8 +96,14 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale: float = 
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = _to_cache_dtype(key[keep].float() / k_scale, k_cache.dtype)
-    v_cache[blocks, offsets] = _to_cache_dtype(value[keep].float() / v_scale, v_cache.dtype)
+    k_cache[blocks, offsets] = _to_cache_dtype(_divide(key[keep].float(), k_scale), k_cache.dtype)
+    v_cache[blocks, offsets] = _to_cache_dtype(_divide(value[keep].float(), v_scale), v_cache.dtype)
+
+
+def _divide(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x / scale, correctly rounded on every device: torch on CUDA multiplies by the reciprocal
+    of a Python-number divisor (one float32 step off at times), not of a tensor one."""
+    return x / torch.tensor(scale, dtype=x.dtype, device=x.device)
 
 
 def _to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, num_sms, triton_cdiv
 from fastcot.quant.int4 import Int4Weight
 
@@ -39,7 +39,7 @@ def int4_matmul(
         w = fastcot.quantize_int4(torch.randn(4096, 4096, device="cuda", dtype=torch.float16))
         y = fastcot.ops.int4_matmul(torch.randn(1, 4096, device="cuda", dtype=torch.float16), w)
     """
-    x2d, out2d, result = _validate(x, weight, bias, out)
+    x2d, bias, out2d, result = _validate(x, weight, bias, out)
     if x2d.shape[0] > 0:
         backend = _backend.resolve("int4_matmul", x.device)
         if backend == "cuda":
@@ -54,7 +54,9 @@ def int4_matmul(
 
 
 def _validate(x, weight, bias, out):
-    """Check every argument before any kernel runs; returns 2-D views of x and out."""
+    """Check every argument before any kernel runs; returns x as 2-D rows, the bias as the
+    kernels read it, out as 2-D rows, and out. (An Int4Weight's tensors are contiguous by
+    construction.)"""
     if not isinstance(weight, Int4Weight):
         raise TypeError(f"weight must be a fastcot.Int4Weight, got {type(weight).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -75,16 +77,13 @@ def _validate(x, weight, bias, out):
             raise ValueError(f"bias must have shape [N] = [{n}], got {list(bias.shape)}")
         if bias.device != x.device:
             raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
-        bias = bias.contiguous()
+        bias = dense_input(bias)
     out_shape = (*x.shape[:-1], n)
     if out is None:
         out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     else:
         check_buffer("out", out, shape=out_shape, dtype=x.dtype, device=x.device, not_aliasing=(("x", x),))
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    return x2d, out.view(-1, n), out
+    return unit_stride_rows(x.reshape(-1, k)), bias, out.view(-1, n), out
 
 
 @torch.library.custom_op("fastcot::int4_matmul", mutates_args=("out",))
@@ -170,6 +169,8 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
     from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
 
     m, k = x.shape
+    # float32 dots for float32 activations, and for bfloat16 ones under the interpreter.
+    fp32_dot = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _backend.triton_interpreted(x.device))
     if cfg.dequant_then_matmul:
         w = torch.empty((out.shape[1], k), dtype=x.dtype, device=x.device)
         int4_dequantize_triton(qweight, scales, zeros, perm, group_size, w, block_n=cfg.block_n, block_k=cfg.block_k)
@@ -199,8 +200,8 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=split_k, GROUP_M=cfg.group_m,
         HAS_ZEROS=zeros is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
-        IEEE_FP32=x.dtype == torch.float32,
-        DEQUANT_NATIVE=cfg.block_m > 1 and x.dtype != torch.float32 and scales.dtype == x.dtype,
+        IEEE_FP32=fp32_dot,
+        DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split_k > 1:

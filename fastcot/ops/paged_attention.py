@@ -8,7 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 from fastcot.ops._int4_configs import num_sms
 from fastcot.ops._paged_checks import (
     FLOAT_DTYPES,
@@ -53,7 +53,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale
     batch = q.shape[0]
     check_block_tables(block_tables, seq_lens, batch, num_blocks, block_size, device)
     out = _check_out(out, q)
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q, block_tables, seq_lens = unit_stride_rows(q), unit_stride_rows(block_tables), dense_input(seq_lens)
     if batch > 0:
         backend = _backend.resolve("paged_decode_attention", device)
         if backend == "cuda":
@@ -104,7 +104,8 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq
     if batch > 0 and index_checks_enabled(device):
         _check_query_layout(cu_seqlens_q, seq_lens, tokens, max_query_len)
     out = _check_out(out, q)
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q, block_tables = unit_stride_rows(q), unit_stride_rows(block_tables)
+    cu_seqlens_q, seq_lens = dense_input(cu_seqlens_q), dense_input(seq_lens)
     if tokens > 0 and batch > 0:
         backend = _backend.resolve("paged_prefill_attention", device)
         torch.ops.fastcot.paged_prefill_attention(
@@ -199,6 +200,12 @@ def _(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out, scale, cau
 # --- Triton launchers ----------------------------------------------------------------------
 
 
+def _fp32_dots(q: torch.Tensor) -> bool:
+    """Dots on float32 operands: for float32 queries, and for bfloat16 ones under the
+    interpreter, which has no bfloat16 arithmetic."""
+    return q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and _backend.triton_interpreted(q.device))
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -255,7 +262,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
         qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=q.dtype == torch.float32,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q),
         num_warps=4, num_stages=2,
     )
     if num_splits > 1:
@@ -315,7 +322,7 @@ def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_le
         qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=q_heads // num_kv_heads, BLOCK_D=block_d,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size,
-        CAUSAL=causal, IEEE_FP32=q.dtype == torch.float32,
+        CAUSAL=causal, IEEE_FP32=_fp32_dots(q),
         num_warps=num_warps, num_stages=2,
     )
 

@@ -63,7 +63,8 @@ class Int4Weight:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-        """The float `[N, K]` weight this represents, in input-channel order."""
+        """The float `[N, K]` weight this represents, in input-channel order: `(q - zero) * scale`
+        in float32, rounded once to `dtype` (to nearest even)."""
         return reference.int4_dequantize(
             self.qweight, self.scales, self.zeros, self.perm, self.group_size, dtype
         )

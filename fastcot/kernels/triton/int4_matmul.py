@@ -107,7 +107,8 @@ def _int4_matmul_kernel(
             if HAS_ZEROS:
                 zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
             else:
-                zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=scale.dtype)
+                # A float32 constant, exact in any dtype: the interpreter cannot build bfloat16 ones.
+                zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=tl.float32)
             # (q - zero) is a small exact integer, so one multiply in the scales' own dtype
             # rounds exactly like float32 math rounded once: dequantize natively when that is
             # the dot's dtype.
@@ -127,7 +128,9 @@ def _int4_matmul_kernel(
                 other=0.0, eviction_policy="evict_last",
             )
             if IEEE_FP32:
-                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+                # float32 operands (float32 activations, or bfloat16 ones under the interpreter,
+                # which has no bfloat16 arithmetic), full-precision products.
+                acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
 
