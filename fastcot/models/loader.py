@@ -52,6 +52,10 @@ def load_config(name_or_path) -> ModelConfig:
 
     if presets.is_preset(name_or_path):
         return presets.preset_config(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_config(gguf_file)
     return _load_dir_config(_checkpoint_dir(name_or_path))
 
 
@@ -78,6 +82,10 @@ def load_model(name_or_path, *, dtype="auto", device=None, quantization=None, se
         scheme = quant_scheme(None, quantization)
         return presets.random_model(config, dtype=resolve_dtype(dtype, config, device), device=device,
                                     quantization=scheme, seed=seed)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_model(gguf_file, dtype=dtype, device=device, quantization=quantization)
     path = _checkpoint_dir(name_or_path)
     config = _load_dir_config(path)
     dtype = resolve_dtype(dtype, config, device)
@@ -97,6 +105,10 @@ def load_tokenizer(name_or_path):
 
     if presets.is_preset(name_or_path):
         return presets.preset_tokenizer(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_tokenizer(gguf_file)
     path = _checkpoint_dir(name_or_path)
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise ValueError(f"no tokenizer files (tokenizer.json, tokenizer_config.json, tokenizer.model) in {str(path)!r}")

@@ -176,6 +176,20 @@ def stack_rows(weights: list[Int4Weight]) -> Int4Weight | None:
     )
 
 
+def take_rows(weight: Int4Weight, index: torch.Tensor) -> Int4Weight:
+    """The weight's output rows `index` (int `[N']`, e.g. a permutation), in that order, exactly."""
+    index = index.to(device=weight.device, dtype=torch.long)
+
+    def cols(t):
+        return None if t is None else t[:, index].contiguous()
+
+    return Int4Weight(
+        qweight=weight.qweight[index].contiguous(), scales=cols(weight.scales), zeros=cols(weight.zeros),
+        perm=weight.perm, group_size=weight.group_size, shape=(index.numel(), weight.shape[1]),
+        mins=cols(weight.mins),
+    )
+
+
 def validate_int4_tensors(*, qweight, scales, zeros, perm, group_size, shape, mins=None) -> None:
     """Check that raw tensors form a valid fastcot int4 weight; raises naming the bad field."""
     for name, t in (("qweight", qweight), ("scales", scales)):
