@@ -77,8 +77,6 @@ def dequantize_gguf(data, type_name: str, shape: tuple[int, ...]) -> torch.Tenso
 
     if type_name not in SUPPORTED_TYPES:
         raise ValueError(f"type_name must be one of {SUPPORTED_TYPES}, got {type_name!r}")
-    if type_name in INT4_TYPES:
-        return int4_from_gguf(data, type_name, shape).dequantize(torch.float32)
     values = quants.dequantize(np.asarray(data), GGMLQuantizationType[type_name])
     values = torch.from_numpy(np.array(values, dtype=np.float32))
     if values.numel() != int(np.prod(shape)):
