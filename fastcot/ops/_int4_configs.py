@@ -172,7 +172,7 @@ def aot_specs():
         split = cfg.split_k > 1
         name = (
             f"int4_matmul m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
-            f"{' splitk' if split else ''} {dtype} g{group_size}{'' if zeros else ' sym'}"
+            f"{' splitk' if split else ''} {dtype} g{group_size}{'' if zeros or mins else ' sym'}"
             f"{' perm' if perm else ''}{' bias' if bias else ''}{' mins' if mins else ''}"
         )
         return KernelSpec(
@@ -206,15 +206,17 @@ def aot_specs():
             matmul_spec(cfg, group_size=-1),
             matmul_spec(cfg, group_size=32, zeros=False, mins=True),  # GGUF Q4_1
         ]
-    for dtype, zeros, perm in (("fp16", True, False), ("bf16", False, True)):
+    for dtype, zeros, perm, mins in (("fp16", True, False, False), ("bf16", False, True, False),
+                                     ("fp16", False, False, True)):
         cfg = next(c for c in shipped_configs() if c.dequant_then_matmul)
         specs.append(KernelSpec(
-            name=f"int4_dequantize n{cfg.block_n} k{cfg.block_k} {dtype}{'' if zeros else ' sym'}{' perm' if perm else ''}",
+            name=(f"int4_dequantize n{cfg.block_n} k{cfg.block_k} {dtype}{'' if zeros or mins else ' sym'}"
+                  f"{' perm' if perm else ''}{' mins' if mins else ''}"),
             fn=_int4_dequantize_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             signature={"qweight_ptr": "*i32", "scales_ptr": f"*{dtype}", "zeros_ptr": f"*{dtype}",
                        "perm_ptr": "*i32", "out_ptr": f"*{dtype}", "N": "i32", "K": "i32"},
             constexprs={"GROUP_SIZE": 128, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                        "HAS_ZEROS": zeros, "HAS_PERM": perm, "HAS_MINS": False},
+                        "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_MINS": mins},
             aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
         ))
     for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)} - {1}):
