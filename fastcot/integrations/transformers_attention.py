@@ -25,7 +25,9 @@ import torch
 from fastcot import ops
 
 BLOCK_SIZE = 16
-_mask_cache: list = [None, None]  # [weakref to the last mask seen, its key starts]: one mask per forward, many layers
+# The last mask checked: [weakref to it, its version counter, its key starts]. transformers
+# builds one mask per forward and hands it to every layer, so it is checked once.
+_mask_cache: list = [None, -1, None]
 
 
 def fastcot_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -89,11 +91,11 @@ def _key_starts(mask, batch: int, q_len: int, kv_len: int, device) -> torch.Tens
             raise ValueError(f"no attention mask with {q_len} queries over {kv_len} keys: causal alignment is "
                              "ambiguous; pass the mask transformers builds for attn_implementation='fastcot'")
         return torch.zeros(batch, dtype=torch.long, device=device)
-    cached_mask, cached_starts = _mask_cache
-    if cached_mask is not None and cached_mask() is mask:
-        return cached_starts
+    cached_mask, version, starts = _mask_cache
+    if cached_mask is not None and cached_mask() is mask and version == mask._version:
+        return starts
     starts = _check_mask(mask, batch, q_len, kv_len)
-    _mask_cache[:] = [weakref.ref(mask), starts]
+    _mask_cache[:] = [weakref.ref(mask), mask._version, starts]
     return starts
 
 
