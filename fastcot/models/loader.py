@@ -60,6 +60,10 @@ def load_config(name_or_path) -> ModelConfig:
 
     if presets.is_preset(name_or_path):
         return presets.preset_config(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_config(gguf_file)
     return _load_dir_config(checkpoint_dir(name_or_path))
 
 
@@ -74,6 +78,10 @@ def check_checkpoint(name_or_path, *, tokenizer: bool = True) -> ModelConfig:
         if tokenizer:
             require("transformers", f"the tokenizer of preset {name_or_path!r}")
         return presets.preset_config(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_config(gguf_file)
     path = checkpoint_dir(name_or_path)
     config = _load_dir_config(path)
     require("safetensors", f"loading {str(path)!r}")
@@ -107,6 +115,10 @@ def load_model(name_or_path, *, dtype="auto", device=None, quantization=None, se
         scheme = quant_scheme(None, quantization)
         return presets.random_model(config, dtype=resolve_dtype(dtype, config, device), device=device,
                                     quantization=scheme, seed=seed)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_model(gguf_file, dtype=dtype, device=device, quantization=quantization)
     path = checkpoint_dir(name_or_path)
     config = _load_dir_config(path)
     require("safetensors", f"loading {str(path)!r}")
@@ -127,6 +139,10 @@ def load_tokenizer(name_or_path):
 
     if presets.is_preset(name_or_path):
         return presets.preset_tokenizer(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_tokenizer(gguf_file)
     path = checkpoint_dir(name_or_path)
     check_tokenizer_files(path)
     transformers = require("transformers", f"loading the tokenizer of {str(path)!r}")

@@ -50,8 +50,12 @@ def int4_dequantize(weight: Int4Weight, dtype: torch.dtype | None = None, *, out
             raise ValueError(f"out is on {out.device} but weight is on {weight.device}")
         check_written("out", out)
     backend = _backend.resolve("int4_dequantize", weight.device)
+    if backend == "cuda":
+        from fastcot.ops.int4_matmul import check_cuda_mins
+
+        check_cuda_mins(weight.mins)
     torch.ops.fastcot.int4_dequantize(
-        weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size, out, backend
+        weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size, out, backend, weight.mins
     )
     return out
 
@@ -65,22 +69,25 @@ def _int4_dequantize_op(
     group_size: int,
     out: torch.Tensor,
     backend: str,
+    mins: Optional[torch.Tensor] = None,
 ) -> None:
     """Registered op: write the dequantized `[N, K]` weight into `out` with the named backend."""
     if backend == "triton":
         from fastcot.ops.int4_matmul import int4_dequantize_triton
 
-        int4_dequantize_triton(qweight, scales, zeros, perm, group_size, out)
+        int4_dequantize_triton(qweight, scales, zeros, perm, group_size, out, mins=mins)
     elif backend == "cuda":
         from fastcot.kernels import cuda
+        from fastcot.ops.int4_matmul import check_cuda_mins
 
+        check_cuda_mins(mins)
         cuda.int4_dequantize(qweight, scales, zeros, perm, group_size, out)
     elif backend == "torch":
-        out.copy_(reference.int4_dequantize(qweight, scales, zeros, perm, group_size, out.dtype))
+        out.copy_(reference.int4_dequantize(qweight, scales, zeros, perm, group_size, out.dtype, mins=mins))
     else:
         raise _backend.BackendError(f"backend {backend!r} has no int4_dequantize kernel")
 
 
 @_int4_dequantize_op.register_fake
-def _(qweight, scales, zeros, perm, group_size, out, backend):
+def _(qweight, scales, zeros, perm, group_size, out, backend, mins=None):
     return None
