@@ -46,3 +46,11 @@ def test_a_crash_or_hang_fails_its_case_and_the_run_goes_on():
     results = run_isolated(cases, timeout_s=5)
     assert [results[c].status for c in cases] == ["crash", "pass", "timeout", "fail", "pass"]
     assert "SIGSEGV" in results[cases[0]].detail
+
+
+def test_every_public_op_has_cases():
+    import random_cases
+
+    import fastcot
+
+    assert set(OPS) == set(fastcot.ops.OPS) == set(random_cases.CASES)
