@@ -9,6 +9,7 @@ current stream; argument validation for users lives in `fastcot.ops`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from types import ModuleType
@@ -42,6 +43,35 @@ def _device_count() -> int:
     return module.device_count() if module is not None else 0
 
 
+# A stand-in for fastcot._C with the same launcher functions, running csrc on CPU tensors (the
+# SIMT emulator of a source checkout, tools/simt). Only `emulated()` sets it, for tests.
+_emulated: list = []
+
+
+@contextlib.contextmanager
+def emulated(module):
+    """Serve the cuda backend with `module` (the emulator's `as_extension()`) on CPU tensors
+    inside the block, so that `fastcot.ops` calls reach the real csrc launchers on the CPU."""
+    _emulated.append(module)
+    try:
+        yield
+    finally:
+        _emulated.pop()
+
+
+def emulating() -> bool:
+    """Whether the cuda backend currently runs through an emulated extension on CPU tensors."""
+    return bool(_emulated)
+
+
+def _device_type() -> str:
+    return "cpu" if _emulated else "cuda"
+
+
+def _stream(device: torch.device) -> int:
+    return 0 if _emulated else torch.cuda.current_stream(device).cuda_stream
+
+
 def extension() -> ModuleType | None:
     """The loaded `fastcot._C` module, or None when it cannot be imported."""
     return _load()[0]
@@ -54,6 +84,8 @@ def loaded() -> bool:
 
 def unavailable_reason() -> str | None:
     """Why the cuda backend cannot run kernels here, or None when it can."""
+    if _emulated:
+        return None
     module, reason = _load()
     if module is None:
         return reason
@@ -86,7 +118,7 @@ def _require(op: str) -> ModuleType:
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"cuda backend cannot run {op}: {reason}")
-    return extension()
+    return _emulated[-1] if _emulated else extension()
 
 
 def _dtype_code(module: ModuleType, dtype: torch.dtype, name: str) -> int:
@@ -136,8 +168,8 @@ def int4_dequantize(
     Same result as `fastcot.kernels.reference.int4_dequantize` bit for bit. Returns `out`.
     """
     module = _require("int4_dequantize")
-    if out.device.type != "cuda":
-        raise ValueError(f"out: expected a CUDA tensor, got {out.device}")
+    if out.device.type != _device_type():
+        raise ValueError(f"out: expected a tensor on the cuda backend's device, got {out.device}")
     if out.dim() != 2:
         raise ValueError(f"out: expected [N, K], got shape {list(out.shape)}")
     n, k = out.shape
@@ -163,7 +195,7 @@ def int4_dequantize(
         out_dtype=_dtype_code(module, out.dtype, "out"),
         scale_dtype=_dtype_code(module, scales.dtype, "scales"),
         device=out.device.index,
-        stream=torch.cuda.current_stream(out.device).cuda_stream,
+        stream=_stream(out.device),
     )
     return out
 
@@ -204,8 +236,8 @@ def int4_gemv(
     """
     module = _require("int4_gemv")
     check_int4_gemv(x, out)
-    if x.device.type != "cuda":
-        raise ValueError(f"x: expected a CUDA tensor, got {x.device}")
+    if x.device.type != _device_type():
+        raise ValueError(f"x: expected a tensor on the cuda backend's device, got {x.device}")
     m, k = x.shape
     n = out.shape[1]
     groups = 1 if group_size == -1 else k // group_size
@@ -231,7 +263,7 @@ def int4_gemv(
         scale_dtype=_dtype_code(module, scales.dtype, "scales"),
         bias_dtype=_dtype_code(module, bias.dtype if bias is not None else x.dtype, "bias"),
         device=x.device.index,
-        stream=torch.cuda.current_stream(x.device).cuda_stream,
+        stream=_stream(x.device),
     )
     return out
 
@@ -300,8 +332,8 @@ def paged_decode_attention(
     module = _require("paged_decode_attention")
     check_paged_decode(q, k_cache, num_splits)
     device = k_cache.device
-    if device.type != "cuda":
-        raise ValueError(f"k_cache: expected a CUDA tensor, got {device}")
+    if device.type != _device_type():
+        raise ValueError(f"k_cache: expected a tensor on the cuda backend's device, got {device}")
     batch, q_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     _check_tensor(v_cache, "v_cache", device, tuple(k_cache.shape), k_cache.dtype)
@@ -349,6 +381,6 @@ def paged_decode_attention(
         q_dtype=_dtype_code(module, q.dtype, "q"),
         cache_dtype=_dtype_code_with_fp8(module, k_cache.dtype, "k_cache"),
         device=device.index,
-        stream=torch.cuda.current_stream(device).cuda_stream,
+        stream=_stream(device),
     )
     return out

@@ -105,9 +105,10 @@ def unavailable_reason(op: str, name: str, device: torch.device) -> str | None:
             "the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)"
         )
     if name == "cuda":
-        if device.type != "cuda":
-            return f"the cuda backend needs CUDA tensors, got {device.type}"
         from fastcot.kernels import cuda
+
+        if device.type != "cuda" and not (device.type == "cpu" and cuda.emulating()):
+            return f"the cuda backend needs CUDA tensors, got {device.type}"
 
         return cuda.unavailable_reason()
     return f"unknown backend {name!r}"

@@ -33,6 +33,20 @@ def run(op: str, seed: int, backend: str) -> None:
     CASES[op](Draw(seed, device), backend)
 
 
+def _outside_backend(d: Draw, backend: str, limits: dict[str, tuple], call) -> bool:
+    """The cuda backend serves part of an op's contract (docs name its limits). When the drawn
+    case lies outside them, the op must refuse it before any launch, naming the argument:
+    `limits` maps an argument name to (is_outside, exception type). True when refused."""
+    if backend != "cuda":
+        return False
+    for name, (outside, exc_type) in limits.items():
+        if outside:
+            with raises_naming(d, exc_type, name):
+                call()
+            return True
+    return False
+
+
 def _refuses_non_contiguous(d: Draw, name: str, like: torch.Tensor, call) -> None:
     """Sometimes: the op given a non-contiguous version of a tensor it must not copy (one it
     writes, or a KV cache) refuses it with a ValueError naming it."""
@@ -75,7 +89,11 @@ def case_int4_matmul(d: Draw, backend: str) -> None:
                         kinds=("contiguous", "offset", "strided", "broadcast"))
     out = d.poisoned_out("out", (*lead, n), dtype)
     untouched = Untouched(d, x=x, bias=bias)
+    rows = x[..., 0].numel() if x.dim() > 1 else 1
     with fastcot.backend(backend):
+        if _outside_backend(d, backend, {"x": (rows > 16, ValueError)},
+                            lambda: fastcot.ops.int4_matmul(x, weight, bias, out=out)):
+            return
         y = fastcot.ops.int4_matmul(x, weight, bias, out=out)
     assert out is None or y is out, "int4_matmul did not return its out="
     untouched.check()
@@ -224,6 +242,9 @@ def case_paged_decode_attention(d: Draw, backend: str) -> None:
     untouched = Untouched(d, q=q, seq_lens=seq_lens, **tensors)
     args = (q, tensors["k_cache"], tensors["v_cache"], tensors["block_tables"], seq_lens)
     with fastcot.backend(backend):
+        if _outside_backend(d, backend, {"k_cache": (args[1].dtype == torch.float32, TypeError)},
+                            lambda: fastcot.ops.paged_decode_attention(*args, **scalars, out=out)):
+            return
         y = fastcot.ops.paged_decode_attention(*args, **scalars, out=out)
     assert out is None or y is out, "paged_decode_attention did not return its out="
     untouched.check()

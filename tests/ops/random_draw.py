@@ -155,7 +155,7 @@ def raises_naming(d: Draw, exc_type, name: str):
     except exc_type as e:
         assert name in str(e), f"error does not name {name!r}: {e} [{d.describe()}]"
     else:
-        raise AssertionError(f"no {exc_type.__name__} for a non-contiguous {name} [{d.describe()}]")
+        raise AssertionError(f"no {exc_type.__name__} naming {name} [{d.describe()}]")
 
 
 def non_contiguous(t: torch.Tensor) -> torch.Tensor | None:

@@ -62,10 +62,11 @@ def _triton_unavailable() -> str | None:
 
 
 def _emulator_unavailable() -> str | None:
-    # The hook for the csrc kernels run on the CPU: when an emulator exposes them (so that
-    # `fastcot.backend(...)` routes the cuda ops to it on CPU tensors), give this entry that
-    # backend name and return None here when the emulator is built.
-    return "no CPU emulator of the csrc kernels is wired into fastcot.ops yet"
+    # The csrc kernels run on the CPU through the SIMT emulator (tools/simt): the worker serves
+    # the ops' cuda backend with the emulated extension (see _backend_context).
+    from simt_emu import emulator
+
+    return emulator.unavailable_reason()
 
 
 CUDA_OPS = ("int4_matmul", "int4_dequantize", "paged_decode_attention")
@@ -184,12 +185,26 @@ def run_case(case: str) -> Result:
         if backend_name == "selftest":
             _selftest(op)
         else:
-            random_cases.run(op, int(seed), BACKENDS[backend_name].fastcot_backend)
+            with _backend_context(backend_name):
+                random_cases.run(op, int(seed), BACKENDS[backend_name].fastcot_backend)
     except AssertionError as e:
         return Result(case, "fail", str(e))
     except Exception:  # noqa: BLE001 - a case's error is its result
         return Result(case, "error", traceback.format_exc(limit=6))
     return Result(case, "pass")
+
+
+def _backend_context(backend_name: str):
+    """What a backend needs around its cases: the emulated csrc extension for csrc-emulator."""
+    import contextlib
+
+    if backend_name != "csrc-emulator":
+        return contextlib.nullcontext()
+    from simt_emu import emulator
+
+    from fastcot.kernels import cuda
+
+    return cuda.emulated(emulator.as_extension())
 
 
 def _selftest(kind: str) -> None:

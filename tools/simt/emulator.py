@@ -53,7 +53,8 @@ from .build import BuildError, EmulatorUnavailable
 
 __all__ = [
     "BuildError", "EmulatorError", "EmulatorUnavailable", "call", "int4_dequantize", "int4_gemv", "launches",
-    "library", "paged_decode_attention", "set_device", "set_workers", "thread_order", "unavailable_reason",
+    "as_extension", "library", "paged_decode_attention", "set_device", "set_workers", "thread_order",
+    "unavailable_reason",
 ]
 
 CSRC = build.REPO / "csrc"
@@ -151,6 +152,30 @@ def call(function: str, **fields) -> None:
     error = ctypes.create_string_buffer(4096)
     rc = fn(error, len(error), *args)
     check_call(lib, rc, error.value, function)
+
+
+class _Extension:
+    """The emulated library with fastcot._C's launcher interface (keyword fields, raw addresses,
+    dtype codes; `device` and `stream` are accepted and ignored), for
+    `fastcot.kernels.cuda.emulated(...)`."""
+
+    DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT8_E4M3 = range(4)
+
+    def __getattr__(self, function: str):
+        if function not in ("int4_dequantize", "int4_gemv", "paged_decode_attention"):
+            raise AttributeError(function)
+
+        def launch(*, device=None, stream=None, **fields):
+            call(function, **fields)
+
+        return launch
+
+
+def as_extension() -> _Extension:
+    """An object that stands in for fastcot._C: `with fastcot.kernels.cuda.emulated(as_extension()):`
+    makes the ops' cuda backend run csrc on CPU tensors through this emulator."""
+    library()  # build (or load) first, so a missing toolchain fails here with its reason
+    return _Extension()
 
 
 # ---- settings ----------------------------------------------------------------------------------
