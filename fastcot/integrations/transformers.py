@@ -195,7 +195,8 @@ def _held_weight(path: str, module: nn.Module, qc: dict | None) -> Int4Weight:
     if qc is None:
         raise ValueError(f"{path} holds int4 tensors but model.config has no quantization_config")
     scheme = quant_scheme(qc, None)
-    tensors = {t: getattr(module, t) for t in ("qweight", "qzeros", "scales", "g_idx") if getattr(module, t, None) is not None}
+    names = ("qweight", "qzeros", "scales", "g_idx")
+    tensors = {t: getattr(module, t) for t in names if getattr(module, t, None) is not None}
     if scheme.method == "gptq" and getattr(module, "REQUIRES_FORMAT_V2", False):
         # GPTQModel's kernels that want v2 zero points convert v1 checkpoints when loading.
         scheme = type(scheme)("gptq", group_size=scheme.group_size, sym=scheme.sym, checkpoint_format="gptq_v2")
