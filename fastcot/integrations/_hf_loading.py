@@ -12,6 +12,7 @@ from torch import nn
 from fastcot.layers import Int4Linear
 from fastcot.models.quant_config import quant_scheme
 
+# The decoder linears of a transformers Llama/Qwen2/Mistral layer.
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _INT4_TENSORS = ("qweight", "qzeros", "scales", "g_idx", "bias")

@@ -23,9 +23,10 @@ swaps one thing, as Liger-Kernel's `apply_liger_kernel_to_llama` does:
 - `mlp`: the MLP's `act_fn(gate) * up` runs `fastcot.ops.silu_and_mul` (silu models only).
 - `attention`: `model.set_attn_implementation("fastcot")`.
 
-Int4 layers, norms and the MLP activation pass gradients to their inputs (the fused ops
-backpropagate through their torch references; int4 weights are frozen); the attention is
-inference only. Continuous batching (`generate_batch`) is not served: see docs/integrations.md.
+Everything passes gradients to its inputs: int4 layers through the dequantized weight (int4
+weights frozen), the fused norms, activation and attention through their torch references,
+recomputed in the backward pass (correct, slow: train with `attention=False`). Continuous
+batching (`generate_batch`) is not served: see docs/integrations.md.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from torch import nn
 
 from fastcot import ops
 from fastcot.integrations import transformers_attention
+from fastcot.integrations._hf_loading import LINEARS
+from fastcot.integrations._autograd import differentiable
 from fastcot.kernels import reference
 from fastcot.layers import Int4Linear
 from fastcot.quant import Int4Weight
@@ -43,8 +46,6 @@ from fastcot.quant.int4 import SUPPORTED_GROUP_SIZES, fitting_group_size
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 MIN_TRANSFORMERS = (4, 56)  # AttentionInterface + AttentionMaskInterface, the attention-function contract used
 TESTED_TRANSFORMERS = "5.25"
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 QUANTIZATIONS = (None, "int4")
 
 
@@ -81,6 +82,9 @@ def apply_fastcot(model: nn.Module, *, quantization=None, group_size: int = 128,
     _convert_held_int4(model, layers)
     if quantization == "int4":
         _quantize_linears(model, layers, group_size)
+    if any(isinstance(m, Int4Linear) for m in model.modules()):
+        # Int4Linear layers save as GPTQ "gptq_v2" whatever they were loaded from: say so.
+        model.config.quantization_config = quantization_config(model)
     for layer in layers:
         if norms:
             for name, module in list(layer.named_children()):
@@ -145,11 +149,9 @@ def _quantize_linears(model, layers, group_size: int) -> None:
     float_linears = [m for m in float_linears if isinstance(m, nn.Linear)]
     if not float_linears:
         return
-    for layer in layers:
-        for name in LINEARS:
-            m = layer.get_submodule(name)
-            if isinstance(m, nn.Linear) and m.in_features % 8:
-                raise ValueError(f"{name} has in_features={m.in_features}; int4 needs a multiple of 8")
+    for m in float_linears:
+        if m.in_features % 8:
+            raise ValueError(f"a decoder linear has in_features={m.in_features}; int4 needs a multiple of 8")
     held = {m.group_size for m in model.modules() if isinstance(m, Int4Linear)}
     # One group size for the model, so that it saves with one quantization_config.
     preferred = held.pop() if len(held) == 1 else group_size
@@ -162,7 +164,6 @@ def _quantize_linears(model, layers, group_size: int) -> None:
         return layer.to(module.weight.device)
 
     _replace_linears(layers, convert)
-    model.config.quantization_config = quantization_config(model)
 
 
 def _group_order(group_size: int) -> int:
@@ -194,7 +195,8 @@ def _held_weight(path: str, module: nn.Module, qc: dict | None) -> Int4Weight:
     if qc is None:
         raise ValueError(f"{path} holds int4 tensors but model.config has no quantization_config")
     scheme = quant_scheme(qc, None)
-    tensors = {t: getattr(module, t) for t in ("qweight", "qzeros", "scales", "g_idx") if getattr(module, t, None) is not None}
+    names = ("qweight", "qzeros", "scales", "g_idx")
+    tensors = {t: getattr(module, t) for t in names if getattr(module, t, None) is not None}
     if scheme.method == "gptq" and getattr(module, "REQUIRES_FORMAT_V2", False):
         # GPTQModel's kernels that want v2 zero points convert v1 checkpoints when loading.
         scheme = type(scheme)("gptq", group_size=scheme.group_size, sym=scheme.sym, checkpoint_format="gptq_v2")
@@ -206,30 +208,6 @@ def _held_weight(path: str, module: nn.Module, qc: dict | None) -> Int4Weight:
 
 def _is_rms_norm(module: nn.Module) -> bool:
     return type(module).__name__ in ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
-
-
-class _RecomputeBackward(torch.autograd.Function):
-    """Forward through a fused fastcot op; backward through its torch reference, recomputed."""
-
-    @staticmethod
-    def forward(ctx, fused, reference_fn, *inputs):
-        ctx.reference_fn = reference_fn
-        ctx.save_for_backward(*inputs)
-        return fused(*inputs)
-
-    @staticmethod
-    def backward(ctx, grad):
-        inputs = [t.detach().requires_grad_(needs) for t, needs in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])]
-        wanted = [t for t in inputs if t.requires_grad]
-        with torch.enable_grad():
-            grads = iter(torch.autograd.grad(ctx.reference_fn(*inputs), wanted, grad))
-        return (None, None, *(next(grads) if t.requires_grad else None for t in inputs))
-
-
-def _differentiable(fused, reference_fn, *inputs):
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _RecomputeBackward.apply(fused, reference_fn, *inputs)
-    return fused(*inputs)
 
 
 class FastcotRMSNorm(nn.Module):
@@ -246,7 +224,7 @@ class FastcotRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         eps = self.variance_epsilon
-        return _differentiable(
+        return differentiable(
             lambda x, w: ops.rms_norm(x, w, eps), lambda x, w: reference.rms_norm(x, w, eps)[0],
             hidden_states, self.weight,
         )
@@ -272,7 +250,7 @@ class FastcotMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
-        return self.down_proj(_differentiable(ops.silu_and_mul, reference.silu_and_mul, gate_up))
+        return self.down_proj(differentiable(ops.silu_and_mul, reference.silu_and_mul, gate_up))
 
 
 def load_pretrained(path, *, dtype: torch.dtype | None = None, device=None, attention: bool = True,

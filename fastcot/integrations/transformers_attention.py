@@ -13,7 +13,8 @@ what the kernels express is causal attention over each sequence's keys from its 
 unpadded one: no padding, or left padding as `generate` makes. Any other mask (right or
 inner padding, packed sequences, a sliding window narrower than the context, custom 4-D
 masks) raises ValueError naming the problem rather than attending to the wrong keys. Query
-rows that are padding get zeros. Inference only: inputs that require grad raise.
+rows that are padding get zeros. Gradients go through the same computation in the torch
+reference ops, recomputed in the backward pass: correct, but slow (train with "sdpa").
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import weakref
 import torch
 
 from fastcot import ops
+from fastcot.integrations._autograd import differentiable
+from fastcot.kernels import reference
 
 BLOCK_SIZE = 16
 # The last mask checked: [weakref to it, its version counter, its key starts]. transformers
@@ -43,30 +46,33 @@ def fastcot_attention_forward(module, query, key, value, attention_mask, dropout
     if window is not None and kv_len > window:
         raise ValueError(f"fastcot attention attends to the whole context; sliding_window={window} is narrower "
                          f"than its {kv_len} keys (use attn_implementation='sdpa')")
-    k_cache, v_cache, block_tables = _paged_copy(key, value, starts)
     seq_lens = (kv_len - starts).to(torch.int32)
-    if q_len == 1:
-        out = ops.paged_decode_attention(query[:, :, 0], k_cache, v_cache, block_tables, seq_lens, scale=scaling)
-        return out.unsqueeze(1), None
-    # Sequence b's new tokens are its last n_b query rows (the others are left padding).
     new_tokens = torch.clamp(seq_lens, max=q_len)
+    # Sequence b's new tokens are its last n_b query rows (the others are left padding).
     rows = torch.arange(q_len, device=query.device)[None, :] >= (q_len - new_tokens)[:, None]  # [B, L]
-    q_packed = query.transpose(1, 2)[rows]  # [T, Hq, D]
     cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32, device=query.device)
     cu_seqlens[1:] = torch.cumsum(new_tokens, 0)
-    packed = ops.paged_prefill_attention(q_packed, k_cache, v_cache, block_tables, cu_seqlens, seq_lens,
-                                         scale=scaling, causal=True)
-    if bool(rows.all()):
-        return packed.view(batch, q_len, q_heads, head_dim), None
-    out = query.new_zeros(batch, q_len, q_heads, head_dim)
-    out[rows] = packed
+    every_row = bool(rows.all())
+
+    def attend(kernels, q, k, v):
+        decode = ops.paged_decode_attention if kernels else reference.paged_decode_attention
+        prefill = ops.paged_prefill_attention if kernels else reference.paged_prefill_attention
+        k_cache, v_cache, block_tables = _paged_copy(k, v, starts)
+        if q_len == 1:
+            return decode(q[:, :, 0], k_cache, v_cache, block_tables, seq_lens, scale=scaling).unsqueeze(1)
+        packed = prefill(q.transpose(1, 2)[rows], k_cache, v_cache, block_tables, cu_seqlens, seq_lens,
+                         scale=scaling, causal=True)  # [T, Hq, D]
+        if every_row:
+            return packed.view(batch, q_len, q_heads, head_dim)
+        out = q.new_zeros(batch, q_len, q_heads, head_dim)
+        out[rows] = packed
+        return out
+
+    out = differentiable(lambda *t: attend(True, *t), lambda *t: attend(False, *t), query, key, value)
     return out, None
 
 
 def _check_call(module, query, key, value, dropout, is_causal, kwargs) -> None:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        raise ValueError("fastcot attention is for inference and has no backward; run under torch.no_grad() "
-                         "or use attn_implementation='sdpa' for training")
     if dropout and getattr(module, "training", False):
         raise ValueError(f"fastcot attention has no dropout, got dropout={dropout} in training mode")
     if is_causal is False or getattr(module, "is_causal", True) is False:

@@ -86,8 +86,23 @@ def test_refuses_what_the_kernels_cannot_express():
         fastcot_attention_forward(module, q, k, v, None, softcap=30.0)
     with pytest.raises(ValueError, match="causal only"):
         fastcot_attention_forward(module, q, k, v, None, is_causal=False)
-    with pytest.raises(ValueError, match="inference"):
-        fastcot_attention_forward(module, q.requires_grad_(), k, v, None)
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(7, 7), (3, 11), (1, 9)])
+def test_gradients_match_sdpa(q_len, kv_len):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = Module(4, 2)
+    inputs = [torch.randn(2, 4, q_len, 8), torch.randn(2, 2, kv_len, 8), torch.randn(2, 2, kv_len, 8)]
+    mask = causal_mask(2, q_len, kv_len, [0, 0])
+    grad_out = torch.randn(2, q_len, 4, 8)
+    grads = []
+    for attention in (fastcot_attention_forward, sdpa_attention_forward):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        attention(module, *leaves, mask)[0].backward(grad_out)
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_registered_with_transformers():

@@ -6,9 +6,10 @@ One kernel serves every M:
 - ``BLOCK_M >= 16``: tensor-core ``tl.dot`` tiles. Decode sizes (M <= 64) pad M to one tile and
   split K; prefill sizes use large tiles with a grouped launch order for L2 reuse.
 Weights are dequantized in registers right before use, in float32 exactly as the reference
-does, and accumulated in float32. With ``HAS_MINS`` the zero-point pointer holds per-group
-float minimums in the weight domain (GGUF Q4_1) and ``w = q * scale + min``. A split of K writes float32 partials that a second small
-kernel sums (deterministic, unlike atomics), adding the bias and rounding once.
+does, and accumulated in float32. A split of K writes float32 partials that a second small
+kernel sums (deterministic, unlike atomics), adding the bias and rounding once. With
+``HAS_MINS`` the zero-point pointer holds float minimums per group in the weight domain
+(GGUF Q4_1) and ``w = q * scale + min``.
 """
 
 from __future__ import annotations
