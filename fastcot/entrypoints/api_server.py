@@ -28,6 +28,7 @@ from fastcot.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
 from fastcot.entrypoints.serving import Serving
 
 log = logging.getLogger("fastcot.serve")
+DRAIN_FACTOR = 4
 
 
 @dataclass
@@ -35,6 +36,22 @@ class ServerOptions:
     api_key: str | None = None
     max_request_bytes: int = 8 * 2**20
     model_path: str | None = None  # shown as `root` in /v1/models
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or a 413 if it is longer than `limit`. Up to `DRAIN_FACTOR * limit` bytes of
+    an oversized body are read and dropped first, so that the client (still sending) gets the
+    413 instead of a reset connection; beyond that the connection is cut short."""
+    body, size = bytearray(), 0
+    async for part in request.stream():
+        size += len(part)
+        if size <= limit:
+            body += part
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        raise APIError(f"request body exceeds the limit of {limit} bytes", status=413, code="request_too_large")
+    return bytes(body)
 
 
 def build_app(serving: Serving, metrics: ServerMetrics, options: ServerOptions) -> FastAPI:
@@ -79,17 +96,7 @@ def build_app(serving: Serving, metrics: ServerMetrics, options: ServerOptions) 
 
     async def parse(request: Request, model: type[BaseModel]) -> BaseModel:
         authorize(request)
-        limit = options.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise APIError(f"request body is {declared} bytes; the limit is {limit}", status=413,
-                           code="request_too_large")
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise APIError(f"request body exceeds the limit of {limit} bytes", status=413,
-                               code="request_too_large")
+        body = await _read_body(request, options.max_request_bytes)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a local Hugging Face directory, a GGUF file or a preset (e.g. tiny-random)")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, shown in the log)")
     server.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on the /v1 routes")
     server.add_argument("--served-model-name", nargs="+", default=None,
                         help="model name(s) clients must send (default: MODEL as given)")
@@ -76,7 +76,10 @@ def run(args) -> int:
     except ImportError as exc:
         print(f"{EXTRA_HINT} ({exc})", file=sys.stderr)
         return 2
-    for name in ("port", "max_n", "max_request_bytes"):
+    if not 0 <= args.port < 65536:
+        print(f"fastcot serve: --port must be in [0, 65535] (0: any free port), got {args.port}", file=sys.stderr)
+        return 2
+    for name in ("max_n", "max_request_bytes"):
         if getattr(args, name) < 1:
             print(f"fastcot serve: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 2

@@ -185,7 +185,7 @@ class Serving:
         prompts = request.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        if not prompts:
+        if not prompts or any(not x for x in prompts):
             raise bad_request("the prompt is empty", param="prompt")
         check_request(request, self.limits, num_prompts=len(prompts))
         ids = await self._off_loop(self._encode_all, prompts)
