@@ -268,12 +268,15 @@ class Serving:
         request is then aborted)."""
         base = {rid: i * n for i, rid in enumerate(group.request_ids)}
         choices = [_Choice() for _ in range(len(base) * n)]
+        next_check = time.monotonic() + DISCONNECT_POLL_S
         try:
             while not group.finished:
                 got = await group.get(timeout=DISCONNECT_POLL_S)
-                if got is None:
+                if time.monotonic() >= next_check:
                     if await raw.is_disconnected():
                         return None
+                    next_check = time.monotonic() + DISCONNECT_POLL_S
+                if got is None:
                     continue
                 request_id, update = got
                 for delta in update.samples:
