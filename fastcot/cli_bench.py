@@ -24,6 +24,7 @@ BENCHMARKS = {
     "e2e": ("bench_e2e.py", "whole-model decode tokens/s vs the roofline, plain PyTorch and HF generate"),
     "engine-overhead": ("bench_engine_overhead.py", "host time of one engine decode step around a no-math model"),
     "reasoning": ("bench_reasoning.py", "long chain-of-thought generation through the engine"),
+    "serve": ("bench_serve.py", "concurrent streaming clients against fastcot serve: TTFT, ITL, tokens/s"),
 }
 WROTE = re.compile(r"^wrote (\S+\.json)\s*$")
 
