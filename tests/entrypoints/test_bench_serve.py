@@ -3,7 +3,8 @@ the JSON has the documented fields, and the numbers are consistent with what was
 
 import json
 
-from helpers import run_benchmark
+import pytest
+from helpers import import_benchmark, run_benchmark
 
 
 def test_bench_serve_against_a_running_server(plain_server, tmp_path):
@@ -24,6 +25,10 @@ def test_bench_serve_against_a_running_server(plain_server, tmp_path):
     assert row["output_tok_per_s"] == row["output_tokens"] / row["wall_s"]
 
 
-def test_bench_serve_refuses_a_bad_server(tmp_path):
-    proc = run_benchmark("bench_serve", "--out-dir", str(tmp_path), timeout=60)
-    assert proc.returncode == 2 and "--url" in proc.stderr
+@pytest.mark.parametrize("args, words", [([], "--url"), (["--url", "http://127.0.0.1:1"], "--model"),
+                                         (["--launch", "m", "--num-clients", "0"], "--num-clients")])
+def test_bench_serve_refuses_bad_options(args, words, capsys):
+    bench = import_benchmark("bench_serve")
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(args)
+    assert info.value.code == 2 and words in capsys.readouterr().err
