@@ -9,7 +9,13 @@ from pydantic import ValidationError  # noqa: E402
 
 from fastcot import SamplingParams  # noqa: E402
 from fastcot.entrypoints.errors import APIError, from_validation_error  # noqa: E402
-from fastcot.entrypoints.params import Limits, check_model, check_prompt_ids, check_request, sampling_params  # noqa: E402
+from fastcot.entrypoints.params import (  # noqa: E402
+    Limits,
+    check_model,
+    check_prompt_ids,
+    check_request,
+    sampling_params,
+)
 from fastcot.entrypoints.protocol import (  # noqa: E402
     REASONING_EFFORT_BUDGETS,
     ChatCompletionRequest,
