@@ -229,6 +229,7 @@ class AsyncEngine:
             request_id = command[1]
             if self._timing.pop(request_id, None) is not None:
                 self.engine.abort_request(request_id)
+                self._forget(request_id)
             return []
         _, request_id, prompt, params, arrival = command
         try:
@@ -266,6 +267,7 @@ class AsyncEngine:
                 items.append((output.request_id, server_error(f"reading the output failed: {exc}")))
                 self._timing.pop(output.request_id)
                 self.engine.abort_request(output.request_id)
+                self._forget(output.request_id)
                 continue
             self._observe(timing, update, now)
             if update.finished:
@@ -299,4 +301,11 @@ class AsyncEngine:
                 self.engine.abort_request(request_id)
             except Exception:  # noqa: BLE001 - keep aborting the others
                 log.exception("aborting request %s failed", request_id)
+            self._forget(request_id)
         self._timing.clear()
+
+    def _forget(self, request_id: str) -> None:
+        """Let the output reader drop what it keeps of a request that ended unfinished."""
+        forget = getattr(self._read_output, "forget", None)
+        if forget is not None:
+            forget(request_id)

@@ -86,6 +86,8 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, params_c
                 raise bad_request(f"{name} is not supported by this engine", param=name)
             kwargs[name] = value
     kwargs["logprobs"] = _logprobs(request)
+    if "output_kind" in known:
+        kwargs["output_kind"] = "delta"  # each step's output carries only what is new
     kwargs.update(_thinking(request, max_tokens, reasoning_model))
     try:
         return params_class(**kwargs)

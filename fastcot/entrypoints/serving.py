@@ -149,7 +149,8 @@ class Serving:
 
     def _chat_choice(self, index: int, choice: _Choice, request) -> p.ChatChoice:
         reasoning = "".join(choice.reasoning) if choice.reasoning and request.include_reasoning else None
-        logprobs = p.ChatLogprobs(content=_chat_logprobs(choice.logprobs)) if request.logprobs else None
+        logprobs = (p.ChatLogprobs(content=_chat_logprobs(choice.logprobs, request.top_logprobs or 0))
+                    if request.logprobs else None)
         return p.ChatChoice(index=index, finish_reason=choice.finish_reason, logprobs=logprobs,
                             message=p.ChatResponseMessage(content="".join(choice.text), reasoning_content=reasoning,
                                                           reasoning=reasoning))
@@ -169,7 +170,8 @@ class Serving:
                 continue
             reasoning = (delta.reasoning or None) if request.include_reasoning else None
             message = p.DeltaMessage(content=delta.text or None, reasoning_content=reasoning, reasoning=reasoning)
-            logprobs = p.ChatLogprobs(content=_chat_logprobs(delta.logprobs)) if delta.logprobs else None
+            logprobs = (p.ChatLogprobs(content=_chat_logprobs(delta.logprobs, request.top_logprobs or 0))
+                        if delta.logprobs else None)
             if message.content is None and reasoning is None and delta.finish_reason is None and logprobs is None:
                 continue
             yield chunk([p.ChatChunkChoice(index=delta.index, delta=message, logprobs=logprobs,
@@ -290,13 +292,14 @@ class Serving:
         return choices
 
 
-def _chat_logprobs(entries) -> list[p.TokenLogprob]:
+def _chat_logprobs(entries, k: int) -> list[p.TokenLogprob]:
+    """OpenAI chat logprobs from `(token, logprob, ranked)` entries, the `k` most likely each."""
     def encoded(text):
         return list(text.encode("utf-8"))
 
     return [p.TokenLogprob(token=token, logprob=logprob, bytes=encoded(token),
-                           top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=encoded(t)) for t, lp in top])
-            for token, logprob, top in entries]
+                           top_logprobs=[p.TopLogprob(token=t, logprob=lp, bytes=encoded(t)) for t, lp in ranked[:k]])
+            for token, logprob, ranked in entries]
 
 
 def _completion_choice(index: int, choice: _Choice, request: p.CompletionRequest) -> p.CompletionChoice:
@@ -307,9 +310,9 @@ def _completion_choice(index: int, choice: _Choice, request: p.CompletionRequest
         for token, _, _ in choice.logprobs:
             offsets.append(at)
             at += len(token)
-        logprobs = p.CompletionLogprobs(tokens=[t for t, _, _ in choice.logprobs],
-                                        token_logprobs=[lp for _, lp, _ in choice.logprobs],
-                                        top_logprobs=[dict(top) for _, _, top in choice.logprobs],
+        entries = choice.logprobs
+        logprobs = p.CompletionLogprobs(tokens=[t for t, _, _ in entries], token_logprobs=[lp for _, lp, _ in entries],
+                                        top_logprobs=[dict(ranked[:request.logprobs]) for _, _, ranked in entries],
                                         text_offset=offsets)
     return p.CompletionChoice(index=index, text="".join(choice.text), reasoning_content=reasoning,
                               reasoning=reasoning, logprobs=logprobs, finish_reason=choice.finish_reason)
