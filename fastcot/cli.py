@@ -1,4 +1,4 @@
-"""Command line: `fastcot info | generate | chat | bench` (also `python -m fastcot ...`)."""
+"""Command line: `fastcot info | generate | chat | serve | bench` (also `python -m fastcot ...`)."""
 
 from __future__ import annotations
 
@@ -164,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat", help="chat on stdin/stdout with the model's chat template")
     _add_engine_args(chat)
     cli_bench.add_parser(sub)
+    from fastcot.entrypoints import serve
+    serve.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "generate":
         return _generate(args)
     if args.command == "chat":
         return _chat(args)
+    if args.command == "serve":
+        return serve.run(args)
     data = collect_info()
     if args.json:
         print(json.dumps(data, indent=2, default=str))
