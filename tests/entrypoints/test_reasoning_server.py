@@ -95,3 +95,12 @@ def test_completions_carry_reasoning_too(reasoning_server, offline):
     assert choice.text == expected.outputs[0].text
     assert choice.model_extra["reasoning_content"] == expected.outputs[0].reasoning_text
     assert reply.usage.completion_tokens_details.reasoning_tokens == 4
+
+
+def test_include_reasoning_false_leaves_the_fields_out_but_counts_the_tokens(reasoning_server):
+    reply = reasoning_server.client().chat.completions.create(
+        model=MODEL, messages=MESSAGES, temperature=0, max_tokens=10,
+        extra_body={"thinking_token_budget": 3, "include_reasoning": False})
+    message = reply.choices[0].message
+    assert message.reasoning_content is None and (message.model_extra or {}).get("reasoning") is None
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 3
