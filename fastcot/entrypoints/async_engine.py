@@ -121,7 +121,7 @@ class AsyncEngine:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._groups: dict[str, RequestGroup] = {}  # loop side only
         self._timing: dict[str, _Timing] = {}  # engine thread only
-        self._stats = dict(engine.stats())
+        self._stats = engine.stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.dead: BaseException | None = None  # set if the engine thread itself died
@@ -139,8 +139,8 @@ class AsyncEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    def stats(self) -> dict:
-        """The engine's `stats()` as of the end of its last step (any thread)."""
+    def stats(self):
+        """The engine's `stats()` snapshot as of the end of its last step (any thread)."""
         return self._stats
 
     async def add_requests(self, requests: list[tuple[str, list[int], object]]) -> RequestGroup:
@@ -220,7 +220,7 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
         except queue.Empty:
             pass
-        self._stats = dict(self.engine.stats())
+        self._stats = self.engine.stats()
         self._post(replies)
         return True
 
@@ -252,7 +252,7 @@ class AsyncEngine:
             error = server_error(f"the engine failed while generating: {exc}")
             self._post([(rid, error) for rid in self._timing])
             self._abort_all()
-            self._stats = dict(self.engine.stats())
+            self._stats = self.engine.stats()
             return
         now = time.monotonic()
         items = []
@@ -273,7 +273,7 @@ class AsyncEngine:
             if update.finished:
                 del self._timing[output.request_id]
             items.append((output.request_id, update))
-        self._stats = dict(self.engine.stats())
+        self._stats = self.engine.stats()
         self._post(items)
 
     def _observe(self, timing: _Timing, update: Update, now: float) -> None:

@@ -9,7 +9,7 @@ counters and latency histograms are updated by the engine thread as outputs come
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -25,10 +25,10 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
                960.0, 1920.0, 7680.0)
 
-# (metric name, snapshot key, help); the snapshot is `ServerMetrics.engine_stats()`'s dict.
+# (metric name, attribute of the engine's `stats()` snapshot (`EngineStats`), help).
 _GAUGES = (
-    ("fastcot:num_requests_running", "num_requests_running", "Requests whose sequences are being generated."),
-    ("fastcot:num_requests_waiting", "num_requests_waiting", "Requests waiting to be scheduled."),
+    ("fastcot:num_requests_running", "num_running_requests", "Requests whose sequences are being generated."),
+    ("fastcot:num_requests_waiting", "num_waiting_requests", "Requests waiting to be scheduled."),
     ("fastcot:kv_cache_usage_perc", "kv_cache_usage", "Fraction of KV-cache blocks in use (0 to 1)."),
 )
 _COUNTERS = (
@@ -38,25 +38,25 @@ _COUNTERS = (
 
 
 class _EngineCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Mapping[str, float]]):
+    def __init__(self, snapshot: Callable[[], object]):
         self._snapshot = snapshot
 
     def collect(self):
         stats = self._snapshot()
         for name, key, text in _GAUGES:
             family = GaugeMetricFamily(name, text)
-            family.add_metric([], float(stats.get(key, 0)))
+            family.add_metric([], float(getattr(stats, key, 0)))
             yield family
         for name, key, text in _COUNTERS:
             family = CounterMetricFamily(name, text)
-            family.add_metric([], float(stats.get(key, 0)))
+            family.add_metric([], float(getattr(stats, key, 0)))
             yield family
 
 
 class ServerMetrics:
     """One server's metrics in their own registry (several servers may live in one process)."""
 
-    def __init__(self, engine_stats: Callable[[], Mapping[str, float]]):
+    def __init__(self, engine_stats: Callable[[], object]):
         self.registry = CollectorRegistry()
         reg = self.registry
         self.prompt_tokens = Counter("fastcot:prompt_tokens", "Prompt tokens of accepted requests.", registry=reg)

@@ -12,7 +12,8 @@ request reaches the engine. Semantics:
   (`REASONING_EFFORT_BUDGETS`) when no explicit budget is given. A budget above `max_tokens`
   cannot bind and is lowered to it. On a model without thinking delimiters, `reasoning_effort`
   is ignored (clients send it to every model) and the explicit thinking fields are a 400.
-- `top_k = -1` and `0` both mean off.
+- `top_k = -1` and `0` both mean off. Sampling fields left out take the engine's defaults
+  (`LLMEngine.get_default_sampling_params()`: the checkpoint's generation_config.json).
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def check_prompt_ids(ids: list[int], limits: Limits, param: str) -> None:
 
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, params_class, *, prompt_len: int,
-                    limits: Limits, reasoning_model: bool, prompt_param: str):
-    """The engine's `params_class` (SamplingParams) for one prompt of `request`."""
+                    limits: Limits, reasoning_model: bool, prompt_param: str, defaults: dict | None = None):
+    """The engine's `params_class` (SamplingParams) for one prompt of `request`; fields the
+    request leaves out take `defaults` (the engine's, e.g. from the checkpoint's
+    generation_config.json), else the library's."""
     max_tokens = _max_tokens(request, prompt_len, limits, prompt_param)
-    kwargs = dict(n=request.n, max_tokens=max_tokens, min_tokens=request.min_tokens, ignore_eos=request.ignore_eos,
+    kwargs = dict(defaults or {})
+    kwargs.update(n=request.n, max_tokens=max_tokens, min_tokens=request.min_tokens, ignore_eos=request.ignore_eos,
                   seed=request.seed, stop=request.stop, stop_token_ids=request.stop_token_ids)
     for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
         if getattr(request, name) is not None:

@@ -80,7 +80,7 @@ def _failed(delta: SampleDelta) -> APIError | None:
 
 class Serving:
     def __init__(self, engine: AsyncEngine, tokenizer, params_class, *, served_model_names: list[str],
-                 limits: Limits, reasoning_model: bool, keepalive_s: float = 5.0):
+                 limits: Limits, reasoning_model: bool, keepalive_s: float = 5.0, defaults: dict | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.params_class = params_class
@@ -88,6 +88,7 @@ class Serving:
         self.limits = limits
         self.reasoning_model = reasoning_model
         self.keepalive_s = keepalive_s
+        self.defaults = dict(defaults or {})  # sampling fields a request leaves out
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastcot-tokenizer")
         reserved = set(inspect.signature(tokenizer.apply_chat_template).parameters) - {"kwargs"}
         self._reserved_template_kwargs = reserved | {"messages"}
@@ -106,7 +107,8 @@ class Serving:
         prompt = await self._off_loop(self._chat_prompt, request)
         check_prompt_ids(prompt, self.limits, "messages")
         params = sampling_params(request, self.params_class, prompt_len=len(prompt), limits=self.limits,
-                                 reasoning_model=self.reasoning_model, prompt_param="messages")
+                                 reasoning_model=self.reasoning_model, prompt_param="messages",
+                                 defaults=self.defaults)
         response_id = p.random_id("chatcmpl")
         group = await self.engine.add_requests([(response_id, prompt, params)])
         counts = _Counts(len(prompt))
@@ -197,7 +199,7 @@ class Serving:
             param = "prompt" if len(ids) == 1 else f"prompt.{i}"
             check_prompt_ids(prompt, self.limits, param)
             params = sampling_params(request, self.params_class, prompt_len=len(prompt), limits=self.limits,
-                                     reasoning_model=self.reasoning_model, prompt_param=param)
+                                     reasoning_model=self.reasoning_model, prompt_param=param, defaults=self.defaults)
             requests.append((f"{response_id}-{i}", prompt, params))
         group = await self.engine.add_requests(requests)
         counts = _Counts(sum(len(x) for x in ids))

@@ -4,6 +4,7 @@ request, metrics updated from the engine thread."""
 
 import asyncio
 import threading
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
@@ -45,7 +46,7 @@ class ScriptedEngine:
         return bool(self.running)
 
     def stats(self):
-        return {"num_requests_running": len(self.running), "num_requests_waiting": 0, "kv_cache_usage": 0.5}
+        return SimpleNamespace(num_running_requests=len(self.running), num_waiting_requests=0, kv_cache_usage=0.5)
 
     def step(self):
         self.thread_ids.add(threading.get_ident())

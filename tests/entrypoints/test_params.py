@@ -124,3 +124,10 @@ def test_prompt_checks():
     completion = CompletionRequest(model="m", prompt=["a", "b", "c", "d"])
     assert error(check_request, completion, LIMITS, num_prompts=4).param == "prompt"
     assert error(check_request, CompletionRequest(model="m", prompt="a", echo=True), LIMITS).param == "echo"
+
+
+def test_engine_defaults_fill_what_the_request_leaves_out():
+    defaults = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0, "repetition_penalty": 1.1}
+    sp = sampling_params(chat(top_p=0.5), SamplingParams, prompt_len=1, limits=LIMITS, reasoning_model=True,
+                         prompt_param="messages", defaults=defaults)
+    assert (sp.temperature, sp.top_p, sp.top_k, sp.repetition_penalty) == (0.6, 0.5, 20, 1.1)

@@ -51,7 +51,7 @@ class ScriptedEngine:
         return bool(self.requests)
 
     def stats(self):
-        return {"num_requests_running": len(self.requests)}
+        return SimpleNamespace(num_running_requests=len(self.requests))
 
     def step(self):
         time.sleep(0.02)
