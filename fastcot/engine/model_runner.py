@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastcot.engine.metadata import AttentionMetadata
+from fastcot.layers.attention import AttentionMetadata
 from fastcot.engine.sampling import (
     Sampler,
     SamplingTensors,
