@@ -162,5 +162,9 @@ class Scheduler:
 
 
 def _decode_ready(seq: Sequence) -> bool:
-    """Its cache holds everything but the newest token: one decode step computes that."""
-    return seq.num_computed == len(seq) - 1
+    """Its cache holds everything but its newest sampled token: one decode step computes that.
+
+    A prompt is never finished by a decode step, even when a prefill chunk (or a prefix hit)
+    stops one token short of its end: the prefill step that computes a prompt's last token is
+    the one that samples the first token of every sample of the request (`n > 1` forks)."""
+    return seq.num_computed == len(seq) - 1 and len(seq) > seq.prompt_len

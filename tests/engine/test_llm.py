@@ -184,3 +184,35 @@ def test_a_failed_request_ends_its_stream(checkpoint, prompts):
     ends = {d.request_id: d.finish_reason for d in llm.generate_stream([prompts[2] + prompts[1], prompts[0]], GREEDY)
             if d.finish_reason}
     assert ends == {"0": "error", "1": "length"}
+
+
+@pytest.mark.parametrize("budget, prompt_len", [(1, 2), (8, 9), (4, 9), (16, 17), (7, 7), (3, 10)])
+def test_n_samples_survive_chunks_ending_one_token_short(budget, prompt_len):
+    # A prefill chunk that ends one token before the prompt's end used to make the sequence
+    # decode-ready: its last prompt token went through a decode step and the other samples,
+    # released only by a prefill that reaches the end, were lost (no tokens, no finish reason).
+    llm = LLM("tiny-random", device="cpu", num_kv_blocks=64, max_num_batched_tokens=budget)
+    prompt = list(range(10, 10 + prompt_len))
+    greedy = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    alone = llm.generate([prompt], greedy, use_tqdm=False)[0].outputs[0].token_ids
+    llm.block_manager.reset_prefix_cache()
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, n=3)
+    outs = llm.generate([prompt], params, use_tqdm=False)[0].outputs
+    assert [(c.token_ids, c.finish_reason) for c in outs] == [(alone, "length")] * 3
+    llm.block_manager.reset_prefix_cache()
+    ends = [d.index for d in llm.generate_stream([prompt], params) if d.finish_reason == "length"]
+    assert sorted(ends) == [0, 1, 2]
+
+
+def test_n_samples_survive_a_prefix_hit_then_a_chunk_one_token_short():
+    # 64 cached tokens, then a 32-token chunk: 96 of a 97-token prompt computed.
+    llm = LLM("tiny-random", device="cpu", num_kv_blocks=64, max_num_batched_tokens=32)
+    prompt = [(7 * i) % 200 + 3 for i in range(97)]
+    greedy = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    llm.generate([prompt[:70]], greedy, use_tqdm=False)  # caches 4 blocks of 16
+    alone = llm.generate([prompt], greedy, use_tqdm=False)[0].outputs[0].token_ids
+    llm.block_manager.reset_prefix_cache()
+    llm.generate([prompt[:70]], greedy, use_tqdm=False)
+    outs = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, n=2),
+                        use_tqdm=False)[0].outputs
+    assert [(c.token_ids, c.finish_reason) for c in outs] == [(alone, "length")] * 2
