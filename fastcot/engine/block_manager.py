@@ -15,6 +15,10 @@ The sequence protocol is three attributes (`BlockSequence`). The scheduler calls
 from the returned number of cached tokens; `cache_computed` after each prefill chunk;
 `can_append` / `append_slots` before each decode step, performing the returned block copies;
 `fork` for the extra samples of `n > 1`; `free` when a sequence finishes or is preempted.
+
+Every change to a block table is recorded (`pop_table_changes`): the model runner writes
+exactly those entries to its device copy of the tables before each step, so no path through
+the engine can leave a device row pointing at a block the sequence no longer holds.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ class BlockManager:
         # chain hashes of the last prompt looked up, so that a can_allocate then allocate pair
         # (or a waiting prompt checked every step) hashes it once: (seq_id, token list, length)
         self._memo: tuple[tuple, list[bytes]] | None = None
+        # per sequence whose block table changed since the last `pop_table_changes`:
+        # (the sequence, the lowest index that changed)
+        self._changed: dict[Hashable, tuple[BlockSequence, int]] = {}
 
     # ---- queries ----------------------------------------------------------------------------
 
@@ -138,6 +145,7 @@ class BlockManager:
             self._ref[block] += 1
         num_new = self.num_blocks_needed(len(seq.token_ids)) - len(hits)
         seq.block_table = hits + [self._take_free_block() for _ in range(num_new)]
+        self._changed[seq.seq_id] = (seq, 0)
         self._room.pop(seq.seq_id, None)
         self._hashed.pop(seq.seq_id, None)
         if hits:
@@ -247,6 +255,7 @@ class BlockManager:
         self._room.pop(seq.seq_id, None)
         self.cache_computed(seq, first)
         table, copies = seq.block_table, []
+        changed = len(table)
         for i in range(first // self.block_size, len(table)):
             src = table[i]
             if self._ref[src] > 1:
@@ -254,8 +263,11 @@ class BlockManager:
                 self._ref[src] -= 1
                 table[i] = dst
                 copies.append((src, dst))
+                changed = min(changed, i)
         for _ in range(self.num_blocks_needed(len(seq.token_ids)) - len(table)):
             table.append(self._take_free_block())
+        if changed < len(table):
+            self._touch(seq, changed)
         return copies
 
     def _blocks_to_append(self, seq: BlockSequence, num_new_tokens: int) -> int:
@@ -279,6 +291,7 @@ class BlockManager:
         for block in parent.block_table:
             self._ref[block] += 1
         child.block_table = list(parent.block_table)
+        self._changed[child.seq_id] = (child, 0)
         self._room.pop(parent.seq_id, None)  # its last block is shared now
         self._room.pop(child.seq_id, None)
         self._hashed.pop(child.seq_id, None)
@@ -295,6 +308,8 @@ class BlockManager:
         hashed = self._hashed.get(seq.seq_id, (0, b""))[0]
         if keep < hashed:
             raise RuntimeError(f"sequence {seq.seq_id!r}: cannot drop cached blocks ({hashed} hashed, keeping {keep})")
+        if len(table) > keep:
+            self._touch(seq, keep)
         while len(table) > keep:
             block = table.pop()
             self._ref[block] -= 1
@@ -313,10 +328,22 @@ class BlockManager:
                 else:
                     self._free.append(block)
         seq.block_table = []
+        self._changed[seq.seq_id] = (seq, 0)
         self._room.pop(seq.seq_id, None)
         self._hashed.pop(seq.seq_id, None)
         if self._memo is not None and self._memo[0][0] == seq.seq_id:
             self._memo = None
+
+    def pop_table_changes(self) -> dict[Hashable, tuple[BlockSequence, int]]:
+        """The block tables changed since the last call: `{seq_id: (sequence, lowest index
+        changed)}` (entries from that index on may differ; the table may also be shorter)."""
+        changes, self._changed = self._changed, {}
+        return changes
+
+    def _touch(self, seq: BlockSequence, index: int) -> None:
+        known = self._changed.get(seq.seq_id)
+        if known is None or index < known[1]:
+            self._changed[seq.seq_id] = (seq, index)
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached block that no sequence uses (e.g. between benchmark runs).

@@ -140,7 +140,7 @@ class LLM:
         if num_kv_blocks is None:
             num_kv_blocks = self._default_num_blocks(block_size, kv_dtype)
         self.block_manager = BlockManager(num_kv_blocks, block_size)
-        self.runner = ModelRunner(self.model, num_blocks=num_kv_blocks, block_size=block_size,
+        self.runner = ModelRunner(self.model, block_manager=self.block_manager,
                                   kv_cache_dtype=kv_dtype, device=self.device,
                                   max_blocks_per_seq=-(-max_model_len // block_size),
                                   max_num_seqs=max_num_seqs, enforce_eager=enforce_eager)

@@ -32,6 +32,7 @@ from fastcot.engine.sampling import (
 )
 from fastcot.engine.scheduler import Batch
 from fastcot.engine.sequence import Sequence
+from fastcot.layers.attention import AttentionMetadata
 
 
 @dataclass
@@ -53,16 +54,19 @@ class ModelRunner:
     """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps.
 
     Callers that change a running sequence's tokens outside `step` must call `invalidate()`.
+    Block tables need no such care: before each step the runner writes every change that
+    the block manager recorded (`BlockManager.pop_table_changes`), whoever made it.
     """
 
-    def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device,
+    def __init__(self, model, *, block_manager: BlockManager, kv_cache_dtype: torch.dtype, device: torch.device,
                  max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True):
         config = model.config
         self.model = model
         self.config = config
-        self.block_size = block_size
+        self.blocks = block_manager
+        self.block_size = block_size = block_manager.block_size
         self.device = device
-        shape = config.kv_cache_shape(num_blocks, block_size)
+        shape = config.kv_cache_shape(block_manager.num_blocks, block_size)
         self.kv_caches = [
             (torch.zeros(shape, dtype=kv_cache_dtype, device=device), torch.zeros(shape, dtype=kv_cache_dtype, device=device))
             for _ in range(config.num_hidden_layers)
@@ -72,7 +76,7 @@ class ModelRunner:
         capacity = min(max_num_seqs, 16)
         self.tables = torch.zeros((capacity, max_blocks_per_seq), dtype=torch.int32, device=device)
         self.presence: torch.Tensor | None = None  # [capacity, V] bool, per slot, made when needed
-        self.rows: dict[int, list[int]] = {}  # seq_id -> [slot, table entries written]
+        self.rows: dict[int, int] = {}  # seq_id -> slot
         self.owner: list[int | None] = [None] * capacity  # slot -> seq_id
         self.free_slots = list(range(capacity - 1, -1, -1))  # lowest last
         self.width = 0  # most table entries written in any slot
@@ -96,22 +100,22 @@ class ModelRunner:
 
     def release(self, seq: Sequence) -> None:
         """Forget a finished or preempted sequence's slot."""
-        entry = self.rows.pop(seq.seq_id, None)
-        if entry is not None:
-            self.owner[entry[0]] = None
-            self.free_slots.append(entry[0])
+        slot = self.rows.pop(seq.seq_id, None)
+        if slot is not None:
+            self.owner[slot] = None
+            self.free_slots.append(slot)
             self.free_slots.sort(reverse=True)
         self.presence_ok.discard(seq.seq_id)
         self._decode = None
 
     def _slot(self, seq: Sequence) -> int:
-        entry = self.rows.get(seq.seq_id)
-        if entry is None:
+        slot = self.rows.get(seq.seq_id)
+        if slot is None:
             if not self.free_slots:
                 self._grow()
-            entry = self.rows[seq.seq_id] = [self.free_slots.pop(), 0]
-            self.owner[entry[0]] = seq.seq_id
-        return entry[0]
+            slot = self.rows[seq.seq_id] = self.free_slots.pop()
+            self.owner[slot] = seq.seq_id
+        return slot
 
     def _grow(self) -> None:
         capacity = self.tables.shape[0]
@@ -121,20 +125,28 @@ class ModelRunner:
         self.owner += [None] * capacity
         self.free_slots = list(range(2 * capacity - 1, capacity - 1, -1)) + self.free_slots
 
-    def _write_tables(self, seqs, *, rewrite: bool = False, last: bool = False) -> None:
-        """Copy the new entries of `seqs`' block tables (all of them if `rewrite`; the last
-        one too if `last`, after a copy-on-write) to their slots, in one indexed copy."""
-        index, vals, stride = [], [], self.tables.stride(0)
+    def _sync_tables(self, seqs) -> None:
+        """Bring the device rows up to date before a step: each of `seqs` (this step's
+        sequences) gets a slot, a new one written whole, and every other row gets the table
+        entries the block manager changed since the last step, in one indexed copy."""
+        changes = self.blocks.pop_table_changes()
         for seq in seqs:
-            entry = self.rows[seq.seq_id]
+            if seq.seq_id not in self.rows:
+                self._slot(seq)
+                changes[seq.seq_id] = (seq, 0)
+        if not changes:
+            return
+        index, vals, stride = [], [], self.tables.stride(0)
+        for seq, start in changes.values():
+            slot = self.rows.get(seq.seq_id)
+            if slot is None:
+                continue  # no row: it is written whole when it gets one
             table = seq.block_table
-            start = 0 if rewrite else min(entry[1], len(table) - 1) if last else entry[1]
             if len(table) > start:
-                base = entry[0] * stride
+                base = slot * stride
                 index += range(base + start, base + len(table))
                 vals += table[start:]
-            entry[1] = len(table)
-            self.width = max(self.width, len(table))
+                self.width = max(self.width, len(table))
         if vals:
             _put(self.tables.view(-1), index, vals, self.device)
 
@@ -152,7 +164,7 @@ class ModelRunner:
             self.presence[:n] = self.presence[index]
         owners = [self.owner[p] for p in perm]
         for slot, seq_id in enumerate(owners):
-            self.rows[seq_id][0] = slot
+            self.rows[seq_id] = slot
         self.owner = owners + [None] * (len(self.owner) - n)
         self.free_slots = list(range(len(self.owner) - 1, n - 1, -1))
 
@@ -170,10 +182,8 @@ class ModelRunner:
             self._decode = None
         for seq in seqs:
             self.presence_ok.discard(seq.seq_id)
-        slots = [self._slot(s) for s in seqs]
-        # A new row is written whole; otherwise only new entries, and the last one after a
-        # copy-on-write (a speculative step).
-        self._write_tables(seqs, last=bool(batch.block_copies))
+        self._sync_tables(seqs)
+        slots = [self.rows[s.seq_id] for s in seqs]
         spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
         ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
         positions = [p for a, b in spans for p in range(a, b)]
@@ -197,16 +207,16 @@ class ModelRunner:
             d.seq_lens.add_(1)
             d.slot_mapping.add_(1)
             d.max_len += 1
-            if batch.grown:  # a new (or copied) last block: its first slot, and its table entry
-                self._write_tables(batch.grown, last=True)
+            self._sync_tables(())
+            if batch.grown:  # a new (or copied) last block: its first slot
                 rows = [d.row[s.seq_id] for s in batch.grown]
                 slots = [s.block_table[(len(s) - 1) // bs] * bs + (len(s) - 1) % bs for s in batch.grown]
                 _put(d.slot_mapping, rows, slots, self.device)
             input_ids = d.next_ids
             d.next_ids = None
         else:
+            self._sync_tables(seqs)
             self._arrange(seqs)
-            self._write_tables(seqs, last=bool(batch.block_copies))
             lens = [len(s) for s in seqs]
             positions = [n - 1 for n in lens]
             slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
