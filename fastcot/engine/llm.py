@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import random
 import time
-from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -15,6 +13,7 @@ import torch
 from fastcot.engine.block_manager import BlockManager
 from fastcot.engine.detokenizer import IncrementalDetokenizer
 from fastcot.engine.model_runner import ModelRunner
+from fastcot.engine.output_processor import SequenceOutput
 from fastcot.engine.sampling import SamplingParams, request_key
 from fastcot.engine.scheduler import Batch, Scheduler
 from fastcot.engine.sequence import (
@@ -27,10 +26,7 @@ from fastcot.engine.sequence import (
 from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
 from fastcot.reasoning import (
     COT_SYSTEM_PROMPT,
-    RepetitionGuard,
-    ThinkingState,
     find_thinking_delimiters,
-    prompt_opens_thinking,
     split_cot_answer,
 )
 
@@ -246,7 +242,7 @@ class LLM:
             self.scheduler.add(seqs[0])
             for seq in seqs:
                 stops[seq.seq_id] = _Stopper(seq, self.tokenizer, self.config.eos_token_ids, self.max_model_len,
-                                             self.thinking)
+                                             self.thinking, streaming=stream)
         pending_forks = {rid: seqs[1:] for rid, _, _, seqs in requests if len(seqs) > 1}
         samples = {rid: seqs for rid, _, _, seqs in requests}
         bar = _progress(len(requests), use_tqdm)
@@ -301,9 +297,9 @@ class LLM:
                     token = chosen
                     replaced.append((i, token))
                 seq.token_ids.append(token)
-                delta = stopper.observe(token)
-                if stream and delta:
-                    yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
+                stopper.observe(token)
+                if stream:
+                    yield from _stream_deltas(stopper)
                 if seq.status is finished:
                     self._finished(seq, done)
                     if stream:
@@ -331,11 +327,12 @@ class LLM:
                 if seq not in pending:
                     self.scheduler.abort(seq)
                     self.runner.release(seq)
-                stops[seq.seq_id]._finish("abort")  # the text so far
+                stops[seq.seq_id].finish("abort")  # the text so far
                 if self.speculator is not None:
                     self.speculator.forget(seq)
                 done(seq)
                 if stream:
+                    yield from _stream_deltas(stops[seq.seq_id])
                     yield StreamDelta(seq.request_id, seq.index, "", "answer", "abort")
         self._aborted.clear()
 
@@ -389,9 +386,9 @@ class LLM:
                     token = stopper.choose(token)  # only rows without drafts have controls
                 seq.num_computed += 1
                 seq.token_ids.append(token)
-                delta = stopper.observe(token)
-                if stream and delta:
-                    yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
+                stopper.observe(token)
+                if stream:
+                    yield from _stream_deltas(stopper)
                 if seq.status == Status.FINISHED:
                     self._finished(seq, done)
                     if stream:
@@ -500,146 +497,17 @@ def _thinking_delimiters(tokenizer, spec):
     return found
 
 
-class _Thinking:
-    """One sequence's thinking section: the token-level state, and the budget rules that
-    replace sampled tokens (`SamplingParams.thinking_budget`, `min_thinking_tokens`)."""
-
-    def __init__(self, seq: Sequence, delimiters, tokenizer):
-        p = seq.params
-        self.end_id = delimiters.end_ids[0]
-        self.state = ThinkingState(delimiters, starts_in_reasoning=prompt_opens_thinking(seq.token_ids, delimiters))
-        self.budget = p.thinking_budget
-        self.min_tokens = p.min_thinking_tokens
-        self.controls = self.budget is not None or self.min_tokens > 0
-        encode = functools.partial(tokenizer.encode, add_special_tokens=False)
-        self.lead_in = list(encode(p.answer_lead_in)) if self.budget is not None and p.answer_lead_in else []
-        self.continuation = list(encode(p.thinking_continuation)) if self.min_tokens else []
-
-    def choose(self, sampled: int, forced: deque) -> int:
-        """The token to emit instead of `sampled` (queuing any that must follow in `forced`)."""
-        state = self.state
-        if not state.in_reasoning:
-            return sampled
-        n = state.num_reasoning_tokens
-        if sampled == self.end_id:
-            if n < self.min_tokens:  # too early: keep thinking
-                forced.extend(self.continuation[1:])
-                return self.continuation[0]
-            return sampled
-        if self.budget is not None and n >= self.budget:
-            forced.extend(self.lead_in)
-            return self.end_id
-        return sampled
+_Stopper = SequenceOutput
 
 
-class _Stopper:
-    """Per-sequence stop checks and incremental text, constant work per token: the text is kept
-    as pieces (joined once, when the sequence finishes), and stop strings are looked for only
-    when the new text contains the last character of one, in a window of the newest text as
-    long as the new text plus the longest stop string.
-
-    For reasoning models it also tracks the thinking section (its delimiter tokens' text is
-    dropped; `reasoning` holds the character span of the thinking text) and applies the
-    thinking-budget rules through `choose`, which replaces sampled tokens."""
-
-    def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int, thinking=None):
-        p = seq.params
-        self.seq = seq
-        self.min_tokens = p.min_tokens
-        self.stop_ids = set(p.stop_token_ids or []) | (set() if p.ignore_eos else set(eos_token_ids))
-        self.stop_strings = list(p.stop or [])
-        self.stop_last_chars = frozenset(s[-1] for s in self.stop_strings)
-        self.longest = max(map(len, self.stop_strings), default=0)
-        # The sequence reaches its length limit at this many tokens (prompt included).
-        self.end = min(seq.prompt_len + p.max_tokens, max_model_len)
-        self.detok = IncrementalDetokenizer(tokenizer)
-        self.pieces: list[str] = []
-        self.length = 0  # characters emitted so far
-        self.thinking = None if thinking is None else _Thinking(seq, thinking, tokenizer)
-        self.forced: deque[int] = deque()  # tokens to emit in the next steps, whatever is sampled
-        self.guard = RepetitionGuard() if p.repetition_guard else None
-        # Whether `choose` must see every sampled token.
-        self.controls = self.thinking is not None and self.thinking.controls
-        self.reasoning = [0, None] if self.thinking is not None and self.thinking.state.in_reasoning else None
-        self.kind = "reasoning" if self.reasoning else "answer"  # of the text being emitted
-
-    def choose(self, sampled: int) -> int:
-        """The token this sequence emits for the `sampled` one (thinking-budget rules)."""
-        if self.forced:
-            return self.forced.popleft()
-        return self.thinking.choose(sampled, self.forced)
-
-    def observe(self, token: int) -> str:
-        """Account for a newly sampled token (already appended to the sequence); returns the
-        text it adds. Finishes the sequence when a stop condition holds (the stop token or
-        string is not part of the text)."""
-        seq = self.seq
-        n = len(seq.token_ids) - seq.prompt_len  # output tokens, this one included
-        if token in self.stop_ids and n >= self.min_tokens:
-            self._finish("stop", token)
-            return ""
-        delta = self.detok.add(token) or ""
-        if self.thinking is not None and self._delimiter(token):
-            delta = ""  # a delimiter's own text is in neither the reasoning nor the answer
-        if delta:
-            self.pieces.append(delta)
-            self.length += len(delta)
-            if n >= self.min_tokens and not self.stop_last_chars.isdisjoint(delta):
-                stopped = self._stop_string(delta)
-                if stopped is not None:
-                    return stopped
-        if self.guard is not None and self.guard.observe(token):
-            self._finish("repetition")
-        elif len(seq.token_ids) >= self.end:
-            self._finish("length")
-        return delta
-
-    def _delimiter(self, token: int) -> bool:
-        """Feed the thinking state; True if `token` is a delimiter (its span boundary recorded)."""
-        state = self.thinking.state
-        was, before = state.in_reasoning, state.num_delimiter_tokens
-        state.observe(token)
-        if state.num_delimiter_tokens == before:
-            return False
-        if state.in_reasoning and not was:
-            self.reasoning = [self.length, None]
-        elif was and not state.in_reasoning:
-            self.reasoning[1] = self.length
-            self.controls = bool(self.forced)
-        self.kind = "reasoning" if state.in_reasoning else "answer"
-        return True
-
-    def _stop_string(self, delta: str) -> str | None:
-        """If `delta` completes a stop string, finish before the earliest such string and return
-        the part of `delta` before it; otherwise None."""
-        size = len(delta) + self.longest - 1
-        window, i = "", len(self.pieces)
-        while len(window) < size and i:
-            i -= 1
-            window = self.pieces[i][len(window) - size:] + window
-        new = len(window) - len(delta)  # where delta starts in the window
-        hits = [(at, s) for s in self.stop_strings if (at := window.find(s, max(0, new - len(s) + 1))) != -1]
-        if not hits:
-            return None
-        at, stop = min(hits)
-        end = self.length - len(window) + at  # where the text stops, in the whole text
-        self._finish("stop", stop, text_end=end)
-        return delta[: max(0, end - (self.length - len(delta)))]
-
-    def _finish(self, reason: str, stop_reason=None, text_end: int | None = None) -> None:
-        text = "".join(self.pieces)
-        if text_end is not None:
-            text = text[:text_end]
-        seq = self.seq
-        if self.reasoning is not None:
-            start, end = self.reasoning
-            end = len(text) if end is None else min(end, len(text))
-            seq.reasoning_text, text = text[start:end], text[:start] + text[end:]
-        if self.thinking is not None:
-            seq.num_reasoning_tokens = self.thinking.state.num_reasoning_tokens
-            seq.num_delimiter_tokens = self.thinking.state.num_delimiter_tokens
-        seq.text = text
-        seq.finish(reason, stop_reason)
+def _stream_deltas(stopper: SequenceOutput):
+    """The stream deltas of a sequence's new text (none while a stop string may remove it)."""
+    reasoning, answer = stopper.take_delta()
+    seq = stopper.seq
+    if reasoning:
+        yield StreamDelta(seq.request_id, seq.index, reasoning, "reasoning")
+    if answer:
+        yield StreamDelta(seq.request_id, seq.index, answer, "answer")
 
 
 def _request_output(request_id, text, ids, seqs) -> RequestOutput:

@@ -71,6 +71,8 @@ class SamplingParams:
     answer_lead_in: str = "\n\n"
     thinking_continuation: str = "\nWait"
     repetition_guard: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     def __post_init__(self):
         _check_int("n", self.n, low=1)
@@ -116,8 +118,9 @@ class SamplingParams:
                 raise ValueError(f"SamplingParams.{name} must be a str, got {getattr(self, name)!r}")
         if not self.thinking_continuation and self.min_thinking_tokens:
             raise ValueError("SamplingParams.thinking_continuation must not be empty when min_thinking_tokens > 0")
-        if not isinstance(self.repetition_guard, bool):
-            raise ValueError(f"SamplingParams.repetition_guard must be a bool, got {self.repetition_guard!r}")
+        for name in ("repetition_guard", "include_stop_str_in_output", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SamplingParams.{name} must be a bool, got {getattr(self, name)!r}")
 
     @property
     def greedy(self) -> bool:

@@ -216,3 +216,4 @@ def test_n_samples_survive_a_prefix_hit_then_a_chunk_one_token_short():
     outs = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, n=2),
                         use_tqdm=False)[0].outputs
     assert [(c.token_ids, c.finish_reason) for c in outs] == [(alone, "length")] * 2
+
