@@ -89,6 +89,9 @@ class BlockManager:
         # per sequence whose block table changed since the last `pop_table_changes`:
         # (the sequence, the lowest index that changed)
         self._changed: dict[Hashable, tuple[BlockSequence, int]] = {}
+        # Prefix-cache statistics, in tokens: looked up by allocations, and found cached.
+        self.num_queried_tokens = 0
+        self.num_hit_tokens = 0
 
     # ---- queries ----------------------------------------------------------------------------
 
@@ -119,21 +122,22 @@ class BlockManager:
 
     # ---- prompts ----------------------------------------------------------------------------
 
-    def can_allocate(self, seq: BlockSequence) -> bool:
+    def can_allocate(self, seq: BlockSequence, *, use_prefix_cache: bool = True) -> bool:
         """Whether `allocate(seq)` would succeed now."""
-        return self._free_blocks_to_allocate(seq)[0] <= self.num_free_blocks
+        return self._free_blocks_to_allocate(seq, use_prefix_cache)[0] <= self.num_free_blocks
 
-    def allocate(self, seq: BlockSequence) -> int:
+    def allocate(self, seq: BlockSequence, *, use_prefix_cache: bool = True) -> int:
         """Give `seq` blocks for all its tokens, reusing cached blocks for its longest cached
-        prefix of full blocks. Returns the number of leading tokens already in the cache (a
-        multiple of `block_size`, always less than `len(seq.token_ids)` so that at least one
-        token is computed and yields logits). All or nothing: raises RuntimeError, changing
-        nothing, when `can_allocate` is False."""
+        prefix of full blocks (unless `use_prefix_cache` is False: a request that scores its
+        prompt needs every position computed). Returns the number of leading tokens already in
+        the cache (a multiple of `block_size`, always less than `len(seq.token_ids)` so that at
+        least one token is computed and yields logits). All or nothing: raises RuntimeError,
+        changing nothing, when `can_allocate` is False."""
         if seq.block_table:
             raise RuntimeError(f"sequence {seq.seq_id!r} already holds blocks {seq.block_table[:4]}...")
         if not seq.token_ids:
             raise ValueError(f"sequence {seq.seq_id!r} has no tokens to allocate")
-        needed, hits, hashes = self._free_blocks_to_allocate(seq)
+        needed, hits, hashes = self._free_blocks_to_allocate(seq, use_prefix_cache)
         if needed > self.num_free_blocks:
             raise RuntimeError(
                 f"cannot allocate {needed} blocks for sequence {seq.seq_id!r}: {self.num_free_blocks} free"
@@ -150,11 +154,15 @@ class BlockManager:
         self._hashed.pop(seq.seq_id, None)
         if hits:
             self._hashed[seq.seq_id] = (len(hits), hashes[len(hits) - 1])
+        if self.enable_prefix_caching and use_prefix_cache:
+            self.num_queried_tokens += len(seq.token_ids)
+            self.num_hit_tokens += len(hits) * self.block_size
         return len(hits) * self.block_size
 
-    def _free_blocks_to_allocate(self, seq: BlockSequence) -> tuple[int, list[int], list[bytes]]:
+    def _free_blocks_to_allocate(self, seq: BlockSequence, use_prefix_cache: bool = True
+                                 ) -> tuple[int, list[int], list[bytes]]:
         """(free blocks the allocation consumes, cached blocks it reuses, their hashes)."""
-        hits, hashes = self._prefix_hits(seq)
+        hits, hashes = self._prefix_hits(seq) if use_prefix_cache else ([], [])
         in_use = sum(self._ref[b] > 0 for b in hits)  # shared without leaving the free pool
         return self.num_blocks_needed(len(seq.token_ids)) - in_use, hits, hashes
 
@@ -356,6 +364,19 @@ class BlockManager:
         self._evictable.clear()
         self._memo = None
         return count
+
+    def reset(self) -> None:
+        """Every block free and uncached, no sequence known (after a failed engine step; the
+        sequences that held blocks are gone). Statistics are kept."""
+        self._ref = [0] * self.num_blocks
+        self._hash = [None] * self.num_blocks
+        self._cached.clear()
+        self._free = deque(range(self.num_blocks))
+        self._evictable.clear()
+        self._hashed.clear()
+        self._room.clear()
+        self._memo = None
+        self._changed.clear()
 
     def _take_free_block(self) -> int:
         if self._free:

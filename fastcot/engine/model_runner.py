@@ -26,6 +26,8 @@ from fastcot.engine.sampling import (
     Sampler,
     SamplingTensors,
     compute_logprobs,
+    count_tokens_,
+    output_counts,
     pack,
     presence_mask,
     record_tokens_,
@@ -48,6 +50,45 @@ class _DecodeState:
     tensors: SamplingTensors | None = None  # reused, advanced, while no row suppresses ids
     num_logprobs: int | None = None  # most top log-probabilities any row asks for
     next_ids: torch.Tensor | None = None  # [B] int64, the ids sampled by that step
+
+
+class _TokenRows:
+    """A `[capacity, V]` tensor with one row per slot, describing a sequence's tokens for the
+    penalties (`build([seq], V, device)`: presence of prompt and output tokens, or counts of
+    output tokens); a row is built once per sequence, then updated on the device with each
+    token the sequence samples (`record`)."""
+
+    def __init__(self, dtype: torch.dtype, build, record):
+        self.dtype, self.build, self.record = dtype, build, record
+        self.rows: torch.Tensor | None = None
+        self.ok: set[int] = set()  # seq_ids whose row is up to date
+
+    def view(self, seqs: list[Sequence], capacity: int, vocab_size: int, device) -> torch.Tensor:
+        """`[B, V]` rows of a decode batch (its sequences hold slots 0..B-1)."""
+        if self.rows is None or self.rows.shape[1] != vocab_size:
+            self.rows = torch.zeros((capacity, vocab_size), dtype=self.dtype, device=device)
+            self.ok.clear()
+        for i, seq in enumerate(seqs):
+            if seq.seq_id not in self.ok:
+                self.rows[i] = self.build([seq], vocab_size, device)[0]
+                self.ok.add(seq.seq_id)
+        return self.rows[: len(seqs)]
+
+    def grow(self) -> None:
+        if self.rows is not None:
+            self.rows = torch.cat([self.rows, torch.zeros_like(self.rows)])
+
+    def permute(self, index: torch.Tensor) -> None:
+        if self.rows is not None:
+            self.rows[: index.shape[0]] = self.rows[index]
+
+
+def _presence(seqs, vocab_size, device):
+    return presence_mask([s.token_ids for s in seqs], vocab_size, device)
+
+
+def _counts(seqs, vocab_size, device):
+    return output_counts([s.token_ids[s.prompt_len:] for s in seqs], vocab_size, device)
 
 
 class ModelRunner:
@@ -75,16 +116,21 @@ class ModelRunner:
         self.max_blocks_per_seq = max_blocks_per_seq
         capacity = min(max_num_seqs, 16)
         self.tables = torch.zeros((capacity, max_blocks_per_seq), dtype=torch.int32, device=device)
-        self.presence: torch.Tensor | None = None  # [capacity, V] bool, per slot, made when needed
+        # Per-slot penalty state, made when a row first needs it: repetition penalty
+        # (presence in prompt and output) and presence/frequency penalties (output counts).
+        self.presence = _TokenRows(torch.bool, _presence, record_tokens_)
+        self.counts = _TokenRows(torch.int32, _counts, count_tokens_)
         self.rows: dict[int, int] = {}  # seq_id -> slot
         self.owner: list[int | None] = [None] * capacity  # slot -> seq_id
         self.free_slots = list(range(capacity - 1, -1, -1))  # lowest last
         self.width = 0  # most table entries written in any slot
-        self.presence_ok: set[int] = set()  # seq_ids whose presence row is up to date
         self._decode: _DecodeState | None = None
-        # Per row of the last step: {token id: log-probability} (the sampled token and the
-        # row's top `logprobs`), or None where the request did not ask; None if no row did.
-        self.last_logprobs: list[dict[int, float] | None] | None = None
+        # Per row of the last step: (sampled token's log-probability, its rank, top ids, their
+        # log-probabilities), or None where the request did not ask; None if no row did.
+        self.last_logprobs: list[tuple | None] | None = None
+        # Per prefill sequence asking for prompt logprobs: (sequence, index of the first prompt
+        # token scored, and per scored token the same tuple as `last_logprobs`).
+        self.last_prompt_logprobs: list[tuple] | None = None
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
@@ -98,6 +144,19 @@ class ModelRunner:
         """Rebuild the next decode step's inputs from the sequences."""
         self._decode = None
 
+    def reset(self) -> None:
+        """Forget every slot and cached input (after a failed step): the next step rebuilds
+        its inputs and writes each sequence's block table whole."""
+        self.rows.clear()
+        self.owner = [None] * len(self.owner)
+        self.free_slots = list(range(len(self.owner) - 1, -1, -1))
+        self.width = 0
+        self.presence.ok.clear()
+        self.counts.ok.clear()
+        self._decode = None
+        self.last_logprobs = self.last_prompt_logprobs = None
+        self.blocks.pop_table_changes()
+
     def release(self, seq: Sequence) -> None:
         """Forget a finished or preempted sequence's slot."""
         slot = self.rows.pop(seq.seq_id, None)
@@ -105,7 +164,8 @@ class ModelRunner:
             self.owner[slot] = None
             self.free_slots.append(slot)
             self.free_slots.sort(reverse=True)
-        self.presence_ok.discard(seq.seq_id)
+        self.presence.ok.discard(seq.seq_id)
+        self.counts.ok.discard(seq.seq_id)
         self._decode = None
 
     def _slot(self, seq: Sequence) -> int:
@@ -120,8 +180,8 @@ class ModelRunner:
     def _grow(self) -> None:
         capacity = self.tables.shape[0]
         self.tables = torch.cat([self.tables, torch.zeros_like(self.tables)])
-        if self.presence is not None:
-            self.presence = torch.cat([self.presence, torch.zeros_like(self.presence)])
+        self.presence.grow()
+        self.counts.grow()
         self.owner += [None] * capacity
         self.free_slots = list(range(2 * capacity - 1, capacity - 1, -1)) + self.free_slots
 
@@ -160,8 +220,8 @@ class ModelRunner:
         index = pack("q", perm, torch.int64, self.device)
         n = len(perm)
         self.tables[:n, : self.width] = self.tables[index, : self.width]
-        if self.presence is not None:
-            self.presence[:n] = self.presence[index]
+        self.presence.permute(index)
+        self.counts.permute(index)
         owners = [self.owner[p] for p in perm]
         for slot, seq_id in enumerate(owners):
             self.rows[seq_id] = slot
@@ -181,7 +241,8 @@ class ModelRunner:
         if self._decode is not None and any(s.seq_id in self._decode.row for s in seqs):
             self._decode = None
         for seq in seqs:
-            self.presence_ok.discard(seq.seq_id)
+            self.presence.ok.discard(seq.seq_id)
+            self.counts.ok.discard(seq.seq_id)
         self._sync_tables(seqs)
         slots = [self.rows[s.seq_id] for s in seqs]
         spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
@@ -241,18 +302,6 @@ class ModelRunner:
             eos_token_ids=self.config.eos_token_ids, device=self.device,
         )
 
-    def _decode_presence(self, seqs: list[Sequence], vocab_size: int) -> torch.Tensor:
-        """`[B, V]` view of the per-slot presence rows of a decode batch (built once per
-        sequence, then updated with each sampled token)."""
-        if self.presence is None or self.presence.shape[1] != vocab_size:
-            self.presence = torch.zeros((self.tables.shape[0], vocab_size), dtype=torch.bool, device=self.device)
-            self.presence_ok.clear()
-        for i, seq in enumerate(seqs):
-            if seq.seq_id not in self.presence_ok:
-                self.presence[i] = presence_mask([seq.token_ids], vocab_size, self.device)[0]
-                self.presence_ok.add(seq.seq_id)
-        return self.presence[: len(seqs)]
-
     @torch.inference_mode()
     def replace_sampled(self, rows: list[Sequence], replaced: list[tuple[int, int]]) -> None:
         """The engine emitted other tokens than the last step sampled for some rows
@@ -260,8 +309,9 @@ class ModelRunner:
         d = self._decode
         if d is not None and d.next_ids is not None and d.seqs == rows:
             _put(d.next_ids, [i for i, _ in replaced], [t for _, t in replaced], self.device, torch.int64)
-        for i, _ in replaced:
-            self.presence_ok.discard(rows[i].seq_id)  # it recorded the sampled token
+        for i, _ in replaced:  # their rows recorded the sampled token
+            self.presence.ok.discard(rows[i].seq_id)
+            self.counts.ok.discard(rows[i].seq_id)
 
     # ---- steps -------------------------------------------------------------------------------
 
@@ -281,7 +331,7 @@ class ModelRunner:
         a decode step samples every batch sequence in order)."""
         for seq in batch.preempted:
             self.release(seq)
-        self.last_logprobs = None
+        self.last_logprobs = self.last_prompt_logprobs = None
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
         logits = None
@@ -290,9 +340,11 @@ class ModelRunner:
                                      metadata.block_tables)
         if logits is None:
             hidden = self.model(input_ids, positions, self.kv_caches, metadata)
-            if not rows:  # prefill chunks that end before their sequence does
-                return []
             if batch.is_prefill:
+                if any(s.params.prompt_logprobs is not None for s in batch.seqs):
+                    self.last_prompt_logprobs = self._prompt_logprobs(hidden, batch)
+                if not rows:  # prefill chunks that end before their sequence does
+                    return []
                 hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
             logits = self.model.compute_logits(hidden)
         if batch.is_prefill:
@@ -301,19 +353,23 @@ class ModelRunner:
         tensors = d.tensors
         if tensors is None or tensors.suppress_ids is not None:  # suppression (min_tokens) changes per step
             tensors = d.tensors = self._sampling_tensors(batch.seqs)
-        presence = None
-        if tensors.do_penalty:
-            presence = self._decode_presence(batch.seqs, logits.shape[1])
-        elif self.presence_ok:  # this step's tokens go unrecorded: the rows are out of date
-            self.presence_ok.clear()
-        sampled = self.sampler(logits, tensors, presence)
-        if presence is not None:
-            record_tokens_(presence, sampled)
+        capacity, vocab_size = self.tables.shape[0], logits.shape[1]
+        views = []
+        for token_rows, used in ((self.presence, tensors.do_penalty), (self.counts, tensors.do_output_penalty)):
+            if used:
+                views.append(token_rows.view(batch.seqs, capacity, vocab_size, self.device))
+            else:
+                views.append(None)
+                token_rows.ok.clear()  # this step's tokens go unrecorded: the rows are out of date
+        sampled = self.sampler(logits, tensors, views[0], output_counts=views[1])
+        for token_rows, view in zip((self.presence, self.counts), views):
+            if view is not None:
+                token_rows.record(view, sampled)
         tensors.advance_()
         d.next_ids = sampled
         tokens = sampled.tolist()
         if d.num_logprobs is not None:
-            self.last_logprobs = _logprobs(logits, sampled, tokens, batch.seqs, d.num_logprobs)
+            self.last_logprobs = _logprobs(logits, sampled, batch.seqs, d.num_logprobs)
         return tokens
 
     @torch.inference_mode()
@@ -337,7 +393,7 @@ class ModelRunner:
             [s.params for s in rows], output_lens=output_lens, keys=[s.noise_key for s in rows],
             eos_token_ids=self.config.eos_token_ids, device=self.device,
         )
-        sampled = self.sampler(logits, tensors).tolist()
+        sampled = self.sampler(logits, tensors, None, output_counts=None).tolist()
         out, at = [], 0
         for seq, end in zip(batch.seqs, batch.chunk_ends):
             n = end - seq.num_computed
@@ -349,34 +405,52 @@ class ModelRunner:
         if row_index != list(range(logits.shape[0])):
             logits = logits[self._tensor(row_index, torch.int64)]
         tensors = self._sampling_tensors(rows)
-        presence = None
-        if tensors.do_penalty:
-            presence = presence_mask([s.token_ids for s in rows], logits.shape[1], self.device)
-        sampled = self.sampler(logits, tensors, presence)
+        vocab_size = logits.shape[1]
+        presence = _presence(rows, vocab_size, self.device) if tensors.do_penalty else None
+        counts = _counts(rows, vocab_size, self.device) if tensors.do_output_penalty else None
+        sampled = self.sampler(logits, tensors, presence, output_counts=counts)
         tokens = sampled.tolist()
         num_logprobs = _num_logprobs(rows)
         if num_logprobs is not None:
-            self.last_logprobs = _logprobs(logits, sampled, tokens, rows, num_logprobs)
+            self.last_logprobs = _logprobs(logits, sampled, rows, num_logprobs)
         return tokens
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, batch: Batch) -> list[tuple]:
+        """Score the prompt tokens this prefill step computes, for the sequences that ask:
+        the logits at position p give the log-probabilities of prompt token p + 1."""
+        out, start = [], 0
+        for seq, end in zip(batch.seqs, batch.chunk_ends):
+            first, count = seq.num_computed, end - seq.num_computed
+            k = seq.params.prompt_logprobs
+            last = min(end, seq.prompt_len - 1)  # the last prompt token is scored from position prompt_len - 2
+            if k is not None and last > first:
+                rows = hidden[start: start + last - first]
+                targets = self._tensor(seq.token_ids[first + 1: last + 1], torch.int64)
+                scores = _scores(self.model.compute_logits(rows), targets, k)
+                out.append((seq, first + 1, scores))
+            start += count
+        return out
 
 
 def _num_logprobs(rows: list[Sequence]) -> int | None:
     return max((s.params.logprobs for s in rows if s.params.logprobs is not None), default=None)
 
 
-def _logprobs(logits, sampled, tokens, rows, num_top) -> list[dict[int, float] | None]:
-    """Each row's {token id: log-probability} under the raw model distribution: its top
-    `params.logprobs` tokens and the sampled one (one host copy for the batch)."""
-    token_lp, top_ids, top_lp = (t.tolist() for t in compute_logprobs(logits, sampled, num_top))
+def _scores(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int) -> list[tuple]:
+    """Per row `(log-probability of token_ids[row], its rank, top ids, top log-probabilities)`
+    under the raw distribution (one host copy for the batch)."""
+    token_lp, rank, top_ids, top_lp = compute_logprobs(logits, token_ids, num_top, ranks=True)
+    return list(zip(token_lp.tolist(), rank.tolist(), top_ids.tolist(), top_lp.tolist()))
+
+
+def _logprobs(logits, sampled, rows, num_top) -> list[tuple | None]:
+    """Each row's scores (see `_scores`), its own `params.logprobs` top entries; None where
+    the row's request did not ask."""
+    scores = _scores(logits, sampled, num_top)
     out = []
-    for i, seq in enumerate(rows):
+    for seq, (lp, rank, ids, lps) in zip(rows, scores):
         n = seq.params.logprobs
-        if n is None:
-            out.append(None)
-            continue
-        entry = dict(zip(top_ids[i][:n], top_lp[i][:n]))
-        entry[tokens[i]] = token_lp[i]
-        out.append(entry)
+        out.append(None if n is None else (lp, rank, ids[:n], lps[:n]))
     return out
 
 

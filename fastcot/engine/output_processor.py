@@ -118,7 +118,10 @@ class SequenceOutput:
         if self.thinking is not None and self._delimiter(token):
             delta = ""  # a delimiter's own text is in neither the reasoning nor the answer
         if delta:
-            self._add_text(delta)
+            self.pieces.append(delta)
+            self.length += len(delta)
+            if self.unsent is not None:
+                self.unsent += delta
             if n >= self.min_tokens and not self.stop_last_chars.isdisjoint(delta):
                 stopped = self._stop_string(delta)
                 if stopped is not None:

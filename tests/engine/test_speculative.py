@@ -43,7 +43,8 @@ def make_llm(speculative=None, num_kv_blocks=400, **kwargs):
     base = fastcot.models.load_config("tiny-random")
     config = dataclasses.replace(base, vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=1024)
     return LLM.from_model(LoopyLogits(config), fastcot.models.load_tokenizer("tiny-random"), device="cpu",
-                          num_kv_blocks=num_kv_blocks, block_size=4, speculative_config=speculative, **kwargs)
+                          num_kv_blocks=num_kv_blocks, block_size=4, max_model_len=min(1024, 4 * num_kv_blocks),
+                          speculative_config=speculative, **kwargs)
 
 
 def prompts(count, seed=0):
