@@ -69,13 +69,13 @@ class CheckingRunner:
                 assert row[: len(seq.block_table)] == seq.block_table
             return input_ids, positions, metadata
 
-        def checked_sampler(logits, tensors, presence=None):
+        def checked_sampler(logits, tensors, presence=None, output_counts=None):
             if tensors.do_penalty and not self.batch.is_prefill:
                 assert torch.equal(presence, presence_mask([s.token_ids for s in self.batch.seqs], VOCAB))
                 self.penalty_checks += 1
             assert tensors.steps.tolist()[: len(self.batch.seqs)] == [s.num_output for s in self.batch.seqs] \
                 or self.batch.is_prefill
-            return sampler(logits, tensors, presence)
+            return sampler(logits, tensors, presence, output_counts=output_counts)
 
         runner.prepare = checked_prepare
         runner.sampler = checked_sampler
@@ -86,6 +86,7 @@ def make_llm(num_kv_blocks, **kwargs):
     config = dataclasses.replace(base, vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=512)
     tokenizer = fastcot.models.load_tokenizer("tiny-random")
     llm = LLM.from_model(HashedLogits(config), tokenizer, device="cpu", num_kv_blocks=num_kv_blocks, block_size=4,
+                         max_model_len=min(512, 4 * num_kv_blocks),
                          **kwargs)
     return llm, CheckingRunner(llm.runner)
 
@@ -150,4 +151,9 @@ def test_logprobs_are_the_raw_distribution_of_each_output_token():
                 top = expected.topk(p.logprobs).indices.tolist()
                 assert set(entry) == set(top) | {token}
                 for t, lp in entry.items():
-                    assert lp == pytest.approx(expected[t].item(), abs=1e-5)
+                    assert lp.logprob == pytest.approx(expected[t].item(), abs=1e-5)
+                    assert lp.rank == 1 + int((expected > expected[t]).sum())
+                    assert lp.decoded_token == llm.tokenizer.decode([t])
+                assert list(entry)[0] == token  # the sampled token comes first
+            assert completion.cumulative_logprob == pytest.approx(
+                sum(entry[t].logprob for t, entry in zip(completion.token_ids, completion.logprobs)), abs=1e-4)

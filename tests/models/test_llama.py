@@ -8,7 +8,7 @@ from hf_checkpoints import VARIANTS, hf_greedy, paged_greedy
 from helpers import assert_close
 
 import fastcot
-from fastcot.engine.metadata import AttentionMetadata
+from fastcot.layers.attention import AttentionMetadata
 from fastcot.models import load_model
 from fastcot.models.llama import ConcatLinear
 
