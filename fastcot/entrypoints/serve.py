@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-num-batched-tokens", type=int, default=8192)
     engine.add_argument("--block-size", type=int, default=16)
     engine.add_argument("--num-kv-blocks", type=int, default=None)
+    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                        help="fraction of GPU memory for weights and KV cache (default 0.9)")
+    engine.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    engine.add_argument("--generation-config", default="auto", choices=["auto", "vllm"],
+                        help="auto: sampling defaults from the checkpoint's generation_config.json; vllm: the "
+                             "library's")
     engine.add_argument("--enforce-eager", action="store_true")
     engine.add_argument("--seed", type=int, default=0)
     engine.add_argument("--thinking-delimiters", nargs=2, metavar=("START", "END"), default=None,
@@ -59,7 +65,9 @@ def engine_kwargs(args) -> dict:
     kwargs = dict(quantization=args.quantization, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                   device=args.device, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-                  num_kv_blocks=args.num_kv_blocks, enforce_eager=args.enforce_eager, seed=args.seed)
+                  num_kv_blocks=args.num_kv_blocks, enforce_eager=args.enforce_eager, seed=args.seed,
+                  gpu_memory_utilization=args.gpu_memory_utilization,
+                  enable_prefix_caching=args.enable_prefix_caching, generation_config=args.generation_config)
     if args.thinking_delimiters is not None:
         kwargs["thinking_delimiters"] = tuple(args.thinking_delimiters)
     if args.speculative_tokens:
