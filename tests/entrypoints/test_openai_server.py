@@ -42,6 +42,21 @@ def test_chat_greedy_equals_offline_generation(plain_server, offline):
     assert choice.message.reasoning_content is None  # no thinking delimiters in this model
 
 
+@pytest.mark.parametrize("penalties", [{"presence_penalty": 1.5}, {"frequency_penalty": 2.0},
+                                       {"repetition_penalty": 1.3, "top_k": 5, "min_p": 0.05}])
+def test_penalties_and_filters_reach_the_engine(plain_server, offline, penalties):
+    extra = {k: v for k, v in penalties.items() if k not in ("presence_penalty", "frequency_penalty")}
+    openai_fields = {k: v for k, v in penalties.items() if k not in extra}
+    reply = plain_server.client().completions.create(model=MODEL, prompt="aaaa", temperature=0, max_tokens=12,
+                                                     extra_body=extra, **openai_fields)
+    expected = offline("plain").generate(["aaaa"], SamplingParams(temperature=0, max_tokens=12, **penalties),
+                                         use_tqdm=False)[0].outputs[0]
+    plain = offline("plain").generate(["aaaa"], SamplingParams(temperature=0, max_tokens=12),
+                                      use_tqdm=False)[0].outputs[0]
+    assert reply.choices[0].text == expected.text
+    assert expected.token_ids != plain.token_ids  # the test would see a dropped field
+
+
 def test_completion_greedy_equals_offline_generation(plain_server, offline):
     prompts = ["The quick brown", "1, 2, 3,"]
     reply = plain_server.client().completions.create(model="tiny-alias", prompt=prompts, temperature=0,
