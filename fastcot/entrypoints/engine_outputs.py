@@ -7,12 +7,19 @@ in a step (another sample of the request did, or it finished earlier) is left ou
 finish reaches the client once. Reasoning tokens per step are the difference of the sample's
 running `num_reasoning_tokens`. Log-probabilities become `(token text, logprob, ranked)`: `ranked` is every entry the
 engine gave, most likely first (the k asked for, then the sampled token if it was not among
-them; the server keeps the first k), token texts decoded once per token id and cached.
+them; the server keeps the first k), token texts decoded once per token id and cached. A
+token forced by a thinking budget (the end delimiter, the answer lead-in, "Wait") was not
+sampled: it is reported with `FORCED_LOGPROB` next to the table of the token it replaced.
 """
 
 from __future__ import annotations
 
 from fastcot.entrypoints.async_engine import SampleDelta, Update
+
+# The logprob reported for a token the model did not sample (the thinking budget forced it; the
+# engine keeps the table of the token it replaced), and the floor of every logprob, as vLLM
+# clamps -inf: JSON has no infinities.
+FORCED_LOGPROB = -9999.0
 
 
 class OutputReader:
@@ -59,10 +66,11 @@ class OutputReader:
             return None
         out = []
         for token, table in zip(token_ids, entries):
-            chosen = table[token]
+            chosen = table.get(token)
             ranked = sorted(table.items(), key=lambda item: (item[1].rank is None, item[1].rank or 0))
-            out.append((self._text(token, chosen), chosen.logprob,
-                        tuple((self._text(t, lp), lp.logprob) for t, lp in ranked)))
+            text = self.token_text(token) if chosen is None else self._text(token, chosen)
+            logprob = FORCED_LOGPROB if chosen is None else max(chosen.logprob, FORCED_LOGPROB)
+            out.append((text, logprob, tuple((self._text(t, lp), max(lp.logprob, FORCED_LOGPROB)) for t, lp in ranked)))
         return tuple(out)
 
     def _text(self, token_id: int, logprob) -> str:

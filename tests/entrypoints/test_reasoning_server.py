@@ -104,3 +104,17 @@ def test_include_reasoning_false_leaves_the_fields_out_but_counts_the_tokens(rea
     message = reply.choices[0].message
     assert message.reasoning_content is None and (message.model_extra or {}).get("reasoning") is None
     assert reply.usage.completion_tokens_details.reasoning_tokens == 3
+
+
+def test_logprobs_cover_tokens_the_budget_forced(reasoning_server, offline):
+    reply = reasoning_server.client().chat.completions.create(
+        model=MODEL, messages=MESSAGES, temperature=0, max_tokens=10, logprobs=True, top_logprobs=2,
+        extra_body={"thinking_token_budget": 3, "ignore_eos": True})
+    content = reply.choices[0].logprobs.content
+    expected = offline_chat(offline, temperature=0, max_tokens=10, thinking_budget=3, ignore_eos=True)
+    assert len(content) == len(expected.token_ids) == 10
+    # The budget forced </think> and the answer lead-in "\n\n": not sampled, so no model logprob.
+    assert [entry.token for entry in content[3:6]] == ["</think>", "\n", "\n"]
+    assert [entry.logprob for entry in content[3:6]] == [-9999.0] * 3
+    assert all(-100 < entry.logprob <= 0 for i, entry in enumerate(content) if not 3 <= i < 6)
+    assert all(len(entry.top_logprobs) == 2 for entry in content)
