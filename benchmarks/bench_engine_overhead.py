@@ -573,7 +573,8 @@ def main(argv=None) -> int:
           "Breakdown (means of the instrumented steps, which they add up to as 'instr.'): sched = "
           "Scheduler.schedule, prepare = ModelRunner.prepare (tables: its block-table writes and slot moves), model = stub "
           "forward + logits, params = SamplingTensors.from_params, runner+ = rest of ModelRunner.step "
-          "(.tolist(), ...), detok+stop = SequenceOutput.observe, loop+ = rest of LLMEngine.step and the LLM loop.")
+          "(.tolist(), ...), detok+stop = SequenceOutput.observe, loop+ = rest of LLMEngine.step and the LLM "
+          "loop.")
     if args.smoke:
         targets = {"judged": False, "why": "smoke run: tiny sizes"}
         print(f"\ntargets: not judged ({targets['why']})")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastcot.layers.attention import AttentionMetadata
+from fastcot.engine.block_manager import BlockManager
 from fastcot.engine.sampling import (
     Sampler,
     SamplingTensors,

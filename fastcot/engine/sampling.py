@@ -129,7 +129,8 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low=0)
         if self.output_kind not in OUTPUT_KINDS:
-            raise ValueError(f"SamplingParams.output_kind must be one of {list(OUTPUT_KINDS)}, got {self.output_kind!r}")
+            raise ValueError(f"SamplingParams.output_kind must be one of {list(OUTPUT_KINDS)}, "
+                             f"got {self.output_kind!r}")
         if self.thinking_budget is not None:
             _check_int("thinking_budget", self.thinking_budget, low=0)
             if self.max_tokens is not None and self.thinking_budget > self.max_tokens:

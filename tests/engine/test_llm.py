@@ -15,12 +15,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model = hf.make_hf_model("LlamaConfig", tie_word_embeddings=False)
-    path = hf.save_checkpoint(model, tmp_path_factory.mktemp("llama"))
-    # Prompts here are token ids; the byte-level preset tokenizer only turns outputs into text.
-    fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
-    return path, model
+def checkpoint(llama_checkpoint):
+    return llama_checkpoint
 
 
 @pytest.fixture(scope="module")

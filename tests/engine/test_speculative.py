@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import load_test_module
 
 import fastcot.models
 from fastcot import LLM, SamplingParams
@@ -106,11 +105,8 @@ def test_stop_strings_and_length_limits_hold_inside_accepted_runs():
     assert [c.text for o in spec for c in o.outputs] == [c.text for o in plain for c in o.outputs]
 
 
-def test_greedy_is_unchanged_on_a_real_model(tmp_path):
-    pytest.importorskip("transformers")
-    hf = load_test_module("models/hf_checkpoints.py")
-    path = hf.save_checkpoint(hf.make_hf_model("LlamaConfig", tie_word_embeddings=False), tmp_path)
-    fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
+def test_greedy_is_unchanged_on_a_real_model(real_checkpoint):
+    path = real_checkpoint
     ps = prompts(5, seed=2)
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     plain = LLM(str(path), device="cpu", num_kv_blocks=64)
@@ -161,13 +157,8 @@ def check_tables_at_every_forward(llm):
 
 
 @pytest.fixture(scope="module")
-def real_checkpoint(tmp_path_factory):
-    pytest.importorskip("transformers")
-    hf = load_test_module("models/hf_checkpoints.py")
-    path = hf.save_checkpoint(hf.make_hf_model("LlamaConfig", tie_word_embeddings=False),
-                              tmp_path_factory.mktemp("llama"))
-    fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
-    return path
+def real_checkpoint(llama_checkpoint):
+    return llama_checkpoint[0]
 
 
 @pytest.mark.parametrize("block_size", [8, 16])

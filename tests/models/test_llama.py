@@ -4,8 +4,8 @@ import os
 
 import pytest
 import torch
-from hf_checkpoints import VARIANTS, hf_greedy, paged_greedy
 from helpers import assert_close
+from hf_checkpoints import VARIANTS, hf_greedy, paged_greedy
 
 import fastcot
 from fastcot.layers.attention import AttentionMetadata
