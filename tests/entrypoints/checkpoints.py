@@ -28,15 +28,18 @@ THINKING_TEMPLATE = (
 )
 
 
-def build(path: Path, *, thinking: bool) -> Path:
+def build(plain: Path, reasoning: Path) -> dict[str, Path]:
+    """Both checkpoints (the same weights) in the given empty directories."""
+    import shutil
+
     from fastcot.models import load_tokenizer
 
     model = hf_checkpoints.make_hf_model("LlamaConfig", max_position_embeddings=1024, **VOCAB)
-    hf_checkpoints.save_checkpoint(model, path)
-    if thinking:
-        tokenizer = thinking_tokenizer.build_thinking_tokenizer()
-        tokenizer.chat_template = THINKING_TEMPLATE
-    else:
-        tokenizer = load_tokenizer("tiny-random")
-    tokenizer.save_pretrained(str(path))
-    return path
+    hf_checkpoints.save_checkpoint(model, plain)
+    for item in plain.iterdir():
+        shutil.copy(item, reasoning / item.name)
+    load_tokenizer("tiny-random").save_pretrained(str(plain))
+    tokenizer = thinking_tokenizer.build_thinking_tokenizer()
+    tokenizer.chat_template = THINKING_TEMPLATE
+    tokenizer.save_pretrained(str(reasoning))
+    return {"plain": plain, "reasoning": reasoning}

@@ -126,11 +126,9 @@ class RemoteServer:
 
 @pytest.fixture(scope="session")
 def checkpoint_dirs(tmp_path_factory) -> dict[str, Path]:
-    sys.path.insert(0, str(Path(__file__).parent))
     import checkpoints
 
-    return {name: checkpoints.build(tmp_path_factory.mktemp(f"serve-{name}"), thinking=name == "reasoning")
-            for name in ("plain", "reasoning")}
+    return checkpoints.build(tmp_path_factory.mktemp("serve-plain"), tmp_path_factory.mktemp("serve-reasoning"))
 
 
 class _Servers:
