@@ -14,7 +14,6 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -157,30 +156,27 @@ class Serving:
                             message=p.ChatResponseMessage(content="".join(choice.text), reasoning_content=reasoning,
                                                           reasoning=reasoning))
 
-    async def _chat_stream(self, group: RequestGroup, request, response_id: str, counts: _Counts):
+    def _chat_stream(self, group: RequestGroup, request, response_id: str, counts: _Counts):
         created = int(time.time())
 
         def chunk(choices, usage=None):
             return sse.event(p.ChatCompletionChunk(id=response_id, created=created, model=request.model,
                                                    choices=choices, usage=usage))
 
-        for i in range(request.n):
-            yield chunk([p.ChatChunkChoice(index=i, delta=p.DeltaMessage(role="assistant", content=""))])
-        async for _, delta in self._deltas(group, counts):
-            if isinstance(delta, str):
-                yield delta
-                continue
+        def render(index: int, delta: SampleDelta) -> str | None:
             reasoning = (delta.reasoning or None) if request.include_reasoning else None
             message = p.DeltaMessage(content=delta.text or None, reasoning_content=reasoning, reasoning=reasoning)
             logprobs = (p.ChatLogprobs(content=_chat_logprobs(delta.logprobs, request.top_logprobs or 0))
                         if delta.logprobs else None)
             if message.content is None and reasoning is None and delta.finish_reason is None and logprobs is None:
-                continue
-            yield chunk([p.ChatChunkChoice(index=delta.index, delta=message, logprobs=logprobs,
-                                           finish_reason=delta.finish_reason)])
-        if request.stream_options and request.stream_options.include_usage:
-            yield chunk([], counts.usage())
-        yield sse.DONE
+                return None
+            return chunk([p.ChatChunkChoice(index=index, delta=message, logprobs=logprobs,
+                                            finish_reason=delta.finish_reason)])
+
+        roles = [chunk([p.ChatChunkChoice(index=i, delta=p.DeltaMessage(role="assistant", content=""))])
+                 for i in range(request.n)]
+        return self._events(group, counts, request.n, first=roles, render=render,
+                            usage=_usage_chunk(request, lambda usage: chunk([], usage)))
 
     # --- text completions ----------------------------------------------------------------------
 
@@ -217,53 +213,59 @@ class Serving:
     def _encode_all(self, prompts) -> list[list[int]]:
         return [self.tokenizer.encode(x) if isinstance(x, str) else list(x) for x in prompts]
 
-    async def _completion_stream(self, group: RequestGroup, request, response_id: str, counts: _Counts):
+    def _completion_stream(self, group: RequestGroup, request, response_id: str, counts: _Counts):
         created = int(time.time())
 
         def chunk(choices, usage=None):
             return sse.event(p.CompletionResponse(id=response_id, created=created, model=request.model,
                                                   choices=choices, usage=usage))
 
-        async for index, delta in self._deltas(group, counts, n=request.n):
-            if isinstance(delta, str):
-                yield delta
-                continue
+        def render(index: int, delta: SampleDelta) -> str | None:
             if not (delta.text or delta.reasoning or delta.finish_reason or delta.logprobs):
-                continue
+                return None
             one = _Choice()
             one.add(delta)
-            yield chunk([_completion_choice(index, one, request)])
-        if request.stream_options and request.stream_options.include_usage:
-            yield chunk([], counts.usage())
-        yield sse.DONE
+            return chunk([_completion_choice(index, one, request)])
+
+        return self._events(group, counts, request.n, render=render,
+                            usage=_usage_chunk(request, lambda usage: chunk([], usage)))
 
     # --- shared --------------------------------------------------------------------------------
 
-    async def _deltas(self, group: RequestGroup, counts: _Counts, n: int = 1) -> AsyncIterator:
-        """`(choice index, SampleDelta)` as they come, a keep-alive comment (as a str) after
-        each `keepalive_s` without one, an error event and `[DONE]` if the request fails.
-        Closing the stream (the client went away) aborts what is unfinished."""
+    async def _events(self, group: RequestGroup, counts: _Counts, n: int, *, render, first=(), usage=None):
+        """The SSE text of a streamed response: the `first` events, `render(choice index,
+        delta)` for each delta as it comes (None: nothing to send), a keep-alive comment after
+        each `keepalive_s` without one, the `usage(Usage)` event if given, then `[DONE]`. A
+        request that fails ends the stream with an error event and `[DONE]`. Closing the
+        stream (the client went away) aborts what is unfinished."""
         base = {rid: i * n for i, rid in enumerate(group.request_ids)}
         try:
+            for event in first:
+                yield event
             while not group.finished:
                 try:
                     got = await group.get(timeout=self.keepalive_s)
                 except APIError as exc:
-                    yield None, sse.event(json.dumps(exc.body()))
-                    yield None, sse.DONE
+                    yield sse.event(json.dumps(exc.body()))
+                    yield sse.DONE
                     return
                 if got is None:
-                    yield None, sse.KEEPALIVE
+                    yield sse.KEEPALIVE
                     continue
                 request_id, update = got
                 for delta in update.samples:
                     counts.add(delta)
                     error = _failed(delta)
                     if error is not None:
-                        yield None, sse.event(json.dumps(error.body()))
-                        yield None, sse.DONE
+                        yield sse.event(json.dumps(error.body()))
+                        yield sse.DONE
                         return
-                    yield base[request_id] + delta.index, delta
+                    event = render(base[request_id] + delta.index, delta)
+                    if event is not None:
+                        yield event
+            if usage is not None:
+                yield usage(counts.usage())
+            yield sse.DONE
         finally:
             group.close()
 
@@ -292,6 +294,11 @@ class Serving:
         finally:
             group.close()
         return choices
+
+
+def _usage_chunk(request, make):
+    """`make` (Usage -> the usage event) if the request asked for usage in its stream, else None."""
+    return make if request.stream_options and request.stream_options.include_usage else None
 
 
 def _chat_logprobs(entries, k: int) -> list[p.TokenLogprob]:

@@ -138,6 +138,7 @@ def test_a_failure_in_one_request_fails_it_alone(server):
     assert status == 500 and "scripted output failure" in json.loads(text)["error"]["message"]
     status, text = results["bad stream"]
     assert status == 200 and '"error"' in text and text.endswith("data: [DONE]\n\n")
+    assert text.count("data: [DONE]") == 1
     status, text = results["good"]
     assert status == 200 and json.loads(text)["choices"][0]["text"] == "x" * 20
 
