@@ -189,7 +189,10 @@ class AsyncEngine:
 
     def _post(self, items: list[tuple[str, object]]) -> None:
         if items:
-            self._loop.call_soon_threadsafe(self._deliver, items)
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, items)
+            except RuntimeError:  # the loop is closed: the server is gone, nobody is listening
+                pass
 
     def _run(self) -> None:
         try:
@@ -210,6 +213,7 @@ class AsyncEngine:
     def _drain(self, *, block: bool) -> bool:
         """Apply the queued commands (waiting for one when `block`); False on stop."""
         replies: list[tuple[str, object]] = []
+        applied = False
         try:
             command = self._commands.get() if block else self._commands.get_nowait()
             while True:
@@ -217,10 +221,12 @@ class AsyncEngine:
                     self._post(replies)
                     return False
                 replies.extend(self._apply(command))
+                applied = True
                 command = self._commands.get_nowait()
         except queue.Empty:
             pass
-        self._stats = self.engine.stats()
+        if applied:
+            self._stats = self.engine.stats()
         self._post(replies)
         return True
 
