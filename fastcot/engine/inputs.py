@@ -16,7 +16,8 @@ def prompt_type_error(prompt) -> TypeError:
 
 def _describe(value) -> str:
     if isinstance(value, (list, tuple)) and value:
-        return f"{type(value).__name__} of {type(value[0]).__name__}"
+        odd = next((v for v in value if not _is_int(v)), value[0])
+        return f"{type(value).__name__} holding {type(odd).__name__}"
     return type(value).__name__
 
 

@@ -17,3 +17,15 @@ def llama_checkpoint(tmp_path_factory):
     path = hf.save_checkpoint(model, tmp_path_factory.mktemp("llama"))
     fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
     return path, model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The engine tests run tiny models: a second intra-op thread buys nothing there, and on a
+    shared machine a descheduled one stalls every op for milliseconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

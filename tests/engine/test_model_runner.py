@@ -10,6 +10,7 @@ import torch
 import fastcot.models
 from fastcot import LLM, SamplingParams
 from fastcot.engine.model_runner import ModelRunner
+from fastcot.engine.sampling import output_counts as count_outputs
 from fastcot.engine.sampling import presence_mask
 
 VOCAB = 300
@@ -46,7 +47,7 @@ class CheckingRunner:
 
     def __init__(self, runner: ModelRunner):
         self.runner = runner
-        self.decode_steps = self.fast_steps = self.penalty_checks = 0
+        self.decode_steps = self.fast_steps = self.penalty_checks = self.count_checks = 0
         prepare, sampler = runner.prepare, runner.sampler
         self.batch = None
 
@@ -73,6 +74,10 @@ class CheckingRunner:
             if tensors.do_penalty and not self.batch.is_prefill:
                 assert torch.equal(presence, presence_mask([s.token_ids for s in self.batch.seqs], VOCAB))
                 self.penalty_checks += 1
+            if tensors.do_output_penalty and not self.batch.is_prefill:
+                expected = count_outputs([s.token_ids[s.prompt_len:] for s in self.batch.seqs], VOCAB)
+                assert torch.equal(output_counts, expected)
+                self.count_checks += 1
             assert tensors.steps.tolist()[: len(self.batch.seqs)] == [s.num_output for s in self.batch.seqs] \
                 or self.batch.is_prefill
             return sampler(logits, tensors, presence, output_counts=output_counts)
@@ -102,13 +107,14 @@ def test_decode_inputs_equal_a_rebuild_at_every_step(num_kv_blocks):
     llm, check = make_llm(num_kv_blocks, max_num_batched_tokens=16)
     params = [SamplingParams(temperature=1.0, seed=i, max_tokens=10 + 7 * i, ignore_eos=True,
                              n=3 if i % 4 == 0 else 1, repetition_penalty=1.3 if i % 3 == 0 else 1.0,
-                             min_tokens=5 if i % 5 == 0 else 0)
+                             min_tokens=5 if i % 5 == 0 else 0, presence_penalty=0.7 if i % 2 else 0.0,
+                             frequency_penalty=0.4 if i % 4 == 1 else 0.0)
               for i in range(9)]
     outs = llm.generate(prompts(9), params, use_tqdm=False)
     assert [len(c.token_ids) for o, p in zip(outs, params) for c in o.outputs] == \
         [p.max_tokens for p in params for _ in range(p.n)]
     assert check.fast_steps > check.decode_steps // 2  # the in-place path is the common one
-    assert check.penalty_checks > 0
+    assert check.penalty_checks > 0 and check.count_checks > 0
     if num_kv_blocks == 40:
         assert llm.scheduler.num_preemptions > 0
     assert llm.block_manager.num_free_blocks == num_kv_blocks  # everything released
