@@ -171,7 +171,7 @@ class Serving:
             if message.content is None and reasoning is None and delta.finish_reason is None and logprobs is None:
                 return None
             return chunk([p.ChatChunkChoice(index=index, delta=message, logprobs=logprobs,
-                                            finish_reason=delta.finish_reason)])
+                                            finish_reason=delta.finish_reason)], _running_usage(request, counts))
 
         roles = [chunk([p.ChatChunkChoice(index=i, delta=p.DeltaMessage(role="assistant", content=""))])
                  for i in range(request.n)]
@@ -225,7 +225,7 @@ class Serving:
                 return None
             one = _Choice()
             one.add(delta)
-            return chunk([_completion_choice(index, one, request)])
+            return chunk([_completion_choice(index, one, request)], _running_usage(request, counts))
 
         return self._events(group, counts, request.n, render=render,
                             usage=_usage_chunk(request, lambda usage: chunk([], usage)))
@@ -299,6 +299,12 @@ class Serving:
 def _usage_chunk(request, make):
     """`make` (Usage -> the usage event) if the request asked for usage in its stream, else None."""
     return make if request.stream_options and request.stream_options.include_usage else None
+
+
+def _running_usage(request, counts: _Counts) -> p.Usage | None:
+    """The usage so far, in every chunk, with `stream_options.continuous_usage_stats` (vLLM's)."""
+    options = request.stream_options
+    return counts.usage() if options and options.continuous_usage_stats else None
 
 
 def _chat_logprobs(entries, k: int) -> list[p.TokenLogprob]:

@@ -100,6 +100,15 @@ def test_streaming_equals_the_whole_response(plain_server, endpoint):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_continuous_usage_stats_count_up_in_every_chunk(plain_server):
+    chunks = list(plain_server.client().completions.create(
+        model=MODEL, prompt="Count", temperature=0, max_tokens=5, stream=True, extra_body={"ignore_eos": True},
+        stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    counts = [c.usage.completion_tokens for c in chunks]  # the last chunk is the usage chunk
+    assert len(counts) >= 3 and counts == sorted(counts) and counts[-2:] == [5, 5] and counts[0] < 5
+    assert all(c.usage.prompt_tokens == 6 for c in chunks)
+
+
 def test_without_include_usage_no_usage_chunk(plain_server):
     chunks = list(plain_server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4,
                                                                 stream=True))
