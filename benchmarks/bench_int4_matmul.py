@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="memory cap for the L2-rotation copies of one implementation's operands")
     p.add_argument("--out-dir", type=Path, default=common.DEFAULT_OUT_DIR, help="where the JSON/CSV go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-model", action="store_true",
+                   help="GPU: skip the static model's predicted %%bw printed next to the measured one (M = 1, 16)")
     return p.parse_args(argv)
 
 
@@ -320,7 +322,7 @@ def _fastcot_call(fastcot, backend):
 
 ROW_KEYS = ("model", "layer", "n", "k", "m", "group_size", "impl", "label", "act_dtype", "status", "reason",
             "median_us", "p20_us", "p80_us", "timer", "n_copies", "bytes", "gbps", "tflops", "pct_copy_bw",
-            "max_abs_err", "tol", "speedup_vs_fp16", "speedup_vs_bf16")
+            "max_abs_err", "tol", "speedup_vs_fp16", "speedup_vs_bf16", "model_pct_copy_bw", "model_note")
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -356,6 +358,23 @@ class Context:
 
 # ---------------------------------------------------------------------------------------------
 # Report
+
+
+def model_comparison(rows: list[dict], env: dict, device) -> str:
+    """`fastcot bench static`'s predicted %bw (a model) next to the measured one, for M = 1 and
+    16 (the static report's decode sizes), on this GPU's SM count and measured copy bandwidth."""
+    from fastcot.static import compare
+
+    names = {"float16": "fp16", "bfloat16": "bf16"}
+
+    def shape_of(r):
+        if r["m"] not in (1, 16) or r["act_dtype"] not in names:
+            return None
+        return {"m": r["m"], "n": r["n"], "k": r["k"], "group_size": r["group_size"], "dtype": names[r["act_dtype"]]}
+
+    why = compare.add_predictions(rows, kernel="int4_matmul", shape_of=shape_of,
+                                  props=torch.cuda.get_device_properties(device), copy_gbps=env["copy_bandwidth"]["gbps"])
+    return f"model: n/a ({why})" if why else compare.format_comparison(rows, label=lambda r: " M=".join(_row_label(r)))
 
 
 def judge_targets(rows: list[dict], *, base: str, group_size: int) -> list[dict]:
@@ -432,6 +451,8 @@ def main(argv=None) -> int:
                                 baselines=("linear_fp16", "linear_bf16"), speedup_key=f"speedup_vs_{base}"))
     print("µs: median; ±%: half the p20-p80 spread; %bw: of measured copy bandwidth; "
           f"x {base}: speed-up over {'cuBLAS' if device.type == 'cuda' else 'torch'} {base}; !: wrong result")
+    if device.type == "cuda" and not args.no_model:
+        print("\n" + model_comparison(rows, env, device))
     failed = [r for r in rows if r["status"] in ("wrong", "error")]
     for r in failed:
         print(f"{r['status'].upper()}: {r['impl']} {r['n']}x{r['k']} M={r['m']}: "

@@ -54,7 +54,7 @@ FP8_TARGET = ("fp8 vs fp16, context >= 32k", 32 * KI, 1.7)
 ROW_KEYS = ("section", "batch", "context", "new_tokens", "block_size", "kv_dtype", "q_dtype", "num_q_heads",
             "num_kv_heads", "head_dim", "impl", "label", "status", "reason", "median_us", "p20_us", "p80_us",
             "timer", "n_copies", "bytes", "gbps", "tflops", "pct_copy_bw", "max_abs_err", "tol",
-            "speedup_vs_sdpa", "speedup_fp8_vs_float_kv", "peer_note")
+            "speedup_vs_sdpa", "speedup_fp8_vs_float_kv", "peer_note", "model_pct_copy_bw", "model_note")
 
 
 def _sizes(text: str) -> list[int]:
@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-rotation-gib", type=float, default=8.0, help="memory cap for L2-rotation copies")
     p.add_argument("--out-dir", type=Path, default=common.DEFAULT_OUT_DIR, help="where the JSON/CSV go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-model", action="store_true",
+                   help="GPU: skip the static model's predicted %%bw printed next to the measured one (target rows)")
     return p.parse_args(argv)
 
 
@@ -630,6 +632,25 @@ def run_plan(args, tiny: bool) -> dict:
     return plan
 
 
+def model_comparison(rows: list[dict], env: dict, device) -> str:
+    """`fastcot bench static`'s predicted %bw (a model) next to the measured one for the decode
+    rows at its target shapes (block 16), on this GPU's SM count and measured copy bandwidth."""
+    from fastcot.static import compare
+
+    targets = {(1, 32 * KI), (1, 128 * KI), (64, 8 * KI)}
+
+    def shape_of(r):
+        if r["section"] != "decode" or (r["batch"], r["context"]) not in targets or r["block_size"] != 16:
+            return None
+        return {"batch": r["batch"], "context": r["context"], "q_heads": r["num_q_heads"], "kv_heads": r["num_kv_heads"],
+                "head_dim": r["head_dim"], "block_size": 16, "kv_dtype": r["kv_dtype"], "q_dtype": r["q_dtype"]}
+
+    why = compare.add_predictions(rows, kernel="paged_decode_attention", shape_of=shape_of,
+                                  props=torch.cuda.get_device_properties(device), copy_gbps=env["copy_bandwidth"]["gbps"])
+    label = lambda r: f"B={r['batch']} {_ctx_label(r['context'])} kv={r['kv_dtype']}"  # noqa: E731
+    return f"model: n/a ({why})" if why else compare.format_comparison(rows, label=label)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = common.pick_device(args.device, smoke=args.smoke)
@@ -668,6 +689,8 @@ def main(argv=None) -> int:
     print(format_section(rows, "decode"))
     print("µs: median; ±%: half the p20-p80 spread; %bw: of measured copy bandwidth; x sdpa: speed-up over SDPA "
           "in q's dtype on a contiguous cache; x fp8: fp8 KV over the same row with float KV; !: wrong result")
+    if device.type == "cuda" and not args.no_model:
+        print("\n" + model_comparison(rows, env, device))
     if args.prefill:
         print()
         print(format_section(rows, "prefill"))

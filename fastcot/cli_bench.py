@@ -1,11 +1,17 @@
 """`fastcot bench <name> [script options]`: run one of the repository's benchmark scripts.
 
 The scripts live in the source tree's `benchmarks/` folder, not in the installed package (they
-share `_common.py`, write results into `benchmarks/results/` and change with the kernels), so
-`fastcot bench` needs a checkout: it looks for `benchmarks/` next to the `fastcot` package
-(an editable install or a source tree on `PYTHONPATH`), or in `$FASTCOT_BENCHMARKS_DIR`. Every
-option after the name goes to the script unchanged, except `--json`, which `fastcot bench`
-consumes: the script's table then goes to stderr and the JSON results it wrote go to stdout.
+share `_common.py` and change with the kernels), so `fastcot bench` needs a checkout: it looks
+for `benchmarks/` next to the `fastcot` package (an editable install or a source tree on
+`PYTHONPATH`), or in `$FASTCOT_BENCHMARKS_DIR`. Every option after the name goes to the script
+unchanged, except `--json`, which `fastcot bench` consumes: the script's table then goes to
+stderr and the JSON results it wrote go to stdout. Results are written to the current
+directory unless `--out-dir` says where (`$FASTCOT_BENCH_OUT_DIR`, which `fastcot bench` sets
+to the current directory when unset, is the scripts' default; run directly, a script writes
+into `benchmarks/results/`).
+
+`fastcot bench static` is the exception: the static report lives in the package
+(`fastcot.static`, no GPU and no checkout needed) and takes `--json` itself.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ BENCHMARKS = {
     "e2e": ("bench_e2e.py", "whole-model decode tokens/s vs the roofline, plain PyTorch and HF generate"),
     "engine-overhead": ("bench_engine_overhead.py", "host time of one engine decode step around a no-math model"),
     "reasoning": ("bench_reasoning.py", "long chain-of-thought generation through the engine"),
+    "static": ("fastcot.static", "speed limits of the hot kernels read from their SASS, no GPU: a model, not a measurement"),
     "serve": ("bench_serve.py", "concurrent streaming clients against fastcot serve: TTFT, ITL, tokens/s"),
 }
+# Benchmarks that are modules of the package rather than scripts of the checkout.
+IN_PACKAGE = {"static": "fastcot.static.report"}
 WROTE = re.compile(r"^wrote (\S+\.json)\s*$")
 
 
@@ -69,7 +78,7 @@ def add_parser(sub) -> None:
         description="Run one of the repository's benchmark scripts (from the source tree's benchmarks/ folder, "
                     "or $FASTCOT_BENCHMARKS_DIR). Options after NAME go to the script: `fastcot bench NAME --help` "
                     "shows them. `--json` prints the results as JSON on stdout and the table on stderr. Results "
-                    "are saved under benchmarks/results/ (or the script's --out-dir).",
+                    "are saved in the current directory (or the script's --out-dir).",
     )
     names = bench.add_subparsers(dest="benchmark", metavar="NAME", required=True)
     for name, (script, desc) in BENCHMARKS.items():
@@ -78,6 +87,10 @@ def add_parser(sub) -> None:
 
 def run(name: str, args: list[str]) -> int:
     """Run benchmark `name` with the script options `args`; returns its exit status."""
+    if name in IN_PACKAGE:
+        import importlib
+
+        return importlib.import_module(IN_PACKAGE[name]).main(args)
     try:
         path = script_path(name)
     except BenchError as exc:
@@ -91,6 +104,7 @@ def run(name: str, args: list[str]) -> int:
     env = dict(os.environ)
     # The scripts import the same fastcot as this command.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root()), env.get("PYTHONPATH")]))
+    env.setdefault("FASTCOT_BENCH_OUT_DIR", os.getcwd())  # not the source tree's benchmarks/results/
     command = [sys.executable, str(path), *args]
     if not as_json:
         return subprocess.run(command, env=env, check=False).returncode

@@ -7,23 +7,29 @@ a real script's `--help` through `python -m fastcot`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fastcot import cli_bench
 from fastcot.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 FAKE_SCRIPT = '''
-import json, sys
+import json, os, sys
 from pathlib import Path
 args = sys.argv[1:]
 if "--help" in args:
     print("usage: fake benchmark")
     sys.exit(0)
-out = Path(args[args.index("--out-dir") + 1]) / "e2e__cpu__x.json"
+# As benchmarks/_common.py: --out-dir, else $FASTCOT_BENCH_OUT_DIR, else the source tree.
+default = os.environ.get("FASTCOT_BENCH_OUT_DIR") or str(Path(__file__).parent / "results")
+out = Path(args[args.index("--out-dir") + 1] if "--out-dir" in args else default) / "e2e__cpu__x.json"
 out.write_text(json.dumps({"schema_version": 1, "family": "e2e", "rows": [{"args": args}]}))
 print("a table a person reads")
 print(f"wrote {out}")
@@ -63,6 +69,31 @@ def test_json_prints_the_results_and_keeps_the_table_off_stdout(fake_benchmarks,
     assert doc["family"] == "e2e" and doc["path"].endswith("e2e__cpu__x.json")
     assert doc["rows"][0]["args"] == ["--smoke", "--out-dir", str(tmp_path)]  # --json is fastcot bench's own
     assert "a table a person reads" in err
+
+
+def test_results_go_to_the_current_directory(fake_benchmarks, tmp_path, monkeypatch, capfd):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("FASTCOT_BENCH_OUT_DIR", raising=False)
+    assert main(["bench", "e2e", "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["path"] == str(work / "e2e__cpu__x.json")
+    assert not (fake_benchmarks / "results").exists()
+
+
+def test_common_default_out_dir_follows_the_environment(monkeypatch, tmp_path):
+    """The real scripts' default (benchmarks/_common.py): $FASTCOT_BENCH_OUT_DIR, else benchmarks/results."""
+    def default_out_dir():
+        spec = importlib.util.spec_from_file_location("bench_common_probe", ROOT / "benchmarks" / "_common.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module.DEFAULT_OUT_DIR
+
+    monkeypatch.setenv("FASTCOT_BENCH_OUT_DIR", str(tmp_path))
+    assert default_out_dir() == tmp_path
+    monkeypatch.delenv("FASTCOT_BENCH_OUT_DIR")
+    assert default_out_dir() == ROOT / "benchmarks" / "results"
 
 
 def test_help_is_the_scripts(fake_benchmarks, capfd):

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,6 +28,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's fastcot, which built the extension reported on
+
+from fastcot.static.cuobjdump import KernelUsage, cuobjdump, find_cuobjdump, parse_resource_usage  # noqa: E402
+
+__all__ = ["KernelUsage", "cuobjdump", "find_cuobjdump", "parse_resource_usage", "parse_ptxas_log", "problems",
+           "missing_kernels", "merge", "main"]
 DEFAULT_ARCHS = ("sm_80", "sm_90a")
 # Every kernel family csrc/ defines (a substring of each instantiation's mangled name). Each
 # must be built for every arch, so a kernel dropped from the build is reported, not skipped.
@@ -39,18 +43,6 @@ EXPECTED_KERNELS = (
     "paged_decode_kernel",
     "paged_decode_merge_kernel",
 )
-
-
-@dataclasses.dataclass
-class KernelUsage:
-    arch: str
-    name: str
-    registers: int | None = None
-    stack: int | None = None
-    shared: int | None = None
-    local: int | None = None
-    spill_stores: int | None = None
-    spill_loads: int | None = None
 
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
@@ -94,37 +86,6 @@ def parse_ptxas_log(text: str) -> list[KernelUsage]:
     return kernels
 
 
-_ARCH = re.compile(r"^arch = (\w+)\s*$")
-_FUNCTION = re.compile(r"^\s*Function (\S+):\s*$")
-_FIELDS = re.compile(r"(\w+(?:\[\d+\])?):(\d+)")
-
-
-def parse_resource_usage(text: str) -> list[KernelUsage]:
-    """Kernels from `cuobjdump --dump-resource-usage`; raises ValueError on a malformed entry."""
-    kernels: list[KernelUsage] = []
-    arch = None
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if match := _ARCH.match(line):
-            arch = match.group(1)
-        elif match := _FUNCTION.match(line):
-            fields = dict(_FIELDS.findall(lines[i + 1])) if i + 1 < len(lines) else {}
-            missing = {"REG", "STACK", "SHARED", "LOCAL"} - fields.keys()
-            if arch is None or missing:
-                raise ValueError(f"cuobjdump: cannot read the usage of {match.group(1)} (missing {sorted(missing)})")
-            kernels.append(
-                KernelUsage(
-                    arch=arch,
-                    name=match.group(1),
-                    registers=int(fields["REG"]),
-                    stack=int(fields["STACK"]),
-                    shared=int(fields["SHARED"]),
-                    local=int(fields["LOCAL"]),
-                )
-            )
-    return kernels
-
-
 def problems(kernels: list[KernelUsage], archs: list[str], source: str) -> list[str]:
     """Everything that keeps a report from being clean: missing arches, spills, stack, local memory."""
     found = []
@@ -148,28 +109,6 @@ def missing_kernels(kernels: list[KernelUsage], archs: list[str], source: str,
         for family in families
         if not any(k.arch == arch and family in k.name for k in kernels)
     ]
-
-
-def find_cuobjdump() -> Path | None:
-    """triton's bundled cuobjdump first (always present with triton), then the toolkit's."""
-    spec = importlib.util.find_spec("triton")
-    candidates = []
-    if spec is not None and spec.origin:
-        candidates.append(Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            candidates.append(Path(os.environ[var]) / "bin" / "cuobjdump")
-    if shutil.which("cuobjdump"):
-        candidates.append(Path(shutil.which("cuobjdump")))
-    candidates.append(Path("/usr/local/cuda/bin/cuobjdump"))
-    return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
-
-
-def cuobjdump(tool: Path, so: Path, *flags: str) -> str:
-    done = subprocess.run([str(tool), *flags, str(so)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{tool} {' '.join(flags)} {so} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 def find_extension() -> Path | None:

@@ -5,7 +5,8 @@ sm_90), and the cubin's resource usage (registers, stack, shared and local memor
 with the `cuobjdump` bundled in Triton's NVIDIA backend. Local memory or stack in use means
 register spills: shipped configurations must have none.
 
-Run `python -m fastcot.kernels.aot` for the report.
+Run `python -m fastcot.kernels.aot` for the report. `compile_launch` compiles one recorded
+launch exactly as the runtime would specialize it (`fastcot bench static` uses it).
 """
 
 from __future__ import annotations
@@ -75,6 +76,33 @@ def compile_spec(spec: KernelSpec, arch: int):
     src = ASTSource(fn=spec.fn, signature=signature, constexprs=dict(spec.constexprs), attrs=attrs)
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def launch_source(fn, kwargs: dict, arch: int):
+    """What `fn[grid](**kwargs)` would compile on an sm_`arch` GPU: (ASTSource, target, options).
+
+    `kwargs` are a launch's keyword arguments, tensors included (any device, `meta` too: only
+    their dtype and address alignment matter). Triton's own launch-time specialization decides
+    the signature, the integers specialized to constants (a value of 1) and the 16-divisibility
+    hints, so the cubin is the one the launcher would run, not a hand-written approximation."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(**kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), target, options.__dict__
+
+
+def compile_launch(fn, kwargs: dict, arch: int):
+    """`fn[grid](**kwargs)` compiled for sm_`arch` (see `launch_source`)."""
+    import triton
+
+    src, target, options = launch_source(fn, kwargs, arch)
+    return triton.compile(src, target=target, options=options)
 
 
 _USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")

@@ -39,13 +39,16 @@ def int4_dequantize(
     perm: torch.Tensor | None,
     group_size: int,
     dtype: torch.dtype = torch.float32,
+    *,
+    mins: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dequantize fastcot's int4 layout to a float `[N, K]` matrix in input-channel order.
 
     `qweight` int32 `[N, K // 8]`; `scales`, `zeros` `[G, N]` (zeros None means the symmetric
     zero point 8); `perm` int32 `[K]` or None (stored column j is input channel `perm[j]`);
-    `group_size` -1 means one group per row. Computed in float32 (float64 if asked for),
-    rounded once to `dtype`.
+    `group_size` -1 means one group per row. `mins` `[G, N]` or None: float minimums per
+    group (with zeros None), `w = q * scale + min`. Computed in float32 (float64 if asked
+    for), rounded once to `dtype`.
     """
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     q = unpack_int4_rows(qweight).to(compute)
@@ -53,8 +56,11 @@ def int4_dequantize(
     gs = k if group_size == -1 else group_size
     group_of_col = torch.arange(k, device=q.device) // gs
     scale = scales.to(compute).t()[:, group_of_col]
-    zero = 8.0 if zeros is None else zeros.to(compute).t()[:, group_of_col]
-    w = (q - zero) * scale
+    if mins is not None:
+        w = q * scale + mins.to(compute).t()[:, group_of_col]
+    else:
+        zero = 8.0 if zeros is None else zeros.to(compute).t()[:, group_of_col]
+        w = (q - zero) * scale
     if perm is not None:
         w_orig = torch.empty_like(w)
         w_orig[:, perm.long()] = w
@@ -72,12 +78,13 @@ def int4_matmul(
     bias: torch.Tensor | None = None,
     *,
     compute_dtype: torch.dtype = torch.float32,
+    mins: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`x @ W.T + bias` with `W` from `int4_dequantize`; `x` `[..., K]` -> `[..., N]` in x's dtype.
 
     Accumulates in `compute_dtype` (float32 by default; float64 for test ground truth).
     """
-    w = int4_dequantize(qweight, scales, zeros, perm, group_size, compute_dtype)
+    w = int4_dequantize(qweight, scales, zeros, perm, group_size, compute_dtype, mins=mins)
     y = x.to(compute_dtype) @ w.t()
     if bias is not None:
         y = y + bias.to(compute_dtype)
@@ -96,8 +103,14 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale: float = 
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = _to_cache_dtype(key[keep].float() / k_scale, k_cache.dtype)
-    v_cache[blocks, offsets] = _to_cache_dtype(value[keep].float() / v_scale, v_cache.dtype)
+    k_cache[blocks, offsets] = _to_cache_dtype(_divide(key[keep].float(), k_scale), k_cache.dtype)
+    v_cache[blocks, offsets] = _to_cache_dtype(_divide(value[keep].float(), v_scale), v_cache.dtype)
+
+
+def _divide(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x / scale, correctly rounded on every device: torch on CUDA multiplies by the reciprocal
+    of a Python-number divisor (one float32 step off at times), not of a tensor one."""
+    return x / torch.tensor(scale, dtype=x.dtype, device=x.device)
 
 
 def _to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ class ModelConfig:
     sliding_window: int | None = None
     quantization_config: dict | None = None
     hf_config: dict = field(default_factory=dict, repr=False)
+    generation_config: dict = field(default_factory=dict, repr=False)  # generation_config.json, if any
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads != 0:
@@ -140,21 +140,50 @@ class ModelConfig:
 
 def load_config(path) -> ModelConfig:
     """`ModelConfig` of a checkpoint directory: `config.json`, with the eos ids of
-    `generation_config.json` (when present) taking precedence, as transformers' generate does."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"no config.json in {str(path)!r}")
-    config = ModelConfig.from_hf_config(json.loads(config_file.read_text()))
-    generation_file = path / "generation_config.json"
+    `generation_config.json` (when present) taking precedence, as transformers' generate does.
+    The generation config itself is kept in `generation_config` (see `sampling_defaults`).
+
+    Errors name the file: FileNotFoundError without config.json, ValueError for JSON that does
+    not parse or a config fastcot cannot run (an unsupported architecture names the supported)."""
+    from fastcot.models.checkpoint import config_file, read_json
+
+    file = config_file(Path(path))
+    try:
+        config = ModelConfig.from_hf_config(read_json(file))
+    except ValueError as err:
+        if str(err).startswith(str(file)):
+            raise
+        raise ValueError(f"{file}: {str(err).removeprefix('config: ')}") from err
+    generation_file = file.parent / "generation_config.json"
     if generation_file.is_file():
-        generation = json.loads(generation_file.read_text())
-        eos = _token_ids("generation_config.json eos_token_id", generation.get("eos_token_id"))
+        generation = read_json(generation_file)
+        try:
+            eos = _token_ids("eos_token_id", generation.get("eos_token_id"))
+        except ValueError as err:
+            raise ValueError(f"{generation_file}: {str(err).removeprefix('config: ')}") from err
         if eos:
             config.eos_token_ids = eos
         if generation.get("bos_token_id") is not None:
             config.bos_token_id = generation["bos_token_id"]
+        config.generation_config = generation
     return config
+
+
+# generation_config.json field -> SamplingParams field (the ones vLLM's generation_config="auto" reads).
+GENERATION_SAMPLING_FIELDS = {
+    "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens",
+}
+
+
+def sampling_defaults(config: ModelConfig) -> dict:
+    """The sampling settings the checkpoint's `generation_config.json` recommends, under
+    `SamplingParams`' names (temperature, top_p, top_k, min_p, repetition_penalty, max_tokens
+    from max_new_tokens); fields it leaves out or sets to null are absent. As in vLLM,
+    `do_sample` is not read: a file that gives a temperature asks for it."""
+    generation = config.generation_config
+    return {ours: generation[theirs] for theirs, ours in GENERATION_SAMPLING_FIELDS.items()
+            if generation.get(theirs) is not None}
 
 
 def _architecture(hf: dict) -> str:
@@ -162,14 +191,15 @@ def _architecture(hf: dict) -> str:
     if archs:
         supported = [a for a in archs if a in ARCHITECTURES]
         if not supported:
-            raise ValueError(f"config: architectures {archs} not supported; fastcot runs {list(ARCHITECTURES)}")
+            raise ValueError(f"config: architectures {archs} not supported; fastcot runs {', '.join(ARCHITECTURES)} "
+                             "(Llama-family decoders)")
         return supported[0]
     model_type = hf.get("model_type")
     if model_type in _MODEL_TYPES:
         return _MODEL_TYPES[model_type]
     raise ValueError(
         f"config: no supported architectures (got architectures={archs!r}, model_type={model_type!r}); "
-        f"fastcot runs {list(ARCHITECTURES)}"
+        f"fastcot runs {', '.join(ARCHITECTURES)} (model_type {', '.join(_MODEL_TYPES)})"
     )
 
 

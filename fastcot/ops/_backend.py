@@ -82,6 +82,13 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def triton_interpreted(device: torch.device) -> bool:
+    """Whether Triton kernels on `device` run through the interpreter (CPU tensors). It has no
+    bfloat16 arithmetic: a dot of bfloat16 operands multiplies their raw bits as integers, so
+    launchers then ask the kernels for float32 dots (exact products, as on tensor cores)."""
+    return device.type != "cuda"
+
+
 def unavailable_reason(op: str, name: str, device: torch.device) -> str | None:
     """Why backend `name` cannot run `op` on `device`, or None if it can."""
     if name == "torch":

@@ -166,14 +166,14 @@ def aot_specs():
         _splitk_reduce_kernel,
     )
 
-    def matmul_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False):
+    def matmul_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False):
         gs = 4096 if group_size == -1 else group_size
         tile_groups = cfg.block_k // gs if cfg.block_k > gs else 1
         split = cfg.split_k > 1
         name = (
             f"int4_matmul m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
-            f"{' splitk' if split else ''} {dtype} g{group_size}{'' if zeros else ' sym'}"
-            f"{' perm' if perm else ''}{' bias' if bias else ''}"
+            f"{' splitk' if split else ''} {dtype} g{group_size}{'' if zeros or mins else ' sym'}"
+            f"{' perm' if perm else ''}{' bias' if bias else ''}{' mins' if mins else ''}"
         )
         return KernelSpec(
             name=name, fn=_int4_matmul_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -187,8 +187,8 @@ def aot_specs():
             constexprs={
                 "GROUP_SIZE": gs, "TILE_GROUPS": tile_groups, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                 "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k, "GROUP_M": cfg.group_m,
-                "HAS_ZEROS": zeros, "HAS_PERM": perm, "HAS_BIAS": bias, "IEEE_FP32": False,
-                "DEQUANT_NATIVE": cfg.block_m > 1,
+                "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_BIAS": bias, "IEEE_FP32": False,
+                "DEQUANT_NATIVE": cfg.block_m > 1 and not mins, "HAS_MINS": mins,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
                      "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
@@ -204,16 +204,19 @@ def aot_specs():
             matmul_spec(cfg, zeros=False, perm=True, bias=True),
             matmul_spec(cfg, group_size=32),
             matmul_spec(cfg, group_size=-1),
+            matmul_spec(cfg, group_size=32, zeros=False, mins=True),  # GGUF Q4_1
         ]
-    for dtype, zeros, perm in (("fp16", True, False), ("bf16", False, True)):
+    for dtype, zeros, perm, mins in (("fp16", True, False, False), ("bf16", False, True, False),
+                                     ("fp16", False, False, True)):
         cfg = next(c for c in shipped_configs() if c.dequant_then_matmul)
         specs.append(KernelSpec(
-            name=f"int4_dequantize n{cfg.block_n} k{cfg.block_k} {dtype}{'' if zeros else ' sym'}{' perm' if perm else ''}",
+            name=(f"int4_dequantize n{cfg.block_n} k{cfg.block_k} {dtype}{'' if zeros or mins else ' sym'}"
+                  f"{' perm' if perm else ''}{' mins' if mins else ''}"),
             fn=_int4_dequantize_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             signature={"qweight_ptr": "*i32", "scales_ptr": f"*{dtype}", "zeros_ptr": f"*{dtype}",
                        "perm_ptr": "*i32", "out_ptr": f"*{dtype}", "N": "i32", "K": "i32"},
             constexprs={"GROUP_SIZE": 128, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                        "HAS_ZEROS": zeros, "HAS_PERM": perm},
+                        "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_MINS": mins},
             aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
         ))
     for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)} - {1}):

@@ -6,7 +6,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, unit_stride_rows
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BLOCK = 1024  # columns per program; the compiled code does not depend on I
@@ -50,10 +50,7 @@ def _validate(x, out):
         out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     else:
         check_buffer("out", out, shape=out_shape, dtype=x.dtype, device=x.device, not_aliasing=(("x", x),))
-    x2d = x.reshape(-1, 2 * i)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    return x2d, out.view(-1, i), out
+    return unit_stride_rows(x.reshape(-1, 2 * i)), out.view(-1, i), out
 
 
 @torch.library.custom_op("fastcot::silu_and_mul", mutates_args=("out",))

@@ -8,7 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, num_sms, triton_cdiv
 from fastcot.quant.int4 import Int4Weight
 
@@ -39,22 +39,25 @@ def int4_matmul(
         w = fastcot.quantize_int4(torch.randn(4096, 4096, device="cuda", dtype=torch.float16))
         y = fastcot.ops.int4_matmul(torch.randn(1, 4096, device="cuda", dtype=torch.float16), w)
     """
-    x2d, out2d, result = _validate(x, weight, bias, out)
+    x2d, bias, out2d, result = _validate(x, weight, bias, out)
     if x2d.shape[0] > 0:
         backend = _backend.resolve("int4_matmul", x.device)
         if backend == "cuda":
             from fastcot.kernels import cuda
 
+            check_cuda_mins(weight.mins)
             cuda.check_int4_gemv(x2d, out2d)  # before launch: M > 16 is the triton backend's
         torch.ops.fastcot.int4_matmul(
             x2d, weight.qweight, weight.scales, weight.zeros, weight.perm, weight.group_size,
-            bias, out2d, backend,
+            bias, out2d, backend, weight.mins,
         )
     return result
 
 
 def _validate(x, weight, bias, out):
-    """Check every argument before any kernel runs; returns 2-D views of x and out."""
+    """Check every argument before any kernel runs; returns x as 2-D rows, the bias as the
+    kernels read it, out as 2-D rows, and out. (An Int4Weight's tensors are contiguous by
+    construction.)"""
     if not isinstance(weight, Int4Weight):
         raise TypeError(f"weight must be a fastcot.Int4Weight, got {type(weight).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -75,16 +78,13 @@ def _validate(x, weight, bias, out):
             raise ValueError(f"bias must have shape [N] = [{n}], got {list(bias.shape)}")
         if bias.device != x.device:
             raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
-        bias = bias.contiguous()
+        bias = dense_input(bias)
     out_shape = (*x.shape[:-1], n)
     if out is None:
         out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     else:
         check_buffer("out", out, shape=out_shape, dtype=x.dtype, device=x.device, not_aliasing=(("x", x),))
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    return x2d, out.view(-1, n), out
+    return unit_stride_rows(x.reshape(-1, k)), bias, out.view(-1, n), out
 
 
 @torch.library.custom_op("fastcot::int4_matmul", mutates_args=("out",))
@@ -98,37 +98,51 @@ def _int4_matmul_op(
     bias: Optional[torch.Tensor],
     out: torch.Tensor,
     backend: str,
+    mins: Optional[torch.Tensor] = None,
 ) -> None:
     """Registered op: `out[M, N] = x[M, K] @ W.T (+ bias)` with the named backend."""
     if backend == "triton":
-        int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out)
+        int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, mins=mins)
     elif backend == "cuda":
+        check_cuda_mins(mins)
         int4_matmul_cuda(x, qweight, scales, zeros, perm, group_size, bias, out)
     elif backend == "torch":
-        out.copy_(reference.int4_matmul(x, qweight, scales, zeros, perm, group_size, bias))
+        out.copy_(reference.int4_matmul(x, qweight, scales, zeros, perm, group_size, bias, mins=mins))
     else:
         raise _backend.BackendError(f"backend {backend!r} has no int4_matmul kernel")
 
 
 @_int4_matmul_op.register_fake
-def _(x, qweight, scales, zeros, perm, group_size, bias, out, backend):
+def _(x, qweight, scales, zeros, perm, group_size, bias, out, backend, mins=None):
     return None
 
 
-def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, config: Int4MatmulConfig | None = None):
+def check_cuda_mins(mins) -> None:
+    """The csrc kernels read q-domain zero points only: a weight with float minimums (GGUF
+    Q4_1) is the triton and torch backends'."""
+    if mins is not None:
+        raise _backend.BackendError(
+            "cuda backend: its int4 kernels have no float-minimum (mins, GGUF Q4_1) form; "
+            "use fastcot.backend('triton') or 'torch' for this weight"
+        )
+
+
+def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, config: Int4MatmulConfig | None = None,
+                       *, mins=None):
     """Launch the Triton kernel(s) on 2-D `x [M, K]` into `out [M, N]` (layouts already checked).
 
     `config` forces a launch configuration (tests use it to cover every code path);
-    otherwise the autotuner picks one.
+    otherwise the autotuner picks one. `mins` (with `zeros` None): float minimums per group.
     """
     m, k = x.shape
     n = out.shape[1]
 
     def run(cfg: Int4MatmulConfig) -> None:
-        _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg)
+        _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg, mins)
 
     if config is None:
-        key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, x.device)
+        key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, mins is None,
+               x.device)
         config = _autotuner.pick(key, candidate_configs(m, n, k, group_size, num_sms(x.device)), run, x.device)
     run(config)
 
@@ -150,29 +164,41 @@ def int4_matmul_cuda(x, qweight, scales, zeros, perm, group_size, bias, out) -> 
     cuda.int4_gemv(x, qweight, scales, zeros, bias, group_size, out)
 
 
-def int4_dequantize_triton(qweight, scales, zeros, perm, group_size, out, *, block_n=32, block_k=128) -> None:
-    """Dequantize into `out [N, K]` (any float dtype) in input-channel order."""
+def int4_dequantize_triton(qweight, scales, zeros, perm, group_size, out, *, block_n=32, block_k=128,
+                           mins=None) -> None:
+    """Dequantize into `out [N, K]` (any float dtype) in input-channel order; `mins` as in
+    `int4_matmul_triton`."""
     from fastcot.kernels.triton.int4_matmul import _int4_dequantize_kernel
 
     n, k = out.shape
     gs = k if group_size == -1 else group_size
     block_k = min(block_k, gs) if group_size != -1 else block_k  # one scale per row per tile
     _int4_dequantize_kernel[(triton_cdiv(n, block_n), triton_cdiv(k, block_k))](
-        qweight_ptr=qweight, scales_ptr=scales, zeros_ptr=scales if zeros is None else zeros,
+        qweight_ptr=qweight, scales_ptr=scales, zeros_ptr=_zeros_arg(scales, zeros, mins),
         perm_ptr=qweight if perm is None else perm, out_ptr=out, N=n, K=k,
         GROUP_SIZE=gs, BLOCK_N=block_n, BLOCK_K=block_k,
-        HAS_ZEROS=zeros is not None, HAS_PERM=perm is not None,
+        HAS_ZEROS=zeros is not None or mins is not None, HAS_PERM=perm is not None, HAS_MINS=mins is not None,
         num_warps=4, num_stages=1,
     )
 
 
-def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4MatmulConfig) -> None:
+def _zeros_arg(scales, zeros, mins):
+    """The kernels' zero-point pointer: the minimums with HAS_MINS, a dummy when symmetric."""
+    if mins is not None:
+        return mins
+    return scales if zeros is None else zeros
+
+
+def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4MatmulConfig, mins=None) -> None:
     from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
 
     m, k = x.shape
+    # float32 dots for float32 activations, and for bfloat16 ones under the interpreter.
+    fp32_dot = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _backend.triton_interpreted(x.device))
     if cfg.dequant_then_matmul:
         w = torch.empty((out.shape[1], k), dtype=x.dtype, device=x.device)
-        int4_dequantize_triton(qweight, scales, zeros, perm, group_size, w, block_n=cfg.block_n, block_k=cfg.block_k)
+        int4_dequantize_triton(qweight, scales, zeros, perm, group_size, w, block_n=cfg.block_n, block_k=cfg.block_k,
+                               mins=mins)
         if bias is None:
             torch.mm(x, w.t(), out=out)
         else:
@@ -189,7 +215,7 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
     grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n), split_k)
     _int4_matmul_kernel[grid](
         x_ptr=x, qweight_ptr=qweight, scales_ptr=scales,
-        zeros_ptr=scales if zeros is None else zeros,
+        zeros_ptr=_zeros_arg(scales, zeros, mins),
         perm_ptr=qweight if perm is None else perm,
         bias_ptr=scales if bias is None else bias,
         out_ptr=target,
@@ -198,9 +224,10 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         GROUP_SIZE=gs, TILE_GROUPS=tile_groups,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=split_k, GROUP_M=cfg.group_m,
-        HAS_ZEROS=zeros is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
-        IEEE_FP32=x.dtype == torch.float32,
-        DEQUANT_NATIVE=cfg.block_m > 1 and x.dtype != torch.float32 and scales.dtype == x.dtype,
+        HAS_ZEROS=zeros is not None or mins is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
+        IEEE_FP32=fp32_dot,
+        DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype and mins is None,
+        HAS_MINS=mins is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split_k > 1:

@@ -6,6 +6,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
+from fastcot.ops._checks import dense_input, unit_stride_rows
 from fastcot.ops._paged_checks import (
     FLOAT_DTYPES,
     FP8,
@@ -21,9 +22,10 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v
 
     Args:
         key, value: `[T, num_kv_heads, head_dim]` float16/bfloat16/float32.
-        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]` of key's dtype, or
-            `torch.float8_e4m3fn` (then `value / scale` is stored, rounded to nearest even and
-            saturated at +-448).
+        k_cache, v_cache: contiguous `[num_blocks, block_size, num_kv_heads, head_dim]` of key's
+            dtype, or `torch.float8_e4m3fn`: then `value / scale` is stored, divided in float32,
+            rounded to nearest even, saturated at +-448 (-0 kept), bit for bit torch's
+            `(value.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)`.
         slot_mapping: `[T]` int32/int64, `block * block_size + offset`; -1 skips the token
             (padding).
         k_scale, v_scale: per-tensor float scales, only for float8 caches.
@@ -57,8 +59,8 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v
             )
     backend = _backend.resolve("write_kv_cache", device)
     torch.ops.fastcot.write_kv_cache(
-        key.reshape(key.shape[0], -1), value.reshape(value.shape[0], -1), k_cache, v_cache,
-        slot_mapping.contiguous(), k_scale, v_scale, backend,
+        unit_stride_rows(key.reshape(key.shape[0], -1)), unit_stride_rows(value.reshape(value.shape[0], -1)),
+        k_cache, v_cache, dense_input(slot_mapping), k_scale, v_scale, backend,
     )
 
 
@@ -96,7 +98,7 @@ def _write_triton(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale) 
     _write_kv_cache_kernel[(tokens, -(-row_size // block))](
         key_ptr=key, value_ptr=value, k_cache_ptr=k_cache, v_cache_ptr=v_cache, slot_mapping_ptr=slot_mapping,
         stride_key_t=key.stride(0), stride_value_t=value.stride(0), row_size=row_size,
-        inv_k_scale=1.0 / k_scale, inv_v_scale=1.0 / v_scale,
+        k_scale=k_scale, v_scale=v_scale,
         BLOCK=block, FP8=k_cache.dtype == FP8,
         num_warps=4,
     )
@@ -113,7 +115,7 @@ def aot_specs():
             name=f"write_kv_cache {src} -> {cache}", fn=_write_kv_cache_kernel, num_warps=4, num_stages=1,
             signature={"key_ptr": f"*{src}", "value_ptr": f"*{src}", "k_cache_ptr": f"*{cache}",
                        "v_cache_ptr": f"*{cache}", "slot_mapping_ptr": "*i32", "stride_key_t": "i32",
-                       "stride_value_t": "i32", "row_size": "i32", "inv_k_scale": "fp32", "inv_v_scale": "fp32"},
+                       "stride_value_t": "i32", "row_size": "i32", "k_scale": "fp32", "v_scale": "fp32"},
             constexprs={"BLOCK": 1024, "FP8": cache == "fp8e4nv"},
             aligned=("key_ptr", "value_ptr", "k_cache_ptr", "v_cache_ptr", "stride_key_t", "stride_value_t", "row_size"),
             archs=(90,) if cache == "fp8e4nv" else (80, 90),

@@ -8,7 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HIDDEN_SIZE = 65536  # one row lives in the registers of one program
@@ -47,7 +47,7 @@ def rms_norm(
 
         hidden = fastcot.ops.rms_norm(attn_out, post_attention_norm.weight, 1e-5, residual=residual)
     """
-    x2d, residual2d, out2d, result = _validate(x, weight, eps, residual, out)
+    x2d, weight, residual2d, out2d, result = _validate(x, weight, eps, residual, out)
     if x2d.shape[0] > 0:
         backend = _backend.resolve("rms_norm", x.device)
         if residual2d is None:
@@ -58,7 +58,8 @@ def rms_norm(
 
 
 def _validate(x, weight, eps, residual, out):
-    """Check every argument before any kernel runs; returns 2-D views of x, residual and out."""
+    """Check every argument before any kernel runs; returns x as 2-D rows, the weight as the
+    kernels read it, 2-D views of residual and out, and out."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in DTYPES:
@@ -84,11 +85,8 @@ def _validate(x, weight, eps, residual, out):
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     else:
         check_buffer("out", out, **like_x, not_aliasing=(("x", x), ("residual", residual)))
-    x2d = x.reshape(-1, h)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
     residual2d = None if residual is None else residual.view(-1, h)
-    return x2d, residual2d, out.view(-1, h), out
+    return unit_stride_rows(x.reshape(-1, h)), dense_input(weight), residual2d, out.view(-1, h), out
 
 
 @torch.library.custom_op("fastcot::rms_norm", mutates_args=("out",))

@@ -8,7 +8,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 from fastcot.ops._int4_configs import num_sms
 from fastcot.ops._paged_checks import (
     FLOAT_DTYPES,
@@ -53,7 +53,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, *, scale
     batch = q.shape[0]
     check_block_tables(block_tables, seq_lens, batch, num_blocks, block_size, device)
     out = _check_out(out, q)
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q, block_tables, seq_lens = unit_stride_rows(q), unit_stride_rows(block_tables), dense_input(seq_lens)
     if batch > 0:
         backend = _backend.resolve("paged_decode_attention", device)
         if backend == "cuda":
@@ -104,7 +104,8 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq
     if batch > 0 and index_checks_enabled(device):
         _check_query_layout(cu_seqlens_q, seq_lens, tokens, max_query_len)
     out = _check_out(out, q)
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q, block_tables = unit_stride_rows(q), unit_stride_rows(block_tables)
+    cu_seqlens_q, seq_lens = dense_input(cu_seqlens_q), dense_input(seq_lens)
     if tokens > 0 and batch > 0:
         backend = _backend.resolve("paged_prefill_attention", device)
         torch.ops.fastcot.paged_prefill_attention(
@@ -199,6 +200,12 @@ def _(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out, scale, cau
 # --- Triton launchers ----------------------------------------------------------------------
 
 
+def _fp32_dots(q: torch.Tensor) -> bool:
+    """Dots on float32 operands: for float32 queries, and for bfloat16 ones under the
+    interpreter, which has no bfloat16 arithmetic."""
+    return q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and _backend.triton_interpreted(q.device))
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -211,6 +218,18 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, sms: int)
     wanted = _pow2(-(-2 * sms // programs)) if programs < 2 * sms else 1
     by_length = max(1, _pow2(max_context // MIN_TOKENS_PER_SPLIT + 1) // 2)
     return max(1, min(wanted, by_length, MAX_SPLITS))
+
+
+def decode_splits(backend: str, batch: int, q_heads: int, num_kv_heads: int, max_context: int, sms: int) -> int:
+    """The split count the `backend` ("triton" or "cuda") decode launcher picks on a GPU with
+    `sms` SMs: `decode_num_splits` over that kernel's blocks per sequence (the Triton kernel
+    runs one program per KV head, the CUDA kernel one block per KV head and query-head tile)."""
+    programs = num_kv_heads
+    if backend == "cuda":
+        from fastcot.kernels import cuda
+
+        programs = num_kv_heads * cuda.decode_group_tiles(q_heads // num_kv_heads)
+    return decode_num_splits(batch, programs, max_context, sms)
 
 
 def _decode_tiles(head_dim: int) -> tuple[int, int]:
@@ -229,7 +248,8 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     group = q_heads // num_kv_heads
     block_d, block_n = _decode_tiles(head_dim)
     if num_splits is None:
-        num_splits = decode_num_splits(batch, num_kv_heads, block_tables.shape[1] * block_size, num_sms(q.device))
+        num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
+                                   num_sms(q.device))
     part_out = part_lse = out  # unused when not split
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
@@ -242,7 +262,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
         qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=q.dtype == torch.float32,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q),
         num_warps=4, num_stages=2,
     )
     if num_splits > 1:
@@ -263,8 +283,8 @@ def paged_decode_cuda(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     if num_splits is None:
-        blocks = num_kv_heads * cuda.decode_group_tiles(q_heads // num_kv_heads)
-        num_splits = decode_num_splits(batch, blocks, block_tables.shape[1] * block_size, num_sms(q.device))
+        num_splits = decode_splits("cuda", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
+                                   num_sms(q.device))
     part_out = part_lse = None
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
@@ -302,7 +322,7 @@ def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_le
         qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=q_heads // num_kv_heads, BLOCK_D=block_d,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size,
-        CAUSAL=causal, IEEE_FP32=q.dtype == torch.float32,
+        CAUSAL=causal, IEEE_FP32=_fp32_dots(q),
         num_warps=num_warps, num_stages=2,
     )
 

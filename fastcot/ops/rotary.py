@@ -11,7 +11,7 @@ import torch
 
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._checks import check_buffer
+from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 POSITION_DTYPES = (torch.int32, torch.int64)
@@ -68,7 +68,7 @@ def rotary_embedding(
         q, k = fastcot.ops.rotary_embedding(positions, q, k, head_dim=128, rope_theta=500000.0,
                                             rope_scaling=config["rope_scaling"])
     """
-    q3, k3, out_q, out_k = _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k)
+    positions, q3, k3, out_q, out_k = _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k)
     if q.shape[0] > 0:
         inv_freq, turns = _rope_tables(head_dim, rope_theta, rope_scaling, q.device)
         backend = _backend.resolve("rotary_embedding", q.device)
@@ -188,7 +188,8 @@ def _turns(inv_freq: torch.Tensor) -> torch.Tensor:
 
 
 def _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k):
-    """Check every argument before any kernel runs; returns q and k with a unit last stride, and the outputs."""
+    """Check every argument before any kernel runs; returns the positions as the kernels read
+    them, q and k with a unit last stride, and the outputs."""
     _config_key(head_dim, rope_theta, rope_scaling)
     for name, t in (("positions", positions), ("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
@@ -221,9 +222,7 @@ def _validate(positions, q, k, head_dim, rope_theta, rope_scaling, out_q, out_k)
                 not_aliasing=(("q", q), ("k", k), *(("out_q", o) for o in outs)),
             )
         outs.append(out)
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    return q, k, outs[0], outs[1]
+    return dense_input(positions), unit_stride_rows(q), unit_stride_rows(k), outs[0], outs[1]
 
 
 @torch.library.custom_op("fastcot::rotary_embedding", mutates_args=("out_q", "out_k"))

@@ -1,4 +1,4 @@
-"""The int4 weight format, its quantizer, and importers from GPTQ and AWQ checkpoints."""
+"""The int4 weight format, its quantizer, importers from GPTQ, AWQ and GGUF checkpoints, and a GPTQ exporter."""
 
 from fastcot.quant.int4 import SUPPORTED_GROUP_SIZES, Int4Weight, quantize_int4
 

@@ -169,3 +169,48 @@ def from_awq(qweight, qzeros, scales, *, group_size: int) -> Int4Weight:
         group_size=group_size,
         shape=(n, k),
     )
+
+
+def to_gptq(weight: Int4Weight) -> dict[str, torch.Tensor]:
+    """The "gptq_v2" tensors of an `Int4Weight` (the inverse of `from_gptq` with that format):
+    `qweight [K/8, N]`, `qzeros [G, N/8]` (zero points as stored, 8 for symmetric weights),
+    `scales [G, N]` and `g_idx [K]` (int32, the group of each input channel).
+
+    GPTQ is a published, stable layout, so weights saved this way load anywhere GPTQ loads,
+    whatever fastcot's own packing becomes. Raises ValueError for what GPTQ cannot hold:
+    float minimums (GGUF Q4_1), zero points that are not integers in 0..15, N not a multiple
+    of 8 (GPTQ packs zero points along N).
+    """
+    if not isinstance(weight, Int4Weight):
+        raise TypeError(f"weight must be a fastcot.Int4Weight, got {type(weight).__name__}")
+    n, k = weight.shape
+    if weight.mins is not None:
+        raise ValueError("GPTQ has no float minimums: this weight (GGUF Q4_1 style) cannot be saved as GPTQ")
+    if n % 8 != 0:
+        raise ValueError(f"GPTQ packs zero points along N, so N must be a multiple of 8, got N={n}")
+    gs = k if weight.group_size == -1 else weight.group_size
+    num_groups = k // gs
+    if weight.zeros is None:
+        zeros = torch.full((num_groups, n), 8, dtype=torch.int32, device=weight.device)
+    else:
+        z = weight.zeros.float()
+        if not bool(((z == z.round()) & (z >= 0) & (z <= 15)).all()):
+            raise ValueError("GPTQ zero points are integers 0..15; this weight has others (e.g. GPTQ v1's 16)")
+        zeros = z.to(torch.int32)
+    q = reference.unpack_int4_rows(weight.qweight)  # stored column order
+    stored_group = torch.arange(k, device=weight.device, dtype=torch.int32) // gs
+    if weight.perm is None:
+        g_idx = stored_group
+    else:
+        perm = weight.perm.long()
+        q_in_order = torch.empty_like(q)
+        q_in_order[:, perm] = q
+        q = q_in_order
+        g_idx = torch.empty_like(stored_group)
+        g_idx[perm] = stored_group
+    return {
+        "qweight": reference.pack_int4_rows(q).t().contiguous(),
+        "qzeros": reference.pack_int4_rows(zeros),
+        "scales": weight.scales.contiguous(),
+        "g_idx": g_idx.contiguous(),
+    }

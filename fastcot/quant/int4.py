@@ -27,12 +27,22 @@ class Int4Weight:
     - ``zeros``: ``[G, N]``, same dtype as ``scales``, or ``None`` for the symmetric zero point 8.
       Kept as floats in the q domain so integer (GPTQ, AWQ) and shifted (GPTQ v1 "+1") zero
       points are exact.
+    - ``mins``: ``[G, N]``, same dtype as ``scales``, or ``None``. An offset per group in the
+      weight domain, for formats that store a float minimum per block (GGUF Q4_1:
+      ``w = d * q + m``); a weight has ``zeros`` or ``mins``, never both.
     - ``perm``: int32 ``[K]`` or ``None``. With act-order checkpoints the columns are stored
       sorted by group, and stored column ``j`` holds input channel ``perm[j]``.
 
-    Dequantization: ``W[n, perm[j]] = (q[n, j] - zero[j // group_size, n]) * scale[j // group_size, n]``.
+    Dequantization, in float32 and rounded once (``g = j // group_size``)::
 
-    Build one with :func:`quantize_int4`, :meth:`from_gptq` or :meth:`from_awq`.
+        W[n, perm[j]] = (q[n, j] - zero[g, n]) * scale[g, n]      # mins is None
+        W[n, perm[j]] = q[n, j] * scale[g, n] + min[g, n]         # with mins
+
+    With 16-bit scales the product ``q * scale`` is exact in float32, so the second form
+    rounds once, like the first.
+
+    Build one with :func:`quantize_int4`, :meth:`from_gptq`, :meth:`from_awq`, or from GGUF
+    Q4_0/Q4_1 blocks with :func:`fastcot.quant.gguf.int4_from_gguf`.
     """
 
     qweight: torch.Tensor
@@ -41,6 +51,7 @@ class Int4Weight:
     perm: torch.Tensor | None
     group_size: int
     shape: tuple[int, int]
+    mins: torch.Tensor | None = None
 
     def __post_init__(self):
         validate_int4_tensors(
@@ -50,6 +61,7 @@ class Int4Weight:
             perm=self.perm,
             group_size=self.group_size,
             shape=self.shape,
+            mins=self.mins,
         )
 
     @property
@@ -59,13 +71,14 @@ class Int4Weight:
     @property
     def nbytes(self) -> int:
         """Bytes a matmul must read for this weight: packed weights, scales, zeros and perm."""
-        tensors = (self.qweight, self.scales, self.zeros, self.perm)
+        tensors = (self.qweight, self.scales, self.zeros, self.perm, self.mins)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-        """The float `[N, K]` weight this represents, in input-channel order."""
+        """The float `[N, K]` weight this represents, in input-channel order: `(q - zero) * scale`
+        in float32, rounded once to `dtype` (to nearest even)."""
         return reference.int4_dequantize(
-            self.qweight, self.scales, self.zeros, self.perm, self.group_size, dtype
+            self.qweight, self.scales, self.zeros, self.perm, self.group_size, dtype, mins=self.mins
         )
 
     def to(self, device) -> "Int4Weight":
@@ -79,6 +92,7 @@ class Int4Weight:
             perm=move(self.perm),
             group_size=self.group_size,
             shape=self.shape,
+            mins=move(self.mins),
         )
 
     @classmethod
@@ -102,7 +116,8 @@ class Int4Weight:
         n, k = self.shape
         return (
             f"Int4Weight(shape=({n}, {k}), group_size={self.group_size}, "
-            f"scales={self.scales.dtype}, symmetric={self.zeros is None}, "
+            f"scales={self.scales.dtype}, symmetric={self.zeros is None and self.mins is None}, "
+            f"{'mins=True, ' if self.mins is not None else ''}"
             f"act_order={self.perm is not None}, device={self.device})"
         )
 
@@ -118,7 +133,65 @@ def check_group_size(group_size, k: int, *, name: str = "group_size") -> int:
     return k if group_size == -1 else group_size
 
 
-def validate_int4_tensors(*, qweight, scales, zeros, perm, group_size, shape) -> None:
+def fitting_group_size(k: int, preferred: int = 128) -> int:
+    """`preferred` when it divides K, else the largest smaller supported group size that does
+    (64, 32), else -1 (one group per row). Raises ValueError when K cannot be int4 at all."""
+    if isinstance(preferred, bool) or preferred not in SUPPORTED_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {SUPPORTED_GROUP_SIZES}, got {preferred!r}")
+    if k % 8 != 0:
+        raise ValueError(f"int4 packing needs K (in_features) to be a multiple of 8, got K={k}")
+    if preferred == -1:
+        return -1
+    return next((gs for gs in (128, 64, 32) if gs <= preferred and k % gs == 0), -1)
+
+
+def stack_rows(weights: list[Int4Weight]) -> Int4Weight | None:
+    """One `Int4Weight` holding `weights` one after the other along N (a fused projection), or
+    None when they cannot share one: different K, group size, scale dtype, zero-point form
+    (symmetric, zeros, mins) or column order."""
+    first = weights[0]
+    for w in weights[1:]:
+        same = (
+            w.shape[1] == first.shape[1] and w.group_size == first.group_size
+            and w.scales.dtype == first.scales.dtype
+            and (w.zeros is None) == (first.zeros is None) and (w.mins is None) == (first.mins is None)
+            and (w.perm is None) == (first.perm is None)
+        )
+        if not same or (first.perm is not None and not torch.equal(w.perm, first.perm)):
+            return None
+    if len(weights) == 1:
+        return first
+
+    def cat(name):
+        parts = [getattr(w, name) for w in weights]
+        return None if parts[0] is None else torch.cat(parts, dim=1).contiguous()
+
+    return Int4Weight(
+        qweight=torch.cat([w.qweight for w in weights]),
+        scales=cat("scales"),
+        zeros=cat("zeros"),
+        perm=first.perm,
+        group_size=first.group_size,
+        shape=(sum(w.shape[0] for w in weights), first.shape[1]),
+        mins=cat("mins"),
+    )
+
+
+def take_rows(weight: Int4Weight, index: torch.Tensor) -> Int4Weight:
+    """The weight's output rows `index` (int `[N']`, e.g. a permutation), in that order, exactly."""
+    index = index.to(device=weight.device, dtype=torch.long)
+
+    def cols(t):
+        return None if t is None else t[:, index].contiguous()
+
+    return Int4Weight(
+        qweight=weight.qweight[index].contiguous(), scales=cols(weight.scales), zeros=cols(weight.zeros),
+        perm=weight.perm, group_size=weight.group_size, shape=(index.numel(), weight.shape[1]),
+        mins=cols(weight.mins),
+    )
+
+
+def validate_int4_tensors(*, qweight, scales, zeros, perm, group_size, shape, mins=None) -> None:
     """Check that raw tensors form a valid fastcot int4 weight; raises naming the bad field."""
     for name, t in (("qweight", qweight), ("scales", scales)):
         if not isinstance(t, torch.Tensor):
@@ -137,9 +210,13 @@ def validate_int4_tensors(*, qweight, scales, zeros, perm, group_size, shape) ->
     if scales.dtype not in SCALE_DTYPES:
         raise TypeError(f"scales must be float16/bfloat16/float32, got {scales.dtype}")
     expected = (num_groups, n)
-    for name, t in (("scales", scales), ("zeros", zeros)):
+    if zeros is not None and mins is not None:
+        raise ValueError("zeros and mins are exclusive: a weight has q-domain zero points or float minimums")
+    for name, t in (("scales", scales), ("zeros", zeros), ("mins", mins)):
         if t is None:
             continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.dtype != scales.dtype:
             raise TypeError(f"{name} must have the scales' dtype {scales.dtype}, got {t.dtype}")
         if tuple(t.shape) != expected:

@@ -94,6 +94,38 @@ def test_strided_input(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("layout", ["strided", "broadcast"])
+def test_bias_in_any_layout(backend, m, layout, device):
+    """A bias view whose elements are not adjacent is read as the values it shows (a strided
+    bias once reached the kernel as is: M=1, N=8, K=32 was 0.55 off)."""
+    weight = make_weight(8, 32, 32, device, dtype=torch.float32)
+    x = torch.randn(m, 32, device=device)
+    full = torch.randn(16, device=device)
+    bias = full[::2] if layout == "strided" else full[:1].expand(8)
+    with fastcot.backend(backend):
+        y = fastcot.ops.int4_matmul(x, weight, bias)
+    check_against_reference(y, x, weight, bias)
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("m", [1, 3])
+def test_bfloat16_scales_every_path(x_dtype, symmetric, m, device):
+    """bfloat16 scales, symmetric or not, GEMV and tensor-core paths, with float32 or bfloat16
+    activations. The interpreter once failed here (`get_bf16`: a bfloat16 constant) or gave
+    garbage (a dot of bfloat16 operands, which it has no arithmetic for)."""
+    weight = make_weight(24, 64, 32, device, symmetric=symmetric, dtype=torch.bfloat16)
+    x = torch.randn(m, 64, device=device).to(x_dtype)
+    with fastcot.backend("triton"):
+        y = fastcot.ops.int4_matmul(x, weight)
+    expected = reference_out(x, weight, None)
+    tol = TOLERANCE[x_dtype]
+    assert_close(y, expected, atol=tol["atol"] * max(1.0, expected.abs().max().item()), rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend, device):
     weight = make_weight(48, 128, 32, device)
     with fastcot.backend(backend):

@@ -79,23 +79,68 @@ def test_write_kv_cache_matches_reference_exactly(backend, cache_dtype, slot_dty
     assert (caches[1][0].float().view(-1, hkv, d)[untouched.to(device)] == 3.0).all()
 
 
-@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
-def test_fp8_rounding_is_nearest_even_with_saturation(device):
-    # Every fp8 value and the midpoints between neighbours, plus out-of-range values.
+def _fp8_targets() -> torch.Tensor:
+    """Quotients that probe float8 e4m3fn rounding: every finite value, every midpoint between
+    neighbours and the float32 values on either side of it, values that round to -0, and values
+    past the saturation point 448."""
     codes = torch.arange(0, 0x7F, dtype=torch.uint8).view(FP8).float()
     mids = (codes[1:] + codes[:-1]) / 2
-    values = torch.cat([codes, mids, -mids, torch.tensor([447.0, 449.0, 464.0, 1e6, -1e6])])
-    n = values.numel() + (-values.numel()) % 8
-    key = torch.zeros(n, 1, 8)
-    key.view(-1)[: values.numel()] = values
-    key = key.to(device)
-    k_cache = torch.empty(n, 8, 1, 8, dtype=FP8, device=device)
+    near = torch.cat([mids, mids.nextafter(torch.full_like(mids, 1e9)), mids.nextafter(torch.zeros_like(mids))])
+    special = torch.tensor([-0.0, -1e-6, -2.0**-10, 447.0, 449.0, 464.0, 1e6, float("inf")])
+    values = torch.cat([codes, near, special])
+    return torch.cat([values, -values])
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("scale", [1.0, 0.3, 0.05, 1.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_write_is_torch_division_bit_for_bit(scale, dtype, device):
+    """A float8 cache stores `(value / scale).to(float8_e4m3fn)` saturated at +-448, bit for bit:
+    a true division (not a product with 1 / scale, which is one float32 step off near
+    midpoints), rounded to nearest even, -0 kept as -0."""
+    values = (_fp8_targets().double() * scale).to(dtype)
+    n = -(-values.numel() // 1024)  # tokens of 8 heads x 128
+    key = torch.zeros(n * 1024)
+    key[: values.numel()] = values.float()
+    key = key.view(n, 8, 128).to(dtype).to(device)
+    k_cache = torch.empty(n, 8, 8, 128, dtype=FP8, device=device)
     v_cache = torch.empty_like(k_cache)
     slots = (torch.arange(n, dtype=torch.int32) * 8).to(device)
     with fastcot.backend("triton"):
-        fastcot.ops.write_kv_cache(key, key, k_cache, v_cache, slots)
-    got = k_cache[:, 0, 0, :].reshape(-1)[: values.numel()].float().cpu()
-    assert torch.equal(got, values.clamp(-448, 448).to(FP8).float())
+        fastcot.ops.write_kv_cache(key, key, k_cache, v_cache, slots, k_scale=scale, v_scale=scale)
+    got = k_cache[:, 0].reshape(-1).view(torch.uint8).cpu()
+    divided = key.reshape(-1).cpu().float() / torch.tensor(scale, dtype=torch.float32)
+    want = divided.clamp(-448, 448).to(FP8).view(torch.uint8)
+    bad = (got != want).nonzero().flatten()
+    assert bad.numel() == 0, (
+        f"{bad.numel()} of {got.numel()} codes differ; first: value {key.reshape(-1)[bad[0]].item()!r} / {scale} "
+        f"stored {got[bad[0]].item():#04x}, torch {want[bad[0]].item():#04x}")
+    nan_key = torch.full((1, 8, 128), float("nan"), device=device).to(dtype)
+    with fastcot.backend("triton"):
+        fastcot.ops.write_kv_cache(nan_key, nan_key, k_cache, v_cache, slots[:1], k_scale=scale, v_scale=scale)
+    assert k_cache[0, 0].float().isnan().all(), "NaN must stay NaN, not saturate"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_write_kv_cache_rows_not_unit_stride(backend, device):
+    """With one KV head, a column-major key `[T, 1, D]` flattens to rows whose elements are not
+    adjacent: it is written as the values it shows (it once reached the kernel as is)."""
+    dtype = DTYPES[-1]
+    key = torch.randn(1, 64, 5, device=device).to(dtype).permute(2, 0, 1)  # [5, 1, 64], strides (1, 320, 5)
+    value = torch.randn(5, 64, device=device).to(dtype)[:, None, :]
+    slots = torch.tensor([3, 9, -1, 0, 12], dtype=torch.int32, device=device)
+    caches = []
+    for impl in ("reference", backend):
+        k_cache = torch.full((2, 8, 1, 64), 7.0, device=device).to(dtype)
+        v_cache = k_cache.clone()
+        if impl == "reference":
+            reference.write_kv_cache(key, value, k_cache, v_cache, slots)
+        else:
+            with fastcot.backend(backend):
+                fastcot.ops.write_kv_cache(key, value, k_cache, v_cache, slots)
+        caches.append((k_cache, v_cache))
+    for want, got in zip(*caches):
+        assert torch.equal(want, got)
 
 
 # --- decode --------------------------------------------------------------------------------
@@ -200,6 +245,62 @@ def test_decode_empty_batch(backend, device):
     assert out.shape == (0, 2, 64)
 
 
+def _strided(t: torch.Tensor, fill: int) -> torch.Tensor:
+    """t's values in every other element of a buffer whose gaps hold `fill`."""
+    buf = torch.full((2 * t.numel(),), fill, dtype=t.dtype, device=t.device)
+    view = buf[1::2].view(t.shape) if t.dim() == 1 else buf.view(*t.shape[:-1], -1)[..., 1::2]
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("which", ["seq_lens", "block_tables", "block_tables_column_major"])
+def test_decode_index_tensors_in_any_layout(backend, which, device):
+    """seq_lens and block_tables views whose elements are not adjacent are read as the values
+    they show. (A strided seq_lens once reached the kernel as is: wrong output, or a
+    segmentation fault once unused block-table entries held large ids.)"""
+    dtype = DTYPES[-1]
+    k_cache, v_cache = make_cache(16, 8, 2, 64, dtype, device)
+    tables, lens = make_tables([37, 0, 5, 20], 8, 16, device)
+    if which == "seq_lens":
+        lens = _strided(lens, 0)  # read as is, every other length would be 0
+    elif which == "block_tables":
+        tables = _strided(tables, 3)
+    else:
+        tables = tables.t().contiguous().t()
+    q = torch.randn(4, 8, 64, device=device).to(dtype)
+    with fastcot.backend(backend):
+        out = fastcot.ops.paged_decode_attention(q, k_cache, v_cache, tables, lens)
+    expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, lens, compute_dtype=torch.float64)
+    assert_close(out, expected, **tolerance(dtype, expected))
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_bfloat16_query(cache, device):
+    """bfloat16 queries over bfloat16 and float8 caches, decode and prefill. (Under the
+    interpreter these were garbage, ~1e9 off: it has no bfloat16 arithmetic, so a dot of
+    bfloat16 operands multiplied their raw bits as integers. The launchers now ask for float32
+    dots there; on a GPU the bfloat16 tensor-core path is unchanged.)"""
+    fp8 = cache == "fp8"
+    k_cache, v_cache = make_cache(6, 8, 1, 64, torch.bfloat16, device, fp8_scale=0.5 if fp8 else None)
+    scales = dict(k_scale=0.5, v_scale=0.5) if fp8 else {}
+    tables, lens = make_tables([5, 19], 8, 6, device)
+    q = torch.randn(2, 4, 64, device=device).to(torch.bfloat16)
+    with fastcot.backend("triton"):
+        out = fastcot.ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, **scales)
+    expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, lens, **scales,
+                                                compute_dtype=torch.float64)
+    assert_close(out, expected, **tolerance(torch.bfloat16, expected))
+    cu = torch.tensor([0, 2, 9], dtype=torch.int32, device=device)
+    qp = torch.randn(9, 4, 64, device=device).to(torch.bfloat16)
+    with fastcot.backend("triton"):
+        out = fastcot.ops.paged_prefill_attention(qp, k_cache, v_cache, tables, cu, lens, **scales)
+    expected = reference.paged_prefill_attention(qp.double(), k_cache, v_cache, tables, cu, lens, **scales,
+                                                 compute_dtype=torch.float64)
+    assert_close(out, expected, **tolerance(torch.bfloat16, expected))
+
+
 # --- prefill -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -223,6 +324,32 @@ def test_prefill_matches_reference(backend, dtype, q_heads, kv_heads, causal, pr
     expected = reference.paged_prefill_attention(
         q.double(), k_cache, v_cache, tables, cu, lens, causal=causal, compute_dtype=torch.float64
     )
+    assert_close(out, expected, **tolerance(dtype, expected))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("which", ["cu_seqlens_q", "seq_lens", "block_tables"])
+def test_prefill_index_tensors_in_any_layout(backend, which, device):
+    """cu_seqlens_q, seq_lens and block_tables views whose elements are not adjacent are read as
+    the values they show. (Strided cu_seqlens_q or seq_lens once reached the kernel as is:
+    segmentation faults and out-of-bounds writes.)"""
+    dtype = DTYPES[-1]
+    k_cache, v_cache = make_cache(16, 8, 2, 64, dtype, device)
+    q_lens, seq_lens = [7, 0, 3], [30, 4, 3]
+    tables, lens = make_tables(seq_lens, 8, 16, device)
+    cu = torch.tensor([0, 7, 7, 10], dtype=torch.int32, device=device)
+    if which == "cu_seqlens_q":
+        cu = _strided(cu, 0)
+    elif which == "seq_lens":
+        lens = _strided(lens, 0)
+    else:
+        tables = _strided(tables, 3)
+    q = torch.randn(sum(q_lens), 4, 64, device=device).to(dtype)
+    out = poisoned(q.shape, dtype, device)
+    with fastcot.backend(backend):
+        fastcot.ops.paged_prefill_attention(q, k_cache, v_cache, tables, cu, lens, out=out)
+    expected = reference.paged_prefill_attention(q.double(), k_cache, v_cache, tables, cu, lens,
+                                                 compute_dtype=torch.float64)
     assert_close(out, expected, **tolerance(dtype, expected))
 
 

@@ -87,6 +87,27 @@ def test_leading_dims_and_strides(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("layout", ["strided", "broadcast"])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_weight_in_any_layout(backend, t, layout, with_residual, device):
+    """A weight view whose elements are not adjacent is read as the values it shows (a strided
+    weight once reached the kernel as is: T=1, H=8 was 0.33 off)."""
+    dtype = DTYPES[-1]
+    x, _, residual = make_inputs(t, 8, dtype, device)
+    full = torch.randn(16, device=device).to(dtype)
+    weight = full[::2] if layout == "strided" else full[:1].expand(8)
+    residual = residual if with_residual else None
+    residual_before = None if residual is None else residual.clone()
+    with fastcot.backend(backend):
+        y = rms_norm(x, weight, residual=residual)
+    ref_out, ref_residual = expected(x, weight, 1e-6, residual_before)
+    check(y, ref_out)
+    if with_residual:
+        check(residual, ref_residual)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_rows_give_zeros_and_eps_matters(backend, device):
     x = torch.zeros(2, 96, device=device)
     x[1] = 1e-4

@@ -180,6 +180,22 @@ def test_opcheck(backend, device):
     )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("positions_dtype", [torch.int32, torch.int64])
+def test_strided_positions(backend, positions_dtype, device):
+    """A positions view whose elements are not adjacent is read as the values it shows (strided
+    positions once reached the kernel as is: T=2, D=64 was 1.5 off)."""
+    dtype = DTYPES[-1]
+    positions = torch.tensor([5, 0, 131000, 1], dtype=positions_dtype, device=device)[::2]
+    q = torch.randn(2, 2, 64, device=device).to(dtype)
+    k = torch.randn(2, 1, 64, device=device).to(dtype)
+    with fastcot.backend(backend):
+        q_rot, k_rot = rotary_embedding(positions, q, k, head_dim=64)
+    q_want, k_want = expected(positions, q, k, 64, 10000.0, None)
+    check(q_rot, q_want)
+    check(k_rot, k_want)
+
+
 def test_compiles_without_graph_breaks():
     positions = torch.tensor([0, 7, 131000])
     q, k = torch.randn(3, 4, 64), torch.randn(3, 2, 64)

@@ -6,7 +6,8 @@ One kernel serves every M:
 - ``BLOCK_M >= 16``: tensor-core ``tl.dot`` tiles. Decode sizes (M <= 64) pad M to one tile and
   split K; prefill sizes use large tiles with a grouped launch order for L2 reuse.
 Weights are dequantized in registers right before use, in float32 exactly as the reference
-does, and accumulated in float32. A split of K writes float32 partials that a second small
+does, and accumulated in float32. With ``HAS_MINS`` the zero-point pointer holds per-group
+float minimums in the weight domain (GGUF Q4_1) and ``w = q * scale + min``. A split of K writes float32 partials that a second small
 kernel sums (deterministic, unlike atomics), adding the bias and rounding once.
 """
 
@@ -35,7 +36,7 @@ def _int4_matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr,
+    IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr, HAS_MINS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -93,7 +94,10 @@ def _int4_matmul_kernel(
                     cols = k_j
                 x_j = tl.load(x_row + cols, mask=k_j < K, other=0.0, eviction_policy="evict_last")
                 q_j = ((words >> (4 * j)) & 0xF).to(tl.float32)
-                w_j = (q_j - zero[:, None]) * scale[:, None]
+                if HAS_MINS:
+                    w_j = q_j * scale[:, None] + zero[:, None]
+                else:
+                    w_j = (q_j - zero[:, None]) * scale[:, None]
                 acc += w_j * x_j.to(tl.float32)[None, :]
         else:
             q3 = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_K // 8, 8]
@@ -107,16 +111,20 @@ def _int4_matmul_kernel(
             if HAS_ZEROS:
                 zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
             else:
-                zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=scale.dtype)
+                # A float32 constant, exact in any dtype: the interpreter cannot build bfloat16 ones.
+                zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=tl.float32)
             # (q - zero) is a small exact integer, so one multiply in the scales' own dtype
             # rounds exactly like float32 math rounded once: dequantize natively when that is
-            # the dot's dtype.
+            # the dot's dtype. `q * scale + min` would round twice natively: never DEQUANT_NATIVE.
             if DEQUANT_NATIVE:
                 dq_dtype = scale.dtype
             else:
                 dq_dtype = tl.float32
             qg = tl.reshape(q3, (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS)).to(dq_dtype)
-            w = (qg - zero.to(dq_dtype)[:, :, None]) * scale.to(dq_dtype)[:, :, None]
+            if HAS_MINS:
+                w = qg * scale.to(dq_dtype)[:, :, None] + zero.to(dq_dtype)[:, :, None]
+            else:
+                w = (qg - zero.to(dq_dtype)[:, :, None]) * scale.to(dq_dtype)[:, :, None]
             w = tl.reshape(w, (BLOCK_N, BLOCK_K))
             if HAS_PERM:
                 cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
@@ -127,7 +135,9 @@ def _int4_matmul_kernel(
                 other=0.0, eviction_policy="evict_last",
             )
             if IEEE_FP32:
-                acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+                # float32 operands (float32 activations, or bfloat16 ones under the interpreter,
+                # which has no bfloat16 arithmetic), full-precision products.
+                acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
 
@@ -167,7 +177,7 @@ def _splitk_reduce_kernel(
 def _int4_dequantize_kernel(
     qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, out_ptr, N, K,
     GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_MINS: tl.constexpr,
 ):
     """`out[N, K]` = the dequantized weight in input-channel order; BLOCK_K <= GROUP_SIZE
     or one group per row, so a tile has one scale per row."""
@@ -184,7 +194,10 @@ def _int4_dequantize_kernel(
     shifts = tl.arange(0, 8) * 4
     q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_N, BLOCK_K))
     scale, zero = _group_scale_zero(scales_ptr, zeros_ptr, k0 // GROUP_SIZE, N, offs_n, mask_n, HAS_ZEROS)
-    w = (q.to(tl.float32) - zero[:, None]) * scale[:, None]
+    if HAS_MINS:
+        w = q.to(tl.float32) * scale[:, None] + zero[:, None]
+    else:
+        w = (q.to(tl.float32) - zero[:, None]) * scale[:, None]
     if HAS_PERM:
         cols = tl.load(perm_ptr + offs_k, mask=offs_k < K, other=0)
     else:

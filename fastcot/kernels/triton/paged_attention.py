@@ -13,45 +13,45 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-FP8_E4M3_MAX = tl.constexpr(448.0)
-
-
 @triton.jit
-def _round_to_e4m3(x):
-    """Round float32 to the nearest float8 e4m3fn value (ties to even, saturating at 448),
-    returned as float32. Done with exact float arithmetic so that the final cast converts a
-    representable value (Triton's interpreter mis-rounds carries in its own conversion)."""
-    x = tl.minimum(tl.maximum(x, -FP8_E4M3_MAX), FP8_E4M3_MAX)
-    a = tl.abs(x)
-    exponent = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-    # Three mantissa bits; below 2^-6 the subnormal step 2^-9 applies.
-    step_exp = tl.maximum(exponent, -6) - 3
-    step = ((step_exp + 127) << 23).to(tl.float32, bitcast=True)
-    y = a / step
-    lo = tl.floor(y)
-    frac = y - lo
-    odd = (lo.to(tl.int32) & 1) == 1
-    rounded = tl.where((frac > 0.5) | ((frac == 0.5) & odd), lo + 1.0, lo) * step
-    return tl.where(x < 0, -rounded, rounded)
+def _e4m3_code(x):
+    """The float8 e4m3fn code (uint8) of float32 `x`: round to nearest even, saturate at +-448
+    (infinities included), NaN stays NaN, and the sign is kept (-0 stays -0). Built from the
+    bits with integer arithmetic, so it is the same on a GPU and under the interpreter (whose
+    own float8 conversion mis-rounds), and equals torch's `x.clamp(-448, 448).to(float8_e4m3fn)`."""
+    x_bits = x.to(tl.uint32, bitcast=True)
+    sign = (x_bits >> 24) & 0x80
+    a = x_bits & 0x7FFFFFFF
+    # Normal range (|x| >= 2^-6): drop 20 mantissa bits, ties to even, rebias 127 -> 7.
+    normal = ((a + 0x7FFFF + ((a >> 20) & 1)) >> 20) - (120 << 3)
+    # Subnormal range: adding 2^14 leaves |x| rounded (to nearest even) to a multiple of the
+    # subnormal step 2^-9 in the low bits.
+    subnormal = (tl.abs(x) + 16384.0).to(tl.uint32, bitcast=True) - 0x46800000
+    code = tl.where(a < 0x3C800000, subnormal, normal)
+    code = tl.where(a >= 0x43E00000, 0x7E, code)  # |x| >= 448, inf included: 448
+    code = tl.where(a > 0x7F800000, 0x7F, code)  # NaN
+    return (code | sign).to(tl.uint8)
 
 
 @triton.jit
 def _write_kv_cache_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
-    stride_key_t, stride_value_t, row_size, inv_k_scale, inv_v_scale,
+    stride_key_t, stride_value_t, row_size, k_scale, v_scale,
     BLOCK: tl.constexpr, FP8: tl.constexpr,
 ):
-    """One program per (token, chunk of its Hkv * D values); a slot of -1 writes nothing."""
+    """One program per (token, chunk of its Hkv * D values); a slot of -1 writes nothing. A
+    float8 cache stores `value / scale` (a correctly rounded division, not a product with the
+    reciprocal, which is one float32 step off near rounding midpoints)."""
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + t).to(tl.int64)
     if slot >= 0:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < row_size
-        k = tl.load(key_ptr + t * stride_key_t + offs, mask=mask, other=0.0).to(tl.float32) * inv_k_scale
-        v = tl.load(value_ptr + t * stride_value_t + offs, mask=mask, other=0.0).to(tl.float32) * inv_v_scale
+        k = tl.load(key_ptr + t * stride_key_t + offs, mask=mask, other=0.0)
+        v = tl.load(value_ptr + t * stride_value_t + offs, mask=mask, other=0.0)
         if FP8:
-            k = _round_to_e4m3(k)
-            v = _round_to_e4m3(v)
+            k = _e4m3_code(tl.div_rn(k.to(tl.float32), k_scale)).to(tl.float8e4nv, bitcast=True)
+            v = _e4m3_code(tl.div_rn(v.to(tl.float32), v_scale)).to(tl.float8e4nv, bitcast=True)
         tl.store(k_cache_ptr + slot * row_size + offs, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
         tl.store(v_cache_ptr + slot * row_size + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
@@ -67,7 +67,9 @@ def _load_kv_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_d, mas
 
 @triton.jit
 def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constexpr):
-    """One online-softmax step over a key tile; returns the updated (m, l, acc).
+    """One online-softmax step over a key tile; returns the updated (m, l, acc). With
+    IEEE_FP32 the dots run on float32 operands (q is float32 then): float32 queries, and
+    bfloat16 ones under the interpreter, which has no bfloat16 arithmetic.
 
     Rows that have seen no visible key keep m = -inf; they are shifted by 0 instead, so no
     `-inf - -inf` ever reaches exp2."""
@@ -118,6 +120,8 @@ def _paged_decode_kernel(
     mask_d = offs_d < HEAD_DIM
     q = tl.load(q_ptr + b * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    if IEEE_FP32:
+        q = q.to(tl.float32)  # then K and V follow q's dtype in _attention_step
 
     m = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
@@ -195,6 +199,8 @@ def _paged_prefill_kernel(
         tokens = (q_start + offs_m).to(tl.int64)
         q = tl.load(q_ptr + tokens[:, None] * stride_q_t + head * stride_q_h + offs_d[None, :],
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        if IEEE_FP32:
+            q = q.to(tl.float32)
         q_pos = context + offs_m
 
         m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)

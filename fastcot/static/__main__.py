@@ -1,0 +1,5 @@
+import sys
+
+from fastcot.static.report import main
+
+sys.exit(main())

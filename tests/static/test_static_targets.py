@@ -1,0 +1,101 @@
+"""The report's rows launch what the launchers launch: plans captured from the ops on `meta`
+tensors agree with the pure configuration helpers, and the mirrors of the C++ launchers agree
+with csrc/."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from fastcot.kernels import cuda
+from fastcot.kernels.triton import int4_matmul as int4_kernels
+from fastcot.ops._int4_configs import candidate_configs
+from fastcot.ops.paged_attention import decode_num_splits, decode_splits
+from fastcot.static import cubins, targets
+
+REPO = Path(__file__).resolve().parents[2]
+INT4 = [t for t in targets.targets() if t.kernel == "int4_matmul"]
+DECODE = [t for t in targets.targets() if t.kernel == "paged_decode_attention"]
+
+
+def test_the_targets_are_the_issues_shapes():
+    assert len(INT4) == 2 * 2 * 4 and len(DECODE) == 2 * 3
+    assert {(t.shape["n"], t.shape["k"]) for t in INT4} == {(14336, 4096), (4096, 14336), (6144, 4096), (4096, 4096)}
+    assert {(t.shape["batch"], t.shape["context"]) for t in DECODE} == {(1, 32768), (1, 131072), (64, 8192)}
+
+
+@pytest.mark.parametrize("sms", [132, 108])
+@pytest.mark.parametrize("target", [t for t in INT4 if t.shape["dtype"] == "fp16"], ids=lambda t: t.label)
+def test_triton_int4_plan_is_the_untuned_first_candidate(target, sms):
+    s = target.shape
+    plan = targets.plan(target, "triton", sms)
+    cfg = candidate_configs(s["m"], s["n"], s["k"], 128, sms)[0]
+    main = plan.main
+    assert (main.kwargs["BLOCK_M"], main.kwargs["BLOCK_N"], main.kwargs["BLOCK_K"]) == (cfg.block_m, cfg.block_n, cfg.block_k)
+    assert main.threads == 32 * cfg.num_warps and main.kwargs["num_stages"] == cfg.num_stages
+    split = main.grid[1]
+    assert split <= cfg.split_k and main.grid[0] == math.ceil(s["n"] / cfg.block_n) * math.ceil(s["m"] / cfg.block_m)
+    assert [launch.name for launch in plan.launches[1:]] == (["_splitk_reduce_kernel"] if split > 1 else [])
+    # Every weight byte (and each group's scale and zero) is streamed exactly once by the grid.
+    assert plan.grid_blocks * plan.iterations * plan.bytes_per_iteration == s["n"] * s["k"] / 2 + 4 * (s["k"] // 128) * s["n"]
+    assert "run" not in vars(int4_kernels._int4_matmul_kernel)  # the launch recorder is gone
+
+
+@pytest.mark.parametrize("sms", [132, 108])
+@pytest.mark.parametrize("target", DECODE, ids=lambda t: t.label)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_decode_plans_use_the_launchers_split_count(target, backend, sms):
+    s = target.shape
+    plan = targets.plan(target, backend, sms)
+    splits = decode_splits(backend, s["batch"], s["q_heads"], s["kv_heads"], s["context"], sms)
+    assert plan.main.grid == (s["batch"], s["kv_heads"], splits)  # GQA 4: one block per KV head
+    assert len(plan.launches) == (2 if splits > 1 else 1)
+    kv_bytes = s["batch"] * s["context"] * s["kv_heads"] * s["head_dim"] * 2 * (1 if s["kv_dtype"] == "fp8" else 2)
+    assert plan.grid_blocks * plan.iterations * plan.bytes_per_iteration == kv_bytes
+
+
+def test_cuda_int4_plan_mirrors_the_csrc_launcher():
+    plan = targets.plan(INT4[4], "cuda", 132)  # M=16 14336x4096 fp16
+    assert plan.config["m_tile"] == 16 and plan.config["vec"] == 4
+    assert plan.main.grid == (14336 // 4,)
+    assert plan.main.symbol == "_ZN7fastcot16int4_gemv_kernelI6__halfLi16ELi4EEEvNS_12Int4GemvArgsE"
+    assert [targets.gemv_m_tile(m) for m in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert targets.gemv_vec(4096, 128) == 4 and targets.gemv_vec(4104, -1) == 1
+
+
+def test_decode_splits_is_what_the_launchers_computed_inline():
+    for batch in (1, 3, 64, 300):
+        for kv_heads, q_heads in ((8, 32), (2, 32), (8, 8), (4, 40)):
+            for context in (16, 4096, 131072):
+                for sms in (108, 132):
+                    assert decode_splits("triton", batch, q_heads, kv_heads, context, sms) == \
+                        decode_num_splits(batch, kv_heads, context, sms)
+                    blocks = kv_heads * cuda.decode_group_tiles(q_heads // kv_heads)
+                    assert decode_splits("cuda", batch, q_heads, kv_heads, context, sms) == \
+                        decode_num_splits(batch, blocks, context, sms)
+
+
+needs_csrc = pytest.mark.skipif(cubins.csrc_dir() is None, reason="no csrc/ in this checkout")
+
+
+@needs_csrc
+def test_cuda_mirrors_match_the_headers():
+    gemv = (REPO / "csrc/include/fastcot/int4_gemv.cuh").read_text()
+    decode = (REPO / "csrc/include/fastcot/paged_decode.cuh").read_text()
+    launcher = (REPO / "csrc/paged_decode.cu").read_text()
+    assert f"constexpr int kGemvRows = {targets.GEMV_ROWS};" in gemv
+    assert "constexpr int kGemvThreads = kGemvWarps * 32;" in gemv and "constexpr int kGemvWarps = 4;" in gemv
+    assert f"constexpr int kDecodeWarps = {targets.DECODE_WARPS};" in decode
+    assert "kDecodeThreads = kDecodeWarps * 32;" in decode and targets.DECODE_THREADS == 32 * targets.DECODE_WARPS
+    assert "kChunk = G <= 4 ? 4 : 2;" in decode
+    assert "return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;" in launcher
+    gemv_launcher = (REPO / "csrc/int4_gemv.cu").read_text()
+    assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kGemvRows\)\)\)", gemv_launcher)
+
+
+@needs_csrc
+def test_the_cubins_are_built_like_setup_py_builds_the_extension():
+    setup = (REPO / "setup.py").read_text()
+    assert '"' + " ".join(cubins.NVCC_FLAGS) in setup
+    assert 'DEFAULT_ARCHS = "80;90a"' in setup and set(cubins.CUDA_ARCH.values()) == {"sm_80", "sm_90a"}
