@@ -17,7 +17,7 @@ def test_help_lists_server_and_engine_options(capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["/nonexistent/checkpoint", "--device", "cpu"], "neither a local checkpoint"),
+    (["/nonexistent/checkpoint", "--device", "cpu"], "/nonexistent/checkpoint"),
     (["tiny-random", "--port", "70000"], "--port"),
     (["tiny-random", "--max-n", "0"], "--max-n"),
 ])
