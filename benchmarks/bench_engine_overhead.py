@@ -9,7 +9,7 @@ request has a stop string that never appears and `ignore_eos`, so detokenization
 checks run every step.
 
 What a measured decode step is: the wall time from one `Scheduler.schedule` call of the engine
-loop to the next, excluding nothing, on steps where all B sequences decode. `host` is that
+(`LLMEngine.step`, driven by `LLM.generate`) to the next, excluding nothing, on steps where all B sequences decode. `host` is that
 minus the time inside the sampler. By default (`--sampler peaks`) the sampler returns each
 row's peak token without touching the logits: the sampling math is device work on a GPU, and
 on this CPU the `[B, V]` argmax (131 MB at B=256, V=128k) would not only take tens of ms but
@@ -23,8 +23,8 @@ stop checks); its means add up to the instrumented step, which the timers length
 
 Long chains of thought are built, not generated: each request's prompt is a short real prompt
 followed by G tokens of text, and before the request runs its `Sequence.prompt_len` is set to
-the short prompt's length, its `text` to the decoded G tokens and its detokenizer to the state
-it would have after emitting them. So the engine sees G generated tokens (output length, text
+the short prompt's length, its `text` to the decoded G tokens and its output state's detokenizer
+and text to the state they would have after emitting them. So the engine sees G generated tokens (output length, text
 length, block tables, positions) after one cheap prefill. G is staggered by `i mod 16` over the
 batch so block boundaries do not all fall on one step. Small batches are measured in several
 rounds (fresh engines, lengths interleaved, steps pooled) because a shared VM's speed drifts.
@@ -166,7 +166,7 @@ class PeakSampler:
     def __init__(self, model: StubModel):
         self.model = model
 
-    def __call__(self, logits, tensors, presence=None):
+    def __call__(self, logits, tensors, presence=None, output_counts=None):
         return self.model.last_peaks.clone()
 
 
@@ -188,7 +188,9 @@ class StepRecorder:
         self.parts: dict[str, float] = {}
         self.instrumented: set[str] = {"schedule", "sampler"}
         self.generated_at_start: list[int] = []
-        self.stoppers: dict = {}  # seq_id -> the engine's per-sequence stop checker
+        self.stoppers: dict = {}  # seq_id -> the engine's per-sequence output state (stop checks, text)
+        self.running: list = []  # the running sequences when the last step was measured
+        self.any_finished = False  # whether one of them had finished then
         self._undo: list = []
         self._orig_schedule = llm.scheduler.schedule
         self._patch(llm.scheduler, "schedule", self._schedule)
@@ -223,7 +225,7 @@ class StepRecorder:
 
     def _instrument(self) -> None:
         runner = self.llm.runner
-        for name, attr in (("prepare", "prepare"), ("block_tables", "_write_tables"), ("block_tables", "_arrange"),
+        for name, attr in (("prepare", "prepare"), ("block_tables", "_sync_tables"), ("block_tables", "_arrange"),
                            ("runner_step", "step")):
             if hasattr(runner, attr):
                 self._patch(runner, attr, self._timed(name, getattr(runner, attr)))
@@ -237,9 +239,8 @@ class StepRecorder:
             shim = type("TimedSamplingTensors", (), {"from_params": staticmethod(
                 self._timed("sampling_tensors", tensors.from_params))})
             self._patch(self.mods.model_runner, "SamplingTensors", shim)
-        stopper = getattr(self.mods.llm, "_Stopper", None)
-        if stopper is not None:
-            self._patch(stopper, "observe", self._timed("detokenize_stop", stopper.observe))
+        output = self.mods.output_processor.SequenceOutput
+        self._patch(output, "observe", self._timed("detokenize_stop", output.observe))
 
     def _schedule(self):
         now, now_cpu = time.perf_counter(), time.thread_time()
@@ -251,6 +252,9 @@ class StepRecorder:
             (self.breakdown if len(self.timed_steps) == self.steps else self.timed_steps).append(record)
             self.start = None
             if len(self.breakdown) == self.breakdown_steps:
+                # The engine drops its requests when a step raises: keep what the checks read.
+                self.running = list(self.llm.scheduler.running)
+                self.any_finished = any(s.finish_reason for s in self.running)
                 raise _Done
             if len(self.timed_steps) == self.steps and not self.breakdown:
                 self._instrument()
@@ -336,6 +340,7 @@ def measure(ctx, batch: int, generated: int) -> Measurement:
     # During setup, decode steps alternate with prefill steps: fewer than `batch` more tokens each.
     max_len = max(map(len, prompts)) + batch + steps + 2 * BLOCK_SIZE
     blocks = sum(-(-(len(p) + batch + steps) // BLOCK_SIZE) + 1 for p in prompts)
+    blocks = max(blocks, -(-max_len // BLOCK_SIZE))  # the engine refuses a cache short of one max_len sequence
     model = StubModel(stub_config(fastcot.models, plan["vocab"], max_len), token_ids=ctx.work.paragraph,
                       max_rows=batch, seed=ctx.args.seed)
     llm = fastcot.LLM.from_model(model, ctx.tokenizer, device="cpu", max_num_seqs=batch, block_size=BLOCK_SIZE,
@@ -355,8 +360,8 @@ def measure(ctx, batch: int, generated: int) -> Measurement:
         pass
     finally:
         recorder.restore()
-    running = llm.scheduler.running
-    if len(running) != batch or any(s.finish_reason for s in running):
+    running = recorder.running
+    if len(running) != batch or recorder.any_finished:
         raise RuntimeError(f"{len(running)} sequences running at the end, expected {batch}, none finished")
     if any(recorder.stoppers[s.seq_id].length <= len(pretend[id(prompts[int(s.request_id)])][1]) for s in running):
         raise RuntimeError("a sequence's text did not grow: detokenization produced nothing")
@@ -370,29 +375,22 @@ def measure(ctx, batch: int, generated: int) -> Measurement:
 
 def _pretend_generated(llm, mods, recorder, pretend) -> None:
     """Make each request's long prompt count as generated output (see the module docstring)."""
-    add_request = llm._add_request
+    engine = llm.engine
+    make_request = engine.make_request
 
-    def add(prompt, params):
-        request = add_request(prompt, params)
+    def make(request_id, prompt, params, **kwargs):
+        request = make_request(request_id, prompt, params, **kwargs)
         prompt_len, text = pretend[id(prompt)]
-        for seq in request[3]:
+        for seq, out in zip(request.seqs, request.outs):
             seq.prompt_len, seq.text = prompt_len, text
+            # Steady state after emitting every token: the detokenizer has emitted them all and
+            # the text so far is one piece.
+            out.detok = mods.detokenizer.IncrementalDetokenizer(llm.tokenizer, context=seq.token_ids[prompt_len:])
+            out.pieces, out.length = [text], len(text)
+            recorder.stoppers[seq.seq_id] = out
         return request
 
-    recorder._patch(llm, "_add_request", add)
-    stopper = mods.llm._Stopper
-    init = stopper.__init__
-
-    def stopper_init(self, seq, *args, **kwargs):
-        init(self, seq, *args, **kwargs)
-        ids = seq.token_ids[seq.prompt_len:]
-        # Steady state after emitting every token: the detokenizer has emitted them all and
-        # the text so far is one piece.
-        self.detok = mods.detokenizer.IncrementalDetokenizer(llm.tokenizer, context=ids)
-        self.pieces, self.length = [seq.text], len(seq.text)
-        recorder.stoppers[seq.seq_id] = self
-
-    recorder._patch(stopper, "__init__", stopper_init)
+    recorder._patch(engine, "make_request", make)
 
 
 def summarize(runs: list[Measurement], batch: int) -> dict:
@@ -531,14 +529,14 @@ class Context:
     def __init__(self, args, plan):
         import fastcot
         import fastcot.engine.detokenizer
-        import fastcot.engine.llm
         import fastcot.engine.model_runner
+        import fastcot.engine.output_processor
         import fastcot.models
 
         self.args, self.plan, self.fastcot = args, plan, fastcot
         engine = fastcot.engine
-        self.mods = type("EngineModules", (), {"llm": engine.llm, "model_runner": engine.model_runner,
-                                               "detokenizer": engine.detokenizer})
+        self.mods = type("EngineModules", (), {"output_processor": engine.output_processor,
+                                               "model_runner": engine.model_runner, "detokenizer": engine.detokenizer})
         self.tokenizer = fastcot.models.load_tokenizer(args.tokenizer)
         self.work = Workload(self.tokenizer, plan["vocab"])
 
@@ -575,7 +573,8 @@ def main(argv=None) -> int:
           "Breakdown (means of the instrumented steps, which they add up to as 'instr.'): sched = "
           "Scheduler.schedule, prepare = ModelRunner.prepare (tables: its block-table writes and slot moves), model = stub "
           "forward + logits, params = SamplingTensors.from_params, runner+ = rest of ModelRunner.step "
-          "(.tolist(), ...), detok+stop = _Stopper.observe, loop+ = rest of the LLM loop.")
+          "(.tolist(), ...), detok+stop = SequenceOutput.observe, loop+ = rest of LLMEngine.step and the LLM "
+          "loop.")
     if args.smoke:
         targets = {"judged": False, "why": "smoke run: tiny sizes"}
         print(f"\ntargets: not judged ({targets['why']})")

@@ -1,4 +1,4 @@
-"""Command line: `fastcot info | generate | chat | bench` (also `python -m fastcot ...`)."""
+"""Command line: `fastcot info | generate | chat | serve | bench` (also `python -m fastcot ...`)."""
 
 from __future__ import annotations
 
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cli_chat.add_arguments(cmd, chat=name == "chat")
     cli_bench.add_parser(sub)
+    from fastcot.entrypoints import serve
+    serve.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command in ("generate", "chat"):
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # while loading, or outside a reply
             print(file=sys.stderr)
             return cli_chat.INTERRUPTED
+    if args.command == "serve":
+        return serve.run(args)
     data = collect_info()
     if args.json:
         print(json.dumps(data, indent=2, default=str))

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "engine-overhead": ("bench_engine_overhead.py", "host time of one engine decode step around a no-math model"),
     "reasoning": ("bench_reasoning.py", "long chain-of-thought generation through the engine"),
     "static": ("fastcot.static", "speed limits of the hot kernels read from their SASS, no GPU: a model, not a measurement"),
+    "serve": ("bench_serve.py", "concurrent streaming clients against fastcot serve: TTFT, ITL, tokens/s"),
 }
 # Benchmarks that are modules of the package rather than scripts of the checkout.
 IN_PACKAGE = {"static": "fastcot.static.report"}

@@ -74,14 +74,14 @@ def test_smoke_json_schema(smoke_run):
 
 def test_measure_leaves_the_engine_unpatched():
     bench = import_benchmark("bench_engine_overhead")
-    from fastcot.engine import llm, model_runner
+    from fastcot.engine import model_runner, output_processor
 
-    before = (llm._Stopper.__init__, llm._Stopper.observe, model_runner.SamplingTensors)
+    before = (output_processor.SequenceOutput.observe, model_runner.SamplingTensors)
     args = bench.parse_args(["--smoke", "--vocab", "512"])
     plan = bench.run_plan(args) | {"steps": 3, "breakdown_steps": 2, "warmup": 1}
     row = bench.summarize([bench.measure(bench.Context(args, plan), 2, 40)], 2)
     assert row["steps"] == 3 and row["breakdown_steps"] == 2 and row["generated_min"] >= 40
-    assert (llm._Stopper.__init__, llm._Stopper.observe, model_runner.SamplingTensors) == before
+    assert (output_processor.SequenceOutput.observe, model_runner.SamplingTensors) == before
 
 
 def _row(bench, batch, generated, host):

@@ -15,6 +15,10 @@ The sequence protocol is three attributes (`BlockSequence`). The scheduler calls
 from the returned number of cached tokens; `cache_computed` after each prefill chunk;
 `can_append` / `append_slots` before each decode step, performing the returned block copies;
 `fork` for the extra samples of `n > 1`; `free` when a sequence finishes or is preempted.
+
+Every change to a block table is recorded (`pop_table_changes`): the model runner writes
+exactly those entries to its device copy of the tables before each step, so no path through
+the engine can leave a device row pointing at a block the sequence no longer holds.
 """
 
 from __future__ import annotations
@@ -82,6 +86,12 @@ class BlockManager:
         # chain hashes of the last prompt looked up, so that a can_allocate then allocate pair
         # (or a waiting prompt checked every step) hashes it once: (seq_id, token list, length)
         self._memo: tuple[tuple, list[bytes]] | None = None
+        # per sequence whose block table changed since the last `pop_table_changes`:
+        # (the sequence, the lowest index that changed)
+        self._changed: dict[Hashable, tuple[BlockSequence, int]] = {}
+        # Prefix-cache statistics, in tokens: looked up by allocations, and found cached.
+        self.num_queried_tokens = 0
+        self.num_hit_tokens = 0
 
     # ---- queries ----------------------------------------------------------------------------
 
@@ -112,21 +122,22 @@ class BlockManager:
 
     # ---- prompts ----------------------------------------------------------------------------
 
-    def can_allocate(self, seq: BlockSequence) -> bool:
+    def can_allocate(self, seq: BlockSequence, *, use_prefix_cache: bool = True) -> bool:
         """Whether `allocate(seq)` would succeed now."""
-        return self._free_blocks_to_allocate(seq)[0] <= self.num_free_blocks
+        return self._free_blocks_to_allocate(seq, use_prefix_cache)[0] <= self.num_free_blocks
 
-    def allocate(self, seq: BlockSequence) -> int:
+    def allocate(self, seq: BlockSequence, *, use_prefix_cache: bool = True) -> int:
         """Give `seq` blocks for all its tokens, reusing cached blocks for its longest cached
-        prefix of full blocks. Returns the number of leading tokens already in the cache (a
-        multiple of `block_size`, always less than `len(seq.token_ids)` so that at least one
-        token is computed and yields logits). All or nothing: raises RuntimeError, changing
-        nothing, when `can_allocate` is False."""
+        prefix of full blocks (unless `use_prefix_cache` is False: a request that scores its
+        prompt needs every position computed). Returns the number of leading tokens already in
+        the cache (a multiple of `block_size`, always less than `len(seq.token_ids)` so that at
+        least one token is computed and yields logits). All or nothing: raises RuntimeError,
+        changing nothing, when `can_allocate` is False."""
         if seq.block_table:
             raise RuntimeError(f"sequence {seq.seq_id!r} already holds blocks {seq.block_table[:4]}...")
         if not seq.token_ids:
             raise ValueError(f"sequence {seq.seq_id!r} has no tokens to allocate")
-        needed, hits, hashes = self._free_blocks_to_allocate(seq)
+        needed, hits, hashes = self._free_blocks_to_allocate(seq, use_prefix_cache)
         if needed > self.num_free_blocks:
             raise RuntimeError(
                 f"cannot allocate {needed} blocks for sequence {seq.seq_id!r}: {self.num_free_blocks} free"
@@ -138,15 +149,20 @@ class BlockManager:
             self._ref[block] += 1
         num_new = self.num_blocks_needed(len(seq.token_ids)) - len(hits)
         seq.block_table = hits + [self._take_free_block() for _ in range(num_new)]
+        self._changed[seq.seq_id] = (seq, 0)
         self._room.pop(seq.seq_id, None)
         self._hashed.pop(seq.seq_id, None)
         if hits:
             self._hashed[seq.seq_id] = (len(hits), hashes[len(hits) - 1])
+        if self.enable_prefix_caching and use_prefix_cache:
+            self.num_queried_tokens += len(seq.token_ids)
+            self.num_hit_tokens += len(hits) * self.block_size
         return len(hits) * self.block_size
 
-    def _free_blocks_to_allocate(self, seq: BlockSequence) -> tuple[int, list[int], list[bytes]]:
+    def _free_blocks_to_allocate(self, seq: BlockSequence, use_prefix_cache: bool = True
+                                 ) -> tuple[int, list[int], list[bytes]]:
         """(free blocks the allocation consumes, cached blocks it reuses, their hashes)."""
-        hits, hashes = self._prefix_hits(seq)
+        hits, hashes = self._prefix_hits(seq) if use_prefix_cache else ([], [])
         in_use = sum(self._ref[b] > 0 for b in hits)  # shared without leaving the free pool
         return self.num_blocks_needed(len(seq.token_ids)) - in_use, hits, hashes
 
@@ -247,6 +263,7 @@ class BlockManager:
         self._room.pop(seq.seq_id, None)
         self.cache_computed(seq, first)
         table, copies = seq.block_table, []
+        changed = len(table)
         for i in range(first // self.block_size, len(table)):
             src = table[i]
             if self._ref[src] > 1:
@@ -254,8 +271,11 @@ class BlockManager:
                 self._ref[src] -= 1
                 table[i] = dst
                 copies.append((src, dst))
+                changed = min(changed, i)
         for _ in range(self.num_blocks_needed(len(seq.token_ids)) - len(table)):
             table.append(self._take_free_block())
+        if changed < len(table):
+            self._touch(seq, changed)
         return copies
 
     def _blocks_to_append(self, seq: BlockSequence, num_new_tokens: int) -> int:
@@ -279,6 +299,7 @@ class BlockManager:
         for block in parent.block_table:
             self._ref[block] += 1
         child.block_table = list(parent.block_table)
+        self._changed[child.seq_id] = (child, 0)
         self._room.pop(parent.seq_id, None)  # its last block is shared now
         self._room.pop(child.seq_id, None)
         self._hashed.pop(child.seq_id, None)
@@ -295,6 +316,8 @@ class BlockManager:
         hashed = self._hashed.get(seq.seq_id, (0, b""))[0]
         if keep < hashed:
             raise RuntimeError(f"sequence {seq.seq_id!r}: cannot drop cached blocks ({hashed} hashed, keeping {keep})")
+        if len(table) > keep:
+            self._touch(seq, keep)
         while len(table) > keep:
             block = table.pop()
             self._ref[block] -= 1
@@ -313,10 +336,22 @@ class BlockManager:
                 else:
                     self._free.append(block)
         seq.block_table = []
+        self._changed[seq.seq_id] = (seq, 0)
         self._room.pop(seq.seq_id, None)
         self._hashed.pop(seq.seq_id, None)
         if self._memo is not None and self._memo[0][0] == seq.seq_id:
             self._memo = None
+
+    def pop_table_changes(self) -> dict[Hashable, tuple[BlockSequence, int]]:
+        """The block tables changed since the last call: `{seq_id: (sequence, lowest index
+        changed)}` (entries from that index on may differ; the table may also be shorter)."""
+        changes, self._changed = self._changed, {}
+        return changes
+
+    def _touch(self, seq: BlockSequence, index: int) -> None:
+        known = self._changed.get(seq.seq_id)
+        if known is None or index < known[1]:
+            self._changed[seq.seq_id] = (seq, index)
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached block that no sequence uses (e.g. between benchmark runs).
@@ -329,6 +364,19 @@ class BlockManager:
         self._evictable.clear()
         self._memo = None
         return count
+
+    def reset(self) -> None:
+        """Every block free and uncached, no sequence known (after a failed engine step; the
+        sequences that held blocks are gone). Statistics are kept."""
+        self._ref = [0] * self.num_blocks
+        self._hash = [None] * self.num_blocks
+        self._cached.clear()
+        self._free = deque(range(self.num_blocks))
+        self._evictable.clear()
+        self._hashed.clear()
+        self._room.clear()
+        self._memo = None
+        self._changed.clear()
 
     def _take_free_block(self) -> int:
         if self._free:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fastcot.engine.metadata import AttentionMetadata
+from fastcot.layers.attention import AttentionMetadata
 
 
 def batch_buckets(max_batch: int) -> list[int]:

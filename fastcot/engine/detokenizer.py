@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 
 class IncrementalDetokenizer:
-    """Turns a stream of token ids into text deltas (special tokens skipped).
+    """Turns a stream of token ids into text deltas (special tokens skipped unless
+    `skip_special_tokens=False`).
 
-    The concatenated deltas equal `tokenizer.decode(all ids, skip_special_tokens=True)` for
+    The concatenated deltas equal `tokenizer.decode(all ids, skip_special_tokens=...)` for
     valid UTF-8 output. An incomplete UTF-8 character (a byte token, or a character split over
     tokens) is held back until the token that completes it. Each token costs the same however
     long the output. Three ways, fastest first:
@@ -27,14 +28,17 @@ class IncrementalDetokenizer:
         tokenizer: a transformers tokenizer or a `tokenizers.Tokenizer`.
         context: token ids whose text has already been emitted (not returned again); they
             only shape the text of the tokens that follow.
+        skip_special_tokens: leave special tokens' text out (the default), as `decode` does.
     """
 
-    def __init__(self, tokenizer, context: Sequence[int] = ()):
+    def __init__(self, tokenizer, context: Sequence[int] = (), *, skip_special_tokens: bool = True):
         from tokenizers import Tokenizer
 
         context = list(context[-8:])
         backend = tokenizer if isinstance(tokenizer, Tokenizer) else getattr(tokenizer, "backend_tokenizer", None)
-        table = byte_table(backend) if isinstance(backend, Tokenizer) else None
+        skip = bool(skip_special_tokens)
+        table = (byte_table(backend) if skip else byte_table(backend, skip_special_tokens=False)) \
+            if isinstance(backend, Tokenizer) else None
         if table is not None:
             utf8 = codecs.getincrementaldecoder("utf-8")("replace")
             # Bytes of the context that do not complete a character yet.
@@ -45,20 +49,20 @@ class IncrementalDetokenizer:
             from tokenizers.decoders import DecodeStream
 
             # The stream's own step, bound: no Python frame per token (host budget).
-            self.add = functools.partial(DecodeStream(ids=context, skip_special_tokens=True).step, backend)
-        self._decode_fn = tokenizer.decode
+            self.add = functools.partial(DecodeStream(ids=context, skip_special_tokens=skip).step, backend)
+        self._decode_fn = functools.partial(tokenizer.decode, skip_special_tokens=skip)
         self.ids: list[int] = context
         self.read = len(self.ids)  # end of the text already emitted
         # Tokens of a character the context leaves incomplete emitted nothing yet.
-        while self.read and self._decode_fn(self.ids[: self.read], skip_special_tokens=True).endswith("\ufffd"):
+        while self.read and self._decode_fn(self.ids[: self.read]).endswith("\ufffd"):
             self.read -= 1
         self.prefix = max(0, self.read - 5)  # start of the decoding window
 
     def add(self, token: int) -> str | None:
         """The text that `token` completes ("" or None while a character is incomplete)."""
         self.ids.append(token)
-        before = self._decode_fn(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        text = self._decode_fn(self.ids[self.prefix :], skip_special_tokens=True)
+        before = self._decode_fn(self.ids[self.prefix : self.read])
+        text = self._decode_fn(self.ids[self.prefix :])
         if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, len(self.ids)
@@ -95,22 +99,24 @@ def _gpt2_unicode_to_byte() -> dict[str, int]:
     return chars
 
 
-_TABLES: dict[int, tuple[object, list[bytes] | None]] = {}
+_TABLES: dict[tuple[int, bool], tuple[object, list[bytes] | None]] = {}
 
 
-def byte_table(backend) -> list[bytes] | None:
+def byte_table(backend, skip_special_tokens: bool = True) -> list[bytes] | None:
     """Each token id's bytes, for a `tokenizers.Tokenizer` with a byte-level decoder (special
-    tokens empty, other added tokens their text); None for any other tokenizer, or if the table
-    does not reproduce the tokenizer's own decoding on a sample of ids. Cached per tokenizer."""
-    cached = _TABLES.get(id(backend))
+    tokens empty, or their text with `skip_special_tokens=False`; other added tokens their
+    text); None for any other tokenizer, or if the table does not reproduce the tokenizer's own
+    decoding on a sample of ids. Cached per tokenizer."""
+    key = (id(backend), skip_special_tokens)
+    cached = _TABLES.get(key)
     if cached is not None and cached[0] is backend:
         return cached[1]
-    table = _build_byte_table(backend)
-    _TABLES[id(backend)] = (backend, table)
+    table = _build_byte_table(backend, skip_special_tokens)
+    _TABLES[key] = (backend, table)
     return table
 
 
-def _build_byte_table(backend) -> list[bytes] | None:
+def _build_byte_table(backend, skip_special_tokens: bool) -> list[bytes] | None:
     spec = json.loads(backend.to_str())
     if (spec.get("decoder") or {}).get("type") != "ByteLevel":
         return None
@@ -122,12 +128,14 @@ def _build_byte_table(backend) -> list[bytes] | None:
     except KeyError:  # a token outside the byte alphabet: not a plain byte-level vocabulary
         return None
     for i, added in backend.get_added_tokens_decoder().items():
-        table[i] = b"" if added.special else backend.decode([i], skip_special_tokens=True).encode()
+        skipped = added.special and skip_special_tokens
+        table[i] = b"" if skipped else backend.decode([i], skip_special_tokens=skip_special_tokens).encode()
     # Check against the tokenizer itself: single tokens, and runs that split characters.
     rng = random.Random(0)
     ids = list(range(min(len(table), 512))) + rng.sample(range(len(table)), min(len(table), 1024))
     runs = [[rng.randrange(len(table)) for _ in range(8)] for _ in range(64)]
     for run in [[i] for i in ids] + runs:
-        if b"".join(table[i] for i in run).decode("utf-8", "replace") != backend.decode(run, skip_special_tokens=True):
+        decoded = backend.decode(run, skip_special_tokens=skip_special_tokens)
+        if b"".join(table[i] for i in run).decode("utf-8", "replace") != decoded:
             return None
     return table

@@ -1,40 +1,28 @@
-"""`fastcot.LLM`: the vLLM-shaped entry point (load a model, generate, chat)."""
+"""`fastcot.LLM`: the vLLM-shaped offline entry point (load a model, generate, chat), thin loops
+over one `LLMEngine`."""
 
 from __future__ import annotations
 
-import functools
-import gc
-import random
+import dataclasses
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-import torch
+from fastcot.engine.inputs import apply_chat_template, as_conversations, as_prompt_list
+from fastcot.engine.llm_engine import LLMEngine
+from fastcot.engine.sampling import SamplingParams
+from fastcot.engine.sequence import RequestOutput
+from fastcot.reasoning import COT_SYSTEM_PROMPT, split_cot_answer
 
-from fastcot.engine.block_manager import BlockManager
-from fastcot.engine.detokenizer import IncrementalDetokenizer
-from fastcot.engine.model_runner import ModelRunner
-from fastcot.engine.sampling import SamplingParams, request_key
-from fastcot.engine.scheduler import Batch, Scheduler
-from fastcot.engine.sequence import (
-    CompletionOutput,
-    RequestMetrics,
-    RequestOutput,
-    Sequence,
-    Status,
-)
-from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
-from fastcot.reasoning import (
-    COT_SYSTEM_PROMPT,
-    RepetitionGuard,
-    ThinkingState,
-    find_thinking_delimiters,
-    prompt_opens_thinking,
-    split_cot_answer,
-)
 
-KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
+class StreamDelta(NamedTuple):
+    """New text of one sample (`index`) of a request, from `LLM.generate_stream`."""
+
+    request_id: str
+    index: int
+    text: str
+    kind: str = "answer"  # "reasoning" (inside a thinking section) or "answer"
+    finish_reason: str | None = None  # set on the sample's last delta
 
 
 class LLM:
@@ -43,6 +31,7 @@ class LLM:
     Args:
         model: a local Hugging Face directory (config.json, *.safetensors, tokenizer) or a
             built-in preset with random weights (`tiny-random`, `llama-3.1-8b-random`, ...).
+        tokenizer: where the tokenizer is, if not with the model.
         quantization: None (as the checkpoint is, GPTQ/AWQ included) or "int4" (quantize on load).
         dtype: "auto", "float16", "bfloat16" or "float32".
         kv_cache_dtype: "auto" (the model's dtype) or "fp8" (float8 e4m3, scale 1).
@@ -50,11 +39,21 @@ class LLM:
         max_model_len: longest prompt + output; defaults to the model's limit.
         max_num_seqs: most sequences running at once.
         block_size: tokens per KV-cache block.
-        num_kv_blocks: KV-cache size in blocks; by default 90% of free GPU memory, or on CPU
-            enough for 8 sequences of max_model_len (at most 4096 blocks).
+        gpu_memory_utilization: the fraction of the GPU's memory the engine may use: the KV
+            cache gets what is left of it after the weights (and anything else in use) and an
+            estimate of a step's activations.
+        num_kv_blocks: KV-cache size in blocks, instead of `gpu_memory_utilization` (on the
+            CPU the default is enough for 8 sequences of max_model_len, at most 4096 blocks).
+            A cache that cannot hold one sequence of `max_model_len` is refused (ValueError).
         enforce_eager: run decode steps eagerly instead of replaying CUDA graphs (GPU only;
             graphs are captured for padded batch sizes up to max_num_seqs at the first decode).
         seed: seeds the noise of unseeded sampling and random preset weights.
+        max_num_batched_tokens: most prompt tokens per prefill step (longer prompts are split).
+        enable_prefix_caching: reuse the cached KV blocks of earlier prompts' equal prefixes.
+        max_logprobs: the largest `logprobs` / `prompt_logprobs` a request may ask for.
+        generation_config: "auto" (a request given no SamplingParams takes temperature, top_p,
+            top_k, min_p, repetition_penalty and max_tokens from the checkpoint's
+            generation_config.json) or "vllm" (the library's defaults).
         thinking_delimiters: a reasoning model's thinking delimiters: None detects them from
             the tokenizer (`<think>`/`</think>` and the like, see
             `fastcot.reasoning.find_thinking_delimiters`), a `(start, end)` pair of strings sets
@@ -69,6 +68,10 @@ class LLM:
             longer walks it. Pass False where cyclic garbage alive at that moment must stay
             collectable.
 
+    Every call is safe to interrupt: an exception or KeyboardInterrupt inside it, or a stream
+    left unfinished (`break`, `close()`), aborts that call's requests and returns their KV
+    blocks; the next call works. Not thread-safe (one `LLM` per thread, or a lock).
+
     Example::
 
         llm = fastcot.LLM("tiny-random")
@@ -76,372 +79,182 @@ class LLM:
         print(out[0].outputs[0].text)
     """
 
-    def __init__(self, model: str, *, quantization=None, dtype="auto", kv_cache_dtype="auto", device=None,
-                 max_model_len=None, max_num_seqs=256, block_size=16, num_kv_blocks=None, enforce_eager=False,
-                 seed=0, max_num_batched_tokens=8192, thinking_delimiters=None, speculative_config=None,
-                 gc_freeze=True):
-        from fastcot.models import (
-            load_config,
-            load_model,
-            load_tokenizer,
-            resolve_device,
-        )
-
-        if kv_cache_dtype not in KV_CACHE_DTYPES:  # fail before loading the weights
-            raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
-        config = load_config(model)
-        device = resolve_device(device)
-        self._setup(
-            load_model(model, dtype=dtype, device=device, quantization=quantization, seed=seed), load_tokenizer(model),
-            config=config, device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs, block_size=block_size, num_kv_blocks=num_kv_blocks,
-            enforce_eager=enforce_eager, seed=seed, max_num_batched_tokens=max_num_batched_tokens,
-            thinking_delimiters=thinking_delimiters, speculative_config=speculative_config, gc_freeze=gc_freeze,
-        )
+    def __init__(self, model: str, **engine_args):
+        self._init(LLMEngine(model, **engine_args))
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, device, kv_cache_dtype="auto", max_model_len=None, max_num_seqs=256,
-                   block_size=16, num_kv_blocks=None, enforce_eager=False, seed=0, max_num_batched_tokens=8192,
-                   thinking_delimiters=None, speculative_config=None, gc_freeze=True):
-        """An engine around an already built model (anything with `config`, `lm_head_weight`,
-        `__call__(input_ids, positions, kv_caches, metadata)` and `compute_logits`), e.g. a
-        stub for measuring host overhead."""
+    def from_model(cls, model, tokenizer, *, device, **engine_args) -> LLM:
+        """An `LLM` around an already built model (see `LLMEngine.from_model`)."""
         llm = cls.__new__(cls)
-        llm._setup(model, tokenizer, config=model.config, device=torch.device(device), kv_cache_dtype=kv_cache_dtype,
-                   max_model_len=max_model_len, max_num_seqs=max_num_seqs, block_size=block_size,
-                   num_kv_blocks=num_kv_blocks, enforce_eager=enforce_eager, seed=seed,
-                   max_num_batched_tokens=max_num_batched_tokens, thinking_delimiters=thinking_delimiters,
-                   speculative_config=speculative_config, gc_freeze=gc_freeze)
+        llm._init(LLMEngine.from_model(model, tokenizer, device=device, **engine_args))
         return llm
 
-    def _setup(self, model, tokenizer, *, config, device, kv_cache_dtype, max_model_len, max_num_seqs, block_size,
-               num_kv_blocks, enforce_eager, seed, max_num_batched_tokens, thinking_delimiters=None,
-               speculative_config=None, gc_freeze=True):
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
-        for name, value in (("max_num_seqs", max_num_seqs), ("block_size", block_size),
-                            ("max_num_batched_tokens", max_num_batched_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        limit = config.max_position_embeddings
-        if config.sliding_window:
-            limit = min(limit, config.sliding_window)  # attention here never slides
-        if max_model_len is None:
-            max_model_len = limit
-        elif not isinstance(max_model_len, int) or not 1 <= max_model_len <= limit:
-            raise ValueError(f"max_model_len must be an int in [1, {limit}] for this model, got {max_model_len!r}")
-        self.device = device
-        self.model = model
-        self.tokenizer = tokenizer
-        self.config = config
-        self.max_model_len = max_model_len
-        self.enforce_eager = enforce_eager
-        kv_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or self.model.lm_head_weight.dtype
-        if num_kv_blocks is None:
-            num_kv_blocks = self._default_num_blocks(block_size, kv_dtype)
-        self.block_manager = BlockManager(num_kv_blocks, block_size)
-        self.runner = ModelRunner(self.model, num_blocks=num_kv_blocks, block_size=block_size,
-                                  kv_cache_dtype=kv_dtype, device=self.device,
-                                  max_blocks_per_seq=-(-max_model_len // block_size),
-                                  max_num_seqs=max_num_seqs, enforce_eager=enforce_eager)
-        self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
-                                   max_num_batched_tokens=max_num_batched_tokens)
-        self._rng = random.Random(seed)
-        self._request_counter = 0
-        self._aborted: set[str] = set()
-        self.thinking = _thinking_delimiters(tokenizer, thinking_delimiters)
-        spec = SpeculativeConfig.from_user(speculative_config)
-        self.speculator = None if spec is None else NgramSpeculator(spec)
-        if gc_freeze:
-            # The model, tokenizer and imported modules live as long as the process: keep them
-            # out of the garbage collector's collections, which would otherwise walk millions
-            # of objects in the middle of decode steps (vLLM and SGLang do the same).
-            gc.collect()
-            gc.freeze()
+    def _init(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._counter = 0
+        self._owned: set[str] = set()  # ids of this object's requests not yet handed back
+        self._outbox: dict[str, list[RequestOutput]] = {}  # outputs waiting for the call that owns them
 
-    def _default_num_blocks(self, block_size: int, kv_dtype: torch.dtype) -> int:
-        per_block = self.config.kv_cache_bytes_per_block(block_size, kv_dtype)
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return max(1, int(free * 0.9) // per_block)
-        return min(4096, 8 * -(-self.max_model_len // block_size))
+    # The engine's parts, for inspection (tests, benchmarks).
+    tokenizer = property(lambda self: self.engine.tokenizer)
+    config = property(lambda self: self.engine.config)
+    model = property(lambda self: self.engine.model)
+    device = property(lambda self: self.engine.device)
+    max_model_len = property(lambda self: self.engine.max_model_len)
+    thinking = property(lambda self: self.engine.thinking)
+    block_manager = property(lambda self: self.engine.block_manager)
+    scheduler = property(lambda self: self.engine.scheduler)
+    runner = property(lambda self: self.engine.runner)
+    speculator = property(lambda self: self.engine.speculator)
 
-    # --- requests ------------------------------------------------------------------------------
+    def get_tokenizer(self):
+        return self.engine.tokenizer
 
-    def _prompt_ids(self, prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("a prompt must not be empty")
-            ids = self.tokenizer.encode(prompt)
-            text = prompt
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            ids, text = list(prompt), None
-        else:
-            raise TypeError(f"a prompt must be a str or a list of token ids, got {type(prompt).__name__}")
-        if not ids:
-            raise ValueError("a prompt must not be empty")
-        vocab = self.config.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}")
-        return text, ids
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What a call given no SamplingParams uses (the checkpoint's generation defaults
+        under `generation_config="auto"`)."""
+        return self.engine.get_default_sampling_params()
 
-    def _add_request(self, prompt, params: SamplingParams) -> tuple[str, str | None, list[int], list[Sequence]]:
-        if self.thinking is None and (params.thinking_budget is not None or params.min_thinking_tokens):
-            field = "thinking_budget" if params.thinking_budget is not None else "min_thinking_tokens"
-            raise ValueError(f"SamplingParams.{field} needs a reasoning model, but this model's tokenizer has no known "
-                             "thinking delimiters; give them as LLM(..., thinking_delimiters=(start, end))")
-        text, ids = self._prompt_ids(prompt)
-        bm = self.block_manager
-        needed = len(ids) // bm.block_size + params.n  # the shared full blocks, and a last block each
-        if params.n > 1 and needed > bm.num_blocks:
-            raise ValueError(f"SamplingParams.n={params.n} samples of a {len(ids)}-token prompt need {needed} KV "
-                             f"blocks at once (shared prompt blocks plus one each), but the cache has {bm.num_blocks}")
-        request_id = str(self._request_counter)
-        self._request_counter += 1
-        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        seqs = [Sequence(request_id, i, ids, params, request_key(seed, i)) for i in range(params.n)]
-        return request_id, text, ids, seqs
-
-    # --- generation ----------------------------------------------------------------------------
+    # ---- generation ----------------------------------------------------------------------------
 
     def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
-        """Generate for each prompt (a string, a list of token ids, or a list of either).
+        """Generate for each prompt: a str, a list of token ids, a vLLM prompt dict
+        (`{"prompt": str}` or `{"prompt_token_ids": [...]}`), or a list of these.
 
-        `sampling_params` is one `SamplingParams` for all prompts or one per prompt.
-        Returns one `RequestOutput` per prompt, in order.
-        """
-        outputs = {}
-        for out in self._run(prompts, sampling_params, use_tqdm=use_tqdm, stream=False):
-            outputs[out.request_id] = out
-        return list(outputs.values())
+        `sampling_params` is one `SamplingParams` for all prompts, one per prompt, or None
+        (`get_default_sampling_params()`). Returns one finished `RequestOutput` per prompt,
+        in order."""
+        ids = self._add(prompts, sampling_params, "final_only")
+        results: dict[str, RequestOutput] = {}
+        bar = _Progress(len(ids), self.engine) if use_tqdm and ids else None
+        try:
+            for out in self._drive(ids, None if bar is None else bar.step):
+                results[out.request_id] = out
+                if bar is not None:
+                    bar.done(1)
+        except BaseException:
+            self._abandon(ids)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [results[rid] for rid in ids]
 
     def generate_stream(self, prompts, sampling_params=None) -> Iterator[StreamDelta]:
-        """Yield `StreamDelta(request_id, index, text, kind, finish_reason)` as tokens are
+        """Yield `StreamDelta(request_id, index, text, kind, finish_reason)` as text is
         generated: `kind` is "reasoning" or "answer"; each sample's last delta has its
-        `finish_reason` (and may have empty text)."""
-        yield from self._run(prompts, sampling_params, use_tqdm=False, stream=True)
+        `finish_reason` (and may have empty text). The deltas of a sample add up to its final
+        text (held back while a stop string could still remove it). Leaving the loop early
+        (`break`, an exception, `close()`) aborts the requests."""
+        ids = self._add(prompts, sampling_params, "delta")
+        kinds: dict[tuple[str, int], str] = {}
+        try:
+            for out in self._drive(ids):
+                rid = out.request_id
+                for c in out.outputs:
+                    if c.delta_reasoning_text:
+                        kinds[rid, c.index] = "reasoning"
+                        yield StreamDelta(rid, c.index, c.delta_reasoning_text, "reasoning")
+                    if c.delta_text:
+                        kinds[rid, c.index] = "answer"
+                        yield StreamDelta(rid, c.index, c.delta_text, "answer")
+                    if c.finished_this_step:
+                        yield StreamDelta(rid, c.index, "", kinds.get((rid, c.index), "answer"), c.finish_reason)
+        finally:
+            self._abandon(ids)
 
-    def _normalize(self, prompts, sampling_params):
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        prompts = list(prompts)
+    def abort(self, request_id: str) -> None:
+        """Stop a request that `generate_stream` is generating (e.g. from the loop consuming
+        the stream): its unfinished samples end with `finish_reason="abort"`."""
+        for out in self.engine.abort_request(request_id):
+            if out.request_id in self._owned:
+                self._outbox.setdefault(out.request_id, []).append(out)
+
+    def _add(self, prompts, sampling_params, output_kind: str) -> list[str]:
+        """Validate every prompt first, then queue them all; returns their request ids."""
+        prompts = as_prompt_list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+            sampling_params = self.engine.get_default_sampling_params()
+        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) \
+            else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts")
         for p in params:
             if not isinstance(p, SamplingParams):
-                raise TypeError(f"sampling_params must be SamplingParams, got {type(p).__name__}")
-        return prompts, params
+                raise TypeError(f"sampling_params must be SamplingParams (or a list of them), got {type(p).__name__}")
+        copies = {}  # one copy per distinct params object
+        requests = []
+        for prompt, p in zip(prompts, params):
+            if id(p) not in copies:
+                copies[id(p)] = dataclasses.replace(p, output_kind=output_kind)
+            requests.append(self.engine.make_request(str(self._counter + len(requests)), prompt, copies[id(p)]))
+        self._counter += len(requests)
+        ids = []
+        for request in requests:
+            ids.append(request.request_id)
+            self._owned.add(request.request_id)
+            self.engine._register(request)
+        return ids
 
-    def _run(self, prompts, sampling_params, *, use_tqdm: bool, stream: bool):
-        prompts, params = self._normalize(prompts, sampling_params)
-        requests = [self._add_request(p, sp) for p, sp in zip(prompts, params)]  # validate all first
-        stops = {}
-        for request_id, _, _, seqs in requests:
-            # The first sample is prefilled; the others fork from it afterwards and share its blocks.
-            self.scheduler.add(seqs[0])
-            for seq in seqs:
-                stops[seq.seq_id] = _Stopper(seq, self.tokenizer, self.config.eos_token_ids, self.max_model_len,
-                                             self.thinking)
-        pending_forks = {rid: seqs[1:] for rid, _, _, seqs in requests if len(seqs) > 1}
-        samples = {rid: seqs for rid, _, _, seqs in requests}
-        bar = _progress(len(requests), use_tqdm)
-
-        def done(seq: Sequence):
-            rid = seq.request_id
-            if bar is not None and rid not in pending_forks and all(s.status == Status.FINISHED for s in samples[rid]):
-                bar.update(1)
-
-        self._aborted = set()
-        while self.scheduler.has_unfinished():
-            if self._aborted:
-                yield from self._abort_now(samples, pending_forks, stops, stream, done)
-                continue
-            batch, failed = self.scheduler.schedule()
-            for seq in failed:
-                for other in [seq, *pending_forks.pop(seq.request_id, [])]:
-                    other.finish("error", seq.stop_reason)
-                    if stream:
-                        yield StreamDelta(other.request_id, other.index, "", "answer", "error")
-                self.runner.release(seq)
-                done(seq)
-            if batch is None:
-                continue
-            if batch.is_prefill:
-                rows, row_index = self._prefill_rows(batch, pending_forks)
-                token_ids = self.runner.step(batch, rows, row_index)
-                self._after_prefill(batch, pending_forks)
-            else:
-                drafts = self._drafts(batch, stops) if self.speculator is not None else None
-                if drafts is not None:
-                    yield from self._speculative_step(batch, drafts, stops, stream, done)
+    def _drive(self, ids: list[str], on_step: Callable[[], None] | None = None) -> Iterator[RequestOutput]:
+        """Step the engine until each request of `ids` has finished, yielding their outputs;
+        outputs of requests that other calls of this `LLM` own (a paused stream) are kept for
+        them."""
+        engine, outbox, owned = self.engine, self._outbox, self._owned
+        live = set(ids)
+        failed_steps = engine.num_failed_steps
+        while live:
+            if outbox:
+                mine = [out for rid in list(live) for out in outbox.pop(rid, ())]
+                if mine:
+                    for out in mine:
+                        if out.finished:
+                            live.discard(out.request_id)
+                            owned.discard(out.request_id)
+                        yield out
                     continue
-                rows = batch.seqs
-                token_ids = self.runner.step(batch, rows, None)
-            if batch.is_prefill:
-                now = time.perf_counter()
-                for seq in rows:
-                    seq.first_token_time = seq.first_token_time or now
-            else:
-                for seq in rows:
-                    seq.num_computed += 1  # the token it fed in is now in the cache
-            if self.runner.last_logprobs is not None:
-                for seq, entry in zip(rows, self.runner.last_logprobs):
-                    if entry is not None:
-                        seq.logprobs.append(entry)
-            finished = Status.FINISHED
-            replaced = []
-            for i, (seq, token) in enumerate(zip(rows, token_ids)):
-                stopper = stops[seq.seq_id]
-                if stopper.controls and (chosen := stopper.choose(token)) != token:
-                    token = chosen
-                    replaced.append((i, token))
-                seq.token_ids.append(token)
-                delta = stopper.observe(token)
-                if stream and delta:
-                    yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
-                if seq.status is finished:
-                    self._finished(seq, done)
-                    if stream:
-                        yield StreamDelta(seq.request_id, seq.index, "", stopper.kind, seq.finish_reason)
-            if replaced:
-                self.runner.replace_sampled(rows, replaced)
-        if bar is not None:
-            bar.close()
-        if not stream:
-            for request_id, text, ids, seqs in requests:
-                yield _request_output(request_id, text, ids, seqs)
+            if engine.num_failed_steps != failed_steps and any(rid not in engine.requests for rid in live):
+                raise RuntimeError("the engine dropped this call's requests: a step of another call failed "
+                                   "(see its exception)")
+            outputs = engine.step()
+            if on_step is not None:
+                on_step()
+            for out in outputs:
+                rid = out.request_id
+                if rid in live:
+                    if out.finished:
+                        live.discard(rid)
+                        owned.discard(rid)
+                    yield out
+                elif rid in owned:
+                    outbox.setdefault(rid, []).append(out)
 
-    def abort(self, request_id: str) -> None:
-        """Stop a request that `generate_stream` is generating (from the loop consuming the
-        stream): its unfinished samples end with `finish_reason="abort"` before the next step."""
-        self._aborted.add(request_id)
+    def _abandon(self, ids: list[str]) -> None:
+        """Abort whatever of `ids` is still running and forget their outputs."""
+        self.engine.abort_request([rid for rid in ids if rid in self.engine.requests])
+        for rid in ids:
+            self._owned.discard(rid)
+            self._outbox.pop(rid, None)
 
-    def _abort_now(self, samples, pending_forks, stops, stream, done):
-        for request_id in self._aborted:
-            seqs = samples.get(request_id, [])
-            pending = pending_forks.pop(request_id, [])
-            for seq in seqs:
-                if seq.status == Status.FINISHED:
-                    continue
-                if seq not in pending:
-                    self.scheduler.abort(seq)
-                    self.runner.release(seq)
-                stops[seq.seq_id]._finish("abort")  # the text so far
-                if self.speculator is not None:
-                    self.speculator.forget(seq)
-                done(seq)
-                if stream:
-                    yield StreamDelta(seq.request_id, seq.index, "", "answer", "abort")
-        self._aborted.clear()
+    # ---- chat ----------------------------------------------------------------------------------
 
-    def _finished(self, seq: Sequence, done) -> None:
-        self.scheduler.finish(seq)
-        self.runner.release(seq)
-        if self.speculator is not None:
-            self.speculator.forget(seq)
-        done(seq)
-
-    def _drafts(self, batch, stops) -> list[list[int]] | None:
-        """Draft tokens per sequence of a decode batch, or None to decode it plainly (a large
-        batch, a row whose sampling depends on each token, or nothing to propose)."""
-        seqs = batch.seqs
-        if len(seqs) > self.speculator.config.max_batch_size:
-            return None
-        if any(s.params.repetition_penalty != 1.0 or s.params.logprobs is not None for s in seqs):
-            return None
-        drafts = []
-        for seq in seqs:
-            stopper = stops[seq.seq_id]
-            # Room for drafts before the length limit, past the token this step samples anyway.
-            limit = 0 if stopper.controls else stopper.end - len(seq.token_ids) - 1
-            drafts.append(self.speculator.propose(seq, limit))
-        return drafts if any(drafts) else None
-
-    def _speculative_step(self, batch, drafts, stops, stream, done):
-        """Score every sequence's drafts in one forward pass and emit the accepted tokens."""
-        blocks = self.block_manager
-        copies = list(batch.block_copies)
-        for seq, draft in zip(batch.seqs, drafts):
-            if not draft:
-                continue
-            seq.token_ids.extend(draft)
-            if blocks.can_append(seq, len(draft)):
-                copies += blocks.append_slots(seq, len(draft))
-            else:  # no room for the drafts: this sequence decodes one token
-                del seq.token_ids[-len(draft):]
-                draft.clear()
-        verify = Batch(batch.seqs, is_prefill=True, chunk_ends=[len(s) for s in batch.seqs], block_copies=copies,
-                       preempted=batch.preempted)
-        sampled = self.runner.verify(verify)
-        self.speculator.num_steps += 1
-        for seq, draft, samples in zip(batch.seqs, drafts, sampled):
-            if draft:
-                del seq.token_ids[-len(draft):]
-            tokens = self.speculator.accept(draft, samples)
-            stopper = stops[seq.seq_id]
-            for token in tokens:
-                if stopper.controls:
-                    token = stopper.choose(token)  # only rows without drafts have controls
-                seq.num_computed += 1
-                seq.token_ids.append(token)
-                delta = stopper.observe(token)
-                if stream and delta:
-                    yield StreamDelta(seq.request_id, seq.index, delta, stopper.kind)
-                if seq.status == Status.FINISHED:
-                    self._finished(seq, done)
-                    if stream:
-                        yield StreamDelta(seq.request_id, seq.index, "", stopper.kind, seq.finish_reason)
-                    break
-            else:
-                blocks.truncate(seq)  # the blocks taken for rejected drafts
-
-    @staticmethod
-    def _prefill_rows(batch, pending_forks) -> tuple[list[Sequence], list[int]]:
-        """The sequences a prefill step samples for (those whose prompt it completes, and the
-        other samples of their requests) and the batch row whose logits each one uses."""
-        rows, row_index = [], []
-        for i, (seq, end) in enumerate(zip(batch.seqs, batch.chunk_ends)):
-            if end < len(seq):
-                continue  # a prefill chunk short of the sequence's end: nothing to sample yet
-            rows.append(seq)
-            row_index.append(i)
-            if seq.request_id in pending_forks and seq.num_output == 0:
-                rows.extend(pending_forks[seq.request_id])
-                row_index.extend([i] * len(pending_forks[seq.request_id]))
-        return rows, row_index
-
-    def _after_prefill(self, batch, pending_forks) -> None:
-        """Mark the prefilled tokens computed and cached; fork the other samples of requests
-        whose prompt is complete (they share its blocks)."""
-        for seq, end in zip(batch.seqs, batch.chunk_ends):
-            seq.num_computed = end
-            self.block_manager.cache_computed(seq, end)
-            if end == len(seq) and seq.num_output == 0:
-                for child in pending_forks.pop(seq.request_id, []):
-                    child.token_ids = seq.token_ids[:]
-                    self.block_manager.fork(seq, child)
-                    child.num_computed = len(child)
-                    child.status = Status.RUNNING
-                    self.scheduler.running.append(child)
-
-    def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, reasoning: str | None = None
-             ) -> list[RequestOutput]:
-        """Apply the model's chat template to `messages` (a list of `{"role", "content"}` dicts, or
-        a list of such conversations), then generate.
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, *, chat_template: str | None = None,
+             chat_template_kwargs: dict | None = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, reasoning: str | None = None) -> list[RequestOutput]:
+        """Apply the chat template to `messages` (a conversation: a list of `{"role",
+        "content"}` dicts; or a list of conversations), then generate. `chat_template`,
+        `chat_template_kwargs` (e.g. `{"enable_thinking": False}`), `add_generation_prompt`
+        and `continue_final_message` are passed to the template as in vLLM.
 
         `reasoning="cot"` (for models that do not think on their own): a built-in
         chain-of-thought system prompt (`fastcot.reasoning.COT_SYSTEM_PROMPT`: step by step,
         self-checking, a last line "Final answer: ...") is put before each conversation, and
         each output's `text` is the final answer, with the reasoning before it in
         `reasoning_text` (`text` stays whole when no final-answer line was written)."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [self.chat_prompt(conv, reasoning=reasoning) for conv in conversations]
-        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        template = dict(chat_template=chat_template, chat_template_kwargs=chat_template_kwargs,
+                        add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
+        prompts = [self.chat_prompt(conv, reasoning=reasoning, **template) for conv in as_conversations(messages)]
+        outputs = self.generate([{"prompt_token_ids": ids} for ids in prompts], sampling_params, use_tqdm=use_tqdm)
         if reasoning == "cot":
             for out in outputs:
                 for completion in out.outputs:
@@ -450,17 +263,26 @@ class LLM:
                         completion.reasoning_text, completion.text = thought, answer
         return outputs
 
-    def chat_prompt(self, conversation: list[dict], *, reasoning: str | None = None) -> list[int]:
+    def chat_prompt(self, conversation: list[dict], *, reasoning: str | None = None, chat_template: str | None = None,
+                    chat_template_kwargs: dict | None = None, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False) -> list[int]:
         """The token ids of one conversation under the chat template (see `chat`)."""
         if reasoning not in (None, "cot"):
             raise ValueError(f"reasoning must be None or 'cot', got {reasoning!r}")
+        conversations = as_conversations(conversation)
+        if len(conversations) != 1:
+            raise TypeError(f"chat_prompt takes one conversation (a list of message dicts), got {len(conversations)}")
+        conversation = conversations[0]
         if reasoning == "cot":
-            if self.thinking is not None:
+            thinking = self.engine.thinking
+            if thinking is not None:
                 raise ValueError("reasoning='cot' is for models that do not think on their own; this model has "
-                                 f"thinking delimiters {self.thinking.start!r}/{self.thinking.end!r}")
+                                 f"thinking delimiters {thinking.start!r}/{thinking.end!r}")
             conversation = _with_system_prompt(conversation, COT_SYSTEM_PROMPT)
-        ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"]) if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
+        return apply_chat_template(self.engine.tokenizer, conversation, chat_template=chat_template,
+                                   chat_template_kwargs=chat_template_kwargs,
+                                   add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message)
 
 
 def _with_system_prompt(conversation: list[dict], prompt: str) -> list[dict]:
@@ -471,194 +293,43 @@ def _with_system_prompt(conversation: list[dict], prompt: str) -> list[dict]:
     return [{"role": "system", "content": prompt}, *conversation]
 
 
-class StreamDelta(NamedTuple):
-    """New text of one sample (`index`) of a request, from `LLM.generate_stream`."""
+class _Progress:
+    """`generate`'s progress bar (tqdm, when installed): requests done, and output tokens with
+    their rate, so a single long generation moves too. Redrawn at most twice a second."""
 
-    request_id: str
-    index: int
-    text: str
-    kind: str = "answer"  # "reasoning" (inside a thinking section) or "answer"
-    finish_reason: str | None = None  # set on the sample's last delta
+    INTERVAL = 0.5
 
+    def __init__(self, total: int, engine: LLMEngine):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self.bar = None
+            return
+        self.bar = tqdm(total=total, desc="generating", unit="req", dynamic_ncols=True)
+        self.engine = engine
+        self.start_tokens = engine.num_generation_tokens
+        self.start = self.last = time.perf_counter()
 
-def _thinking_delimiters(tokenizer, spec):
-    """The engine's thinking delimiters from `LLM(thinking_delimiters=...)` (see there)."""
-    if spec is False:
-        return None
-    if spec is None:
-        found = find_thinking_delimiters(tokenizer) if hasattr(tokenizer, "get_vocab") else None
-        if found is not None and (len(found.start_ids) != 1 or len(found.end_ids) != 1):
-            return None  # only single-token delimiters are tracked
-        return found
-    if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(x, str) for x in spec)):
-        raise ValueError(f"thinking_delimiters must be None, False or a (start, end) pair of strings, got {spec!r}")
-    found = find_thinking_delimiters(tokenizer, *spec)
-    for name, ids in (("start", found.start_ids), ("end", found.end_ids)):
-        if len(ids) != 1:
-            raise ValueError(f"thinking_delimiters {name} {getattr(found, name)!r} is {len(ids)} tokens in this "
-                             f"tokenizer ({ids}); each delimiter must be a single token")
-    return found
+    def step(self) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.INTERVAL:
+            self.last = now
+            self._postfix(now)
+            self.bar.refresh()
 
+    def _postfix(self, now: float) -> None:
+        tokens = self.engine.num_generation_tokens - self.start_tokens
+        rate = tokens / (now - self.start) if now > self.start else 0.0
+        self.bar.set_postfix_str(f"{tokens} output tokens, {rate:.1f} tok/s", refresh=False)
 
-class _Thinking:
-    """One sequence's thinking section: the token-level state, and the budget rules that
-    replace sampled tokens (`SamplingParams.thinking_budget`, `min_thinking_tokens`)."""
+    def done(self, n: int) -> None:
+        if self.bar is not None:
+            self._postfix(time.perf_counter())
+            self.bar.update(n)
 
-    def __init__(self, seq: Sequence, delimiters, tokenizer):
-        p = seq.params
-        self.end_id = delimiters.end_ids[0]
-        self.state = ThinkingState(delimiters, starts_in_reasoning=prompt_opens_thinking(seq.token_ids, delimiters))
-        self.budget = p.thinking_budget
-        self.min_tokens = p.min_thinking_tokens
-        self.controls = self.budget is not None or self.min_tokens > 0
-        encode = functools.partial(tokenizer.encode, add_special_tokens=False)
-        self.lead_in = list(encode(p.answer_lead_in)) if self.budget is not None and p.answer_lead_in else []
-        self.continuation = list(encode(p.thinking_continuation)) if self.min_tokens else []
-
-    def choose(self, sampled: int, forced: deque) -> int:
-        """The token to emit instead of `sampled` (queuing any that must follow in `forced`)."""
-        state = self.state
-        if not state.in_reasoning:
-            return sampled
-        n = state.num_reasoning_tokens
-        if sampled == self.end_id:
-            if n < self.min_tokens:  # too early: keep thinking
-                forced.extend(self.continuation[1:])
-                return self.continuation[0]
-            return sampled
-        if self.budget is not None and n >= self.budget:
-            forced.extend(self.lead_in)
-            return self.end_id
-        return sampled
-
-
-class _Stopper:
-    """Per-sequence stop checks and incremental text, constant work per token: the text is kept
-    as pieces (joined once, when the sequence finishes), and stop strings are looked for only
-    when the new text contains the last character of one, in a window of the newest text as
-    long as the new text plus the longest stop string.
-
-    For reasoning models it also tracks the thinking section (its delimiter tokens' text is
-    dropped; `reasoning` holds the character span of the thinking text) and applies the
-    thinking-budget rules through `choose`, which replaces sampled tokens."""
-
-    def __init__(self, seq: Sequence, tokenizer, eos_token_ids, max_model_len: int, thinking=None):
-        p = seq.params
-        self.seq = seq
-        self.min_tokens = p.min_tokens
-        self.stop_ids = set(p.stop_token_ids or []) | (set() if p.ignore_eos else set(eos_token_ids))
-        self.stop_strings = list(p.stop or [])
-        self.stop_last_chars = frozenset(s[-1] for s in self.stop_strings)
-        self.longest = max(map(len, self.stop_strings), default=0)
-        # The sequence reaches its length limit at this many tokens (prompt included).
-        self.end = min(seq.prompt_len + p.max_tokens, max_model_len)
-        self.detok = IncrementalDetokenizer(tokenizer)
-        self.pieces: list[str] = []
-        self.length = 0  # characters emitted so far
-        self.thinking = None if thinking is None else _Thinking(seq, thinking, tokenizer)
-        self.forced: deque[int] = deque()  # tokens to emit in the next steps, whatever is sampled
-        self.guard = RepetitionGuard() if p.repetition_guard else None
-        # Whether `choose` must see every sampled token.
-        self.controls = self.thinking is not None and self.thinking.controls
-        self.reasoning = [0, None] if self.thinking is not None and self.thinking.state.in_reasoning else None
-        self.kind = "reasoning" if self.reasoning else "answer"  # of the text being emitted
-
-    def choose(self, sampled: int) -> int:
-        """The token this sequence emits for the `sampled` one (thinking-budget rules)."""
-        if self.forced:
-            return self.forced.popleft()
-        return self.thinking.choose(sampled, self.forced)
-
-    def observe(self, token: int) -> str:
-        """Account for a newly sampled token (already appended to the sequence); returns the
-        text it adds. Finishes the sequence when a stop condition holds (the stop token or
-        string is not part of the text)."""
-        seq = self.seq
-        n = len(seq.token_ids) - seq.prompt_len  # output tokens, this one included
-        if token in self.stop_ids and n >= self.min_tokens:
-            self._finish("stop", token)
-            return ""
-        delta = self.detok.add(token) or ""
-        if self.thinking is not None and self._delimiter(token):
-            delta = ""  # a delimiter's own text is in neither the reasoning nor the answer
-        if delta:
-            self.pieces.append(delta)
-            self.length += len(delta)
-            if n >= self.min_tokens and not self.stop_last_chars.isdisjoint(delta):
-                stopped = self._stop_string(delta)
-                if stopped is not None:
-                    return stopped
-        if self.guard is not None and self.guard.observe(token):
-            self._finish("repetition")
-        elif len(seq.token_ids) >= self.end:
-            self._finish("length")
-        return delta
-
-    def _delimiter(self, token: int) -> bool:
-        """Feed the thinking state; True if `token` is a delimiter (its span boundary recorded)."""
-        state = self.thinking.state
-        was, before = state.in_reasoning, state.num_delimiter_tokens
-        state.observe(token)
-        if state.num_delimiter_tokens == before:
-            return False
-        if state.in_reasoning and not was:
-            self.reasoning = [self.length, None]
-        elif was and not state.in_reasoning:
-            self.reasoning[1] = self.length
-            self.controls = bool(self.forced)
-        self.kind = "reasoning" if state.in_reasoning else "answer"
-        return True
-
-    def _stop_string(self, delta: str) -> str | None:
-        """If `delta` completes a stop string, finish before the earliest such string and return
-        the part of `delta` before it; otherwise None."""
-        size = len(delta) + self.longest - 1
-        window, i = "", len(self.pieces)
-        while len(window) < size and i:
-            i -= 1
-            window = self.pieces[i][len(window) - size:] + window
-        new = len(window) - len(delta)  # where delta starts in the window
-        hits = [(at, s) for s in self.stop_strings if (at := window.find(s, max(0, new - len(s) + 1))) != -1]
-        if not hits:
-            return None
-        at, stop = min(hits)
-        end = self.length - len(window) + at  # where the text stops, in the whole text
-        self._finish("stop", stop, text_end=end)
-        return delta[: max(0, end - (self.length - len(delta)))]
-
-    def _finish(self, reason: str, stop_reason=None, text_end: int | None = None) -> None:
-        text = "".join(self.pieces)
-        if text_end is not None:
-            text = text[:text_end]
-        seq = self.seq
-        if self.reasoning is not None:
-            start, end = self.reasoning
-            end = len(text) if end is None else min(end, len(text))
-            seq.reasoning_text, text = text[start:end], text[:start] + text[end:]
-        if self.thinking is not None:
-            seq.num_reasoning_tokens = self.thinking.state.num_reasoning_tokens
-            seq.num_delimiter_tokens = self.thinking.state.num_delimiter_tokens
-        seq.text = text
-        seq.finish(reason, stop_reason)
-
-
-def _request_output(request_id, text, ids, seqs) -> RequestOutput:
-    first = min((s.first_token_time for s in seqs if s.first_token_time), default=None)
-    last = max((s.finish_time for s in seqs if s.finish_time), default=None)
-    arrival = seqs[0].arrival_time
-    decoded = sum(max(0, s.num_output - 1) for s in seqs)
-    rate = decoded / (last - first) if first and last and last > first else None
-    metrics = RequestMetrics(arrival, first, last, None if first is None else first - arrival, rate)
-    outputs = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason, s.logprobs,
-                                s.reasoning_text, s.num_reasoning_tokens, s.num_delimiter_tokens) for s in seqs]
-    return RequestOutput(request_id, text, list(ids), outputs, metrics)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="generating", unit="req")
+    def close(self) -> None:
+        if self.bar is not None:
+            self._postfix(time.perf_counter())
+            self.bar.close()

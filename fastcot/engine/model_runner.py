@@ -21,17 +21,20 @@ from dataclasses import dataclass
 
 import torch
 
-from fastcot.engine.metadata import AttentionMetadata
+from fastcot.engine.block_manager import BlockManager
 from fastcot.engine.sampling import (
     Sampler,
     SamplingTensors,
     compute_logprobs,
+    count_tokens_,
+    output_counts,
     pack,
     presence_mask,
     record_tokens_,
 )
 from fastcot.engine.scheduler import Batch
 from fastcot.engine.sequence import Sequence
+from fastcot.layers.attention import AttentionMetadata
 
 
 @dataclass
@@ -49,20 +52,62 @@ class _DecodeState:
     next_ids: torch.Tensor | None = None  # [B] int64, the ids sampled by that step
 
 
+class _TokenRows:
+    """A `[capacity, V]` tensor with one row per slot, describing a sequence's tokens for the
+    penalties (`build([seq], V, device)`: presence of prompt and output tokens, or counts of
+    output tokens); a row is built once per sequence, then updated on the device with each
+    token the sequence samples (`record`)."""
+
+    def __init__(self, dtype: torch.dtype, build, record):
+        self.dtype, self.build, self.record = dtype, build, record
+        self.rows: torch.Tensor | None = None
+        self.ok: set[int] = set()  # seq_ids whose row is up to date
+
+    def view(self, seqs: list[Sequence], capacity: int, vocab_size: int, device) -> torch.Tensor:
+        """`[B, V]` rows of a decode batch (its sequences hold slots 0..B-1)."""
+        if self.rows is None or self.rows.shape[1] != vocab_size:
+            self.rows = torch.zeros((capacity, vocab_size), dtype=self.dtype, device=device)
+            self.ok.clear()
+        for i, seq in enumerate(seqs):
+            if seq.seq_id not in self.ok:
+                self.rows[i] = self.build([seq], vocab_size, device)[0]
+                self.ok.add(seq.seq_id)
+        return self.rows[: len(seqs)]
+
+    def grow(self) -> None:
+        if self.rows is not None:
+            self.rows = torch.cat([self.rows, torch.zeros_like(self.rows)])
+
+    def permute(self, index: torch.Tensor) -> None:
+        if self.rows is not None:
+            self.rows[: index.shape[0]] = self.rows[index]
+
+
+def _presence(seqs, vocab_size, device):
+    return presence_mask([s.token_ids for s in seqs], vocab_size, device)
+
+
+def _counts(seqs, vocab_size, device):
+    return output_counts([s.token_ids[s.prompt_len:] for s in seqs], vocab_size, device)
+
+
 class ModelRunner:
     """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps.
 
     Callers that change a running sequence's tokens outside `step` must call `invalidate()`.
+    Block tables need no such care: before each step the runner writes every change that
+    the block manager recorded (`BlockManager.pop_table_changes`), whoever made it.
     """
 
-    def __init__(self, model, *, num_blocks: int, block_size: int, kv_cache_dtype: torch.dtype, device: torch.device,
+    def __init__(self, model, *, block_manager: BlockManager, kv_cache_dtype: torch.dtype, device: torch.device,
                  max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True):
         config = model.config
         self.model = model
         self.config = config
-        self.block_size = block_size
+        self.blocks = block_manager
+        self.block_size = block_size = block_manager.block_size
         self.device = device
-        shape = config.kv_cache_shape(num_blocks, block_size)
+        shape = config.kv_cache_shape(block_manager.num_blocks, block_size)
         self.kv_caches = [
             (torch.zeros(shape, dtype=kv_cache_dtype, device=device), torch.zeros(shape, dtype=kv_cache_dtype, device=device))
             for _ in range(config.num_hidden_layers)
@@ -71,16 +116,21 @@ class ModelRunner:
         self.max_blocks_per_seq = max_blocks_per_seq
         capacity = min(max_num_seqs, 16)
         self.tables = torch.zeros((capacity, max_blocks_per_seq), dtype=torch.int32, device=device)
-        self.presence: torch.Tensor | None = None  # [capacity, V] bool, per slot, made when needed
-        self.rows: dict[int, list[int]] = {}  # seq_id -> [slot, table entries written]
+        # Per-slot penalty state, made when a row first needs it: repetition penalty
+        # (presence in prompt and output) and presence/frequency penalties (output counts).
+        self.presence = _TokenRows(torch.bool, _presence, record_tokens_)
+        self.counts = _TokenRows(torch.int32, _counts, count_tokens_)
+        self.rows: dict[int, int] = {}  # seq_id -> slot
         self.owner: list[int | None] = [None] * capacity  # slot -> seq_id
         self.free_slots = list(range(capacity - 1, -1, -1))  # lowest last
         self.width = 0  # most table entries written in any slot
-        self.presence_ok: set[int] = set()  # seq_ids whose presence row is up to date
         self._decode: _DecodeState | None = None
-        # Per row of the last step: {token id: log-probability} (the sampled token and the
-        # row's top `logprobs`), or None where the request did not ask; None if no row did.
-        self.last_logprobs: list[dict[int, float] | None] | None = None
+        # Per row of the last step: (sampled token's log-probability, its rank, top ids, their
+        # log-probabilities), or None where the request did not ask; None if no row did.
+        self.last_logprobs: list[tuple | None] | None = None
+        # Per prefill sequence asking for prompt logprobs: (sequence, index of the first prompt
+        # token scored, and per scored token the same tuple as `last_logprobs`).
+        self.last_prompt_logprobs: list[tuple] | None = None
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
@@ -94,47 +144,69 @@ class ModelRunner:
         """Rebuild the next decode step's inputs from the sequences."""
         self._decode = None
 
+    def reset(self) -> None:
+        """Forget every slot and cached input (after a failed step): the next step rebuilds
+        its inputs and writes each sequence's block table whole."""
+        self.rows.clear()
+        self.owner = [None] * len(self.owner)
+        self.free_slots = list(range(len(self.owner) - 1, -1, -1))
+        self.width = 0
+        self.presence.ok.clear()
+        self.counts.ok.clear()
+        self._decode = None
+        self.last_logprobs = self.last_prompt_logprobs = None
+        self.blocks.pop_table_changes()
+
     def release(self, seq: Sequence) -> None:
         """Forget a finished or preempted sequence's slot."""
-        entry = self.rows.pop(seq.seq_id, None)
-        if entry is not None:
-            self.owner[entry[0]] = None
-            self.free_slots.append(entry[0])
+        slot = self.rows.pop(seq.seq_id, None)
+        if slot is not None:
+            self.owner[slot] = None
+            self.free_slots.append(slot)
             self.free_slots.sort(reverse=True)
-        self.presence_ok.discard(seq.seq_id)
+        self.presence.ok.discard(seq.seq_id)
+        self.counts.ok.discard(seq.seq_id)
         self._decode = None
 
     def _slot(self, seq: Sequence) -> int:
-        entry = self.rows.get(seq.seq_id)
-        if entry is None:
+        slot = self.rows.get(seq.seq_id)
+        if slot is None:
             if not self.free_slots:
                 self._grow()
-            entry = self.rows[seq.seq_id] = [self.free_slots.pop(), 0]
-            self.owner[entry[0]] = seq.seq_id
-        return entry[0]
+            slot = self.rows[seq.seq_id] = self.free_slots.pop()
+            self.owner[slot] = seq.seq_id
+        return slot
 
     def _grow(self) -> None:
         capacity = self.tables.shape[0]
         self.tables = torch.cat([self.tables, torch.zeros_like(self.tables)])
-        if self.presence is not None:
-            self.presence = torch.cat([self.presence, torch.zeros_like(self.presence)])
+        self.presence.grow()
+        self.counts.grow()
         self.owner += [None] * capacity
         self.free_slots = list(range(2 * capacity - 1, capacity - 1, -1)) + self.free_slots
 
-    def _write_tables(self, seqs, *, rewrite: bool = False, last: bool = False) -> None:
-        """Copy the new entries of `seqs`' block tables (all of them if `rewrite`; the last
-        one too if `last`, after a copy-on-write) to their slots, in one indexed copy."""
-        index, vals, stride = [], [], self.tables.stride(0)
+    def _sync_tables(self, seqs) -> None:
+        """Bring the device rows up to date before a step: each of `seqs` (this step's
+        sequences) gets a slot, a new one written whole, and every other row gets the table
+        entries the block manager changed since the last step, in one indexed copy."""
+        changes = self.blocks.pop_table_changes()
         for seq in seqs:
-            entry = self.rows[seq.seq_id]
+            if seq.seq_id not in self.rows:
+                self._slot(seq)
+                changes[seq.seq_id] = (seq, 0)
+        if not changes:
+            return
+        index, vals, stride = [], [], self.tables.stride(0)
+        for seq, start in changes.values():
+            slot = self.rows.get(seq.seq_id)
+            if slot is None:
+                continue  # no row: it is written whole when it gets one
             table = seq.block_table
-            start = 0 if rewrite else min(entry[1], len(table) - 1) if last else entry[1]
             if len(table) > start:
-                base = entry[0] * stride
+                base = slot * stride
                 index += range(base + start, base + len(table))
                 vals += table[start:]
-            entry[1] = len(table)
-            self.width = max(self.width, len(table))
+                self.width = max(self.width, len(table))
         if vals:
             _put(self.tables.view(-1), index, vals, self.device)
 
@@ -148,11 +220,11 @@ class ModelRunner:
         index = pack("q", perm, torch.int64, self.device)
         n = len(perm)
         self.tables[:n, : self.width] = self.tables[index, : self.width]
-        if self.presence is not None:
-            self.presence[:n] = self.presence[index]
+        self.presence.permute(index)
+        self.counts.permute(index)
         owners = [self.owner[p] for p in perm]
         for slot, seq_id in enumerate(owners):
-            self.rows[seq_id][0] = slot
+            self.rows[seq_id] = slot
         self.owner = owners + [None] * (len(self.owner) - n)
         self.free_slots = list(range(len(self.owner) - 1, n - 1, -1))
 
@@ -169,11 +241,10 @@ class ModelRunner:
         if self._decode is not None and any(s.seq_id in self._decode.row for s in seqs):
             self._decode = None
         for seq in seqs:
-            self.presence_ok.discard(seq.seq_id)
-        slots = [self._slot(s) for s in seqs]
-        # A new row is written whole; otherwise only new entries, and the last one after a
-        # copy-on-write (a speculative step).
-        self._write_tables(seqs, last=bool(batch.block_copies))
+            self.presence.ok.discard(seq.seq_id)
+            self.counts.ok.discard(seq.seq_id)
+        self._sync_tables(seqs)
+        slots = [self.rows[s.seq_id] for s in seqs]
         spans = [(s.num_computed, end) for s, end in zip(seqs, batch.chunk_ends)]
         ids = [t for s, (a, b) in zip(seqs, spans) for t in s.token_ids[a:b]]
         positions = [p for a, b in spans for p in range(a, b)]
@@ -197,16 +268,16 @@ class ModelRunner:
             d.seq_lens.add_(1)
             d.slot_mapping.add_(1)
             d.max_len += 1
-            if batch.grown:  # a new (or copied) last block: its first slot, and its table entry
-                self._write_tables(batch.grown, last=True)
+            self._sync_tables(())
+            if batch.grown:  # a new (or copied) last block: its first slot
                 rows = [d.row[s.seq_id] for s in batch.grown]
                 slots = [s.block_table[(len(s) - 1) // bs] * bs + (len(s) - 1) % bs for s in batch.grown]
                 _put(d.slot_mapping, rows, slots, self.device)
             input_ids = d.next_ids
             d.next_ids = None
         else:
+            self._sync_tables(seqs)
             self._arrange(seqs)
-            self._write_tables(seqs, last=bool(batch.block_copies))
             lens = [len(s) for s in seqs]
             positions = [n - 1 for n in lens]
             slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions)]
@@ -231,18 +302,6 @@ class ModelRunner:
             eos_token_ids=self.config.eos_token_ids, device=self.device,
         )
 
-    def _decode_presence(self, seqs: list[Sequence], vocab_size: int) -> torch.Tensor:
-        """`[B, V]` view of the per-slot presence rows of a decode batch (built once per
-        sequence, then updated with each sampled token)."""
-        if self.presence is None or self.presence.shape[1] != vocab_size:
-            self.presence = torch.zeros((self.tables.shape[0], vocab_size), dtype=torch.bool, device=self.device)
-            self.presence_ok.clear()
-        for i, seq in enumerate(seqs):
-            if seq.seq_id not in self.presence_ok:
-                self.presence[i] = presence_mask([seq.token_ids], vocab_size, self.device)[0]
-                self.presence_ok.add(seq.seq_id)
-        return self.presence[: len(seqs)]
-
     @torch.inference_mode()
     def replace_sampled(self, rows: list[Sequence], replaced: list[tuple[int, int]]) -> None:
         """The engine emitted other tokens than the last step sampled for some rows
@@ -250,8 +309,9 @@ class ModelRunner:
         d = self._decode
         if d is not None and d.next_ids is not None and d.seqs == rows:
             _put(d.next_ids, [i for i, _ in replaced], [t for _, t in replaced], self.device, torch.int64)
-        for i, _ in replaced:
-            self.presence_ok.discard(rows[i].seq_id)  # it recorded the sampled token
+        for i, _ in replaced:  # their rows recorded the sampled token
+            self.presence.ok.discard(rows[i].seq_id)
+            self.counts.ok.discard(rows[i].seq_id)
 
     # ---- steps -------------------------------------------------------------------------------
 
@@ -271,7 +331,7 @@ class ModelRunner:
         a decode step samples every batch sequence in order)."""
         for seq in batch.preempted:
             self.release(seq)
-        self.last_logprobs = None
+        self.last_logprobs = self.last_prompt_logprobs = None
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
         logits = None
@@ -280,9 +340,11 @@ class ModelRunner:
                                      metadata.block_tables)
         if logits is None:
             hidden = self.model(input_ids, positions, self.kv_caches, metadata)
-            if not rows:  # prefill chunks that end before their sequence does
-                return []
             if batch.is_prefill:
+                if any(s.params.prompt_logprobs is not None for s in batch.seqs):
+                    self.last_prompt_logprobs = self._prompt_logprobs(hidden, batch)
+                if not rows:  # prefill chunks that end before their sequence does
+                    return []
                 hidden = hidden[metadata.cu_seqlens_q[1:].long() - 1]
             logits = self.model.compute_logits(hidden)
         if batch.is_prefill:
@@ -291,19 +353,23 @@ class ModelRunner:
         tensors = d.tensors
         if tensors is None or tensors.suppress_ids is not None:  # suppression (min_tokens) changes per step
             tensors = d.tensors = self._sampling_tensors(batch.seqs)
-        presence = None
-        if tensors.do_penalty:
-            presence = self._decode_presence(batch.seqs, logits.shape[1])
-        elif self.presence_ok:  # this step's tokens go unrecorded: the rows are out of date
-            self.presence_ok.clear()
-        sampled = self.sampler(logits, tensors, presence)
-        if presence is not None:
-            record_tokens_(presence, sampled)
+        capacity, vocab_size = self.tables.shape[0], logits.shape[1]
+        views = []
+        for token_rows, used in ((self.presence, tensors.do_penalty), (self.counts, tensors.do_output_penalty)):
+            if used:
+                views.append(token_rows.view(batch.seqs, capacity, vocab_size, self.device))
+            else:
+                views.append(None)
+                token_rows.ok.clear()  # this step's tokens go unrecorded: the rows are out of date
+        sampled = self.sampler(logits, tensors, views[0], output_counts=views[1])
+        for token_rows, view in zip((self.presence, self.counts), views):
+            if view is not None:
+                token_rows.record(view, sampled)
         tensors.advance_()
         d.next_ids = sampled
         tokens = sampled.tolist()
         if d.num_logprobs is not None:
-            self.last_logprobs = _logprobs(logits, sampled, tokens, batch.seqs, d.num_logprobs)
+            self.last_logprobs = _logprobs(logits, sampled, batch.seqs, d.num_logprobs)
         return tokens
 
     @torch.inference_mode()
@@ -327,7 +393,7 @@ class ModelRunner:
             [s.params for s in rows], output_lens=output_lens, keys=[s.noise_key for s in rows],
             eos_token_ids=self.config.eos_token_ids, device=self.device,
         )
-        sampled = self.sampler(logits, tensors).tolist()
+        sampled = self.sampler(logits, tensors, None, output_counts=None).tolist()
         out, at = [], 0
         for seq, end in zip(batch.seqs, batch.chunk_ends):
             n = end - seq.num_computed
@@ -339,34 +405,52 @@ class ModelRunner:
         if row_index != list(range(logits.shape[0])):
             logits = logits[self._tensor(row_index, torch.int64)]
         tensors = self._sampling_tensors(rows)
-        presence = None
-        if tensors.do_penalty:
-            presence = presence_mask([s.token_ids for s in rows], logits.shape[1], self.device)
-        sampled = self.sampler(logits, tensors, presence)
+        vocab_size = logits.shape[1]
+        presence = _presence(rows, vocab_size, self.device) if tensors.do_penalty else None
+        counts = _counts(rows, vocab_size, self.device) if tensors.do_output_penalty else None
+        sampled = self.sampler(logits, tensors, presence, output_counts=counts)
         tokens = sampled.tolist()
         num_logprobs = _num_logprobs(rows)
         if num_logprobs is not None:
-            self.last_logprobs = _logprobs(logits, sampled, tokens, rows, num_logprobs)
+            self.last_logprobs = _logprobs(logits, sampled, rows, num_logprobs)
         return tokens
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, batch: Batch) -> list[tuple]:
+        """Score the prompt tokens this prefill step computes, for the sequences that ask:
+        the logits at position p give the log-probabilities of prompt token p + 1."""
+        out, start = [], 0
+        for seq, end in zip(batch.seqs, batch.chunk_ends):
+            first, count = seq.num_computed, end - seq.num_computed
+            k = seq.params.prompt_logprobs
+            last = min(end, seq.prompt_len - 1)  # the last prompt token is scored from position prompt_len - 2
+            if k is not None and last > first:
+                rows = hidden[start: start + last - first]
+                targets = self._tensor(seq.token_ids[first + 1: last + 1], torch.int64)
+                scores = _scores(self.model.compute_logits(rows), targets, k)
+                out.append((seq, first + 1, scores))
+            start += count
+        return out
 
 
 def _num_logprobs(rows: list[Sequence]) -> int | None:
     return max((s.params.logprobs for s in rows if s.params.logprobs is not None), default=None)
 
 
-def _logprobs(logits, sampled, tokens, rows, num_top) -> list[dict[int, float] | None]:
-    """Each row's {token id: log-probability} under the raw model distribution: its top
-    `params.logprobs` tokens and the sampled one (one host copy for the batch)."""
-    token_lp, top_ids, top_lp = (t.tolist() for t in compute_logprobs(logits, sampled, num_top))
+def _scores(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int) -> list[tuple]:
+    """Per row `(log-probability of token_ids[row], its rank, top ids, top log-probabilities)`
+    under the raw distribution (one host copy for the batch)."""
+    token_lp, rank, top_ids, top_lp = compute_logprobs(logits, token_ids, num_top, ranks=True)
+    return list(zip(token_lp.tolist(), rank.tolist(), top_ids.tolist(), top_lp.tolist()))
+
+
+def _logprobs(logits, sampled, rows, num_top) -> list[tuple | None]:
+    """Each row's scores (see `_scores`), its own `params.logprobs` top entries; None where
+    the row's request did not ask."""
+    scores = _scores(logits, sampled, num_top)
     out = []
-    for i, seq in enumerate(rows):
+    for seq, (lp, rank, ids, lps) in zip(rows, scores):
         n = seq.params.logprobs
-        if n is None:
-            out.append(None)
-            continue
-        entry = dict(zip(top_ids[i][:n], top_lp[i][:n]))
-        entry[tokens[i]] = token_lp[i]
-        out.append(entry)
+        out.append(None if n is None else (lp, rank, ids[:n], lps[:n]))
     return out
 
 

@@ -6,9 +6,10 @@ host, once per step; `Sampler` turns `[B, V]` logits into `[B]` token ids withou
 reading a device value back, with no Python loop over rows and no data-dependent shape, so a
 decode step including sampling can be captured in a CUDA graph (or `torch.compile`d).
 
-Processing order per row (HF `generate` and vLLM agree on it): repetition penalty, then
-suppression of EOS/stop ids while under `min_tokens`, then greedy argmax for temperature-0
-rows; for the others temperature, top-k, top-p, min-p, then one draw.
+Processing order per row (HF `generate` and vLLM agree on it): repetition penalty, presence
+and frequency penalties, then suppression of EOS/stop ids while under `min_tokens`, then
+greedy argmax for temperature-0 rows; for the others temperature, top-k, top-p, min-p, then
+one draw.
 
 Seeded draws are Gumbel-max over noise from a counter-based hash of (row key, step, token id)
 in 32-bit integer arithmetic; see `gumbel_noise`.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+OUTPUT_KINDS = ("cumulative", "delta", "final_only")
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 # Below this temperature a row is greedy: logits / T would overflow or turn into NaN.
@@ -34,12 +36,26 @@ _GREEDY_TEMPERATURE = 1e-5
 class SamplingParams:
     """How to sample the completion of one request (vLLM-compatible names and defaults).
 
-    `temperature=0` (or below 1e-5) is greedy. `top_k=0`, `top_p=1`, `min_p=0` and
-    `repetition_penalty=1` are off.
+    `temperature=0` (or below 1e-5) is greedy. `top_k=0` (or -1), `top_p=1`, `min_p=0` and the
+    penalties at their defaults are off. `repetition_penalty` (HF's, over prompt and output:
+    a present token's positive logit is divided by it, a negative one multiplied);
+    `presence_penalty` and `frequency_penalty` (OpenAI's, in [-2, 2], over output tokens: a
+    token's logit is lowered by `presence_penalty` if it occurs in the output and by
+    `frequency_penalty` times its count there).
+    `max_tokens`: most output tokens (None: up to the engine's `max_model_len`).
     `stop` (strings) and `stop_token_ids` end a completion; neither ends it before `min_tokens`
-    tokens, during which EOS (unless `ignore_eos`) and `stop_token_ids` cannot be sampled.
+    tokens, during which EOS (unless `ignore_eos`) and `stop_token_ids` cannot be sampled. The
+    stop string is not in the text unless `include_stop_str_in_output`.
+    `skip_special_tokens`: leave special tokens' text out of the output text.
     `seed` makes this request's samples reproducible whatever batch it runs in.
-    `logprobs`: how many top log-probabilities to return per token (None: none).
+    `logprobs`: how many top log-probabilities to return per output token (None: none; the
+    sampled token's is always included); `prompt_logprobs`: the same for each prompt token
+    (a request asking for them does not use the prefix cache). Both are bounded by the
+    engine's `max_logprobs` (default 20).
+    `output_kind` (what `LLMEngine.step()` returns for this request): "cumulative" (default:
+    an output at every step it progresses, whole texts and deltas), "delta" (at every step,
+    `text`/`token_ids` hold only the new part) or "final_only" (one output when it finishes;
+    `LLM.generate` uses it).
 
     Reasoning models (thinking delimiters known to the engine, see `fastcot.LLM`):
     `thinking_budget=N` caps the thinking section at N tokens: the token after the N-th is
@@ -59,7 +75,9 @@ class SamplingParams:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
-    max_tokens: int = 16
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_tokens: int | None = 16
     min_tokens: int = 0
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
@@ -71,17 +89,24 @@ class SamplingParams:
     answer_lead_in: str = "\n\n"
     thinking_continuation: str = "\nWait"
     repetition_guard: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    prompt_logprobs: int | None = None
+    output_kind: str = "cumulative"
 
     def __post_init__(self):
         _check_int("n", self.n, low=1)
         self.temperature = _check_float("temperature", self.temperature, ">= 0", lambda v: v >= 0)
         self.top_p = _check_float("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
-        _check_int("top_k", self.top_k, low=0, hint=" (0 disables top-k)")
+        _check_int("top_k", self.top_k, low=-1, hint=" (0 or -1 disable top-k)")
         self.min_p = _check_float("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
         self.repetition_penalty = _check_float("repetition_penalty", self.repetition_penalty, "> 0", lambda v: v > 0)
-        _check_int("max_tokens", self.max_tokens, low=1)
+        for name in ("presence_penalty", "frequency_penalty"):
+            setattr(self, name, _check_float(name, getattr(self, name), "in [-2, 2]", lambda v: -2 <= v <= 2))
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, low=1, hint=" (or None: up to max_model_len)")
         _check_int("min_tokens", self.min_tokens, low=0)
-        if self.min_tokens > self.max_tokens:
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(
                 f"SamplingParams.min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}"
             )
@@ -100,28 +125,38 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.ignore_eos must be a bool, got {self.ignore_eos!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
-        if self.logprobs is not None:
-            _check_int("logprobs", self.logprobs, low=0)
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=0)
+        if self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"SamplingParams.output_kind must be one of {list(OUTPUT_KINDS)}, "
+                             f"got {self.output_kind!r}")
         if self.thinking_budget is not None:
             _check_int("thinking_budget", self.thinking_budget, low=0)
-            if self.thinking_budget > self.max_tokens:
+            if self.max_tokens is not None and self.thinking_budget > self.max_tokens:
                 raise ValueError(f"SamplingParams.thinking_budget must be <= max_tokens ({self.max_tokens}), "
                                  f"got {self.thinking_budget}")
         _check_int("min_thinking_tokens", self.min_thinking_tokens, low=0)
         limit = self.max_tokens if self.thinking_budget is None else self.thinking_budget
-        if self.min_thinking_tokens > limit:
+        if limit is not None and self.min_thinking_tokens > limit:
             raise ValueError(f"SamplingParams.min_thinking_tokens must be <= {'thinking_budget' if self.thinking_budget is not None else 'max_tokens'} ({limit}), got {self.min_thinking_tokens}")
         for name in ("answer_lead_in", "thinking_continuation"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"SamplingParams.{name} must be a str, got {getattr(self, name)!r}")
         if not self.thinking_continuation and self.min_thinking_tokens:
             raise ValueError("SamplingParams.thinking_continuation must not be empty when min_thinking_tokens > 0")
-        if not isinstance(self.repetition_guard, bool):
-            raise ValueError(f"SamplingParams.repetition_guard must be a bool, got {self.repetition_guard!r}")
+        for name in ("repetition_guard", "include_stop_str_in_output", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SamplingParams.{name} must be a bool, got {getattr(self, name)!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_TEMPERATURE
+
+    @property
+    def output_penalties(self) -> bool:
+        """Whether presence or frequency penalties apply (they need each row's output counts)."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 def _is_int(v) -> bool:
@@ -165,6 +200,7 @@ class SamplingTensors:
         top_p: `[B]` float32; 1 means off.
         min_p: `[B]` float32; 0 means off.
         repetition_penalty: `[B]` float32; 1 means off.
+        presence_penalty, frequency_penalty: `[B]` float32; 0 means off.
         keys: `[B]` int64 in [0, 2^32): the row's noise key (`request_key`).
         steps: `[B]` int64: output tokens the row's sequence has generated before this draw;
             with `keys` it fixes the noise, so a seeded sample does not depend on its batch.
@@ -182,6 +218,8 @@ class SamplingTensors:
     top_p: torch.Tensor
     min_p: torch.Tensor
     repetition_penalty: torch.Tensor
+    presence_penalty: torch.Tensor
+    frequency_penalty: torch.Tensor
     keys: torch.Tensor
     steps: torch.Tensor
     suppress_ids: torch.Tensor | None = None
@@ -191,6 +229,7 @@ class SamplingTensors:
     do_top_p: bool = True
     do_min_p: bool = True
     do_penalty: bool = True
+    do_output_penalty: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -233,14 +272,17 @@ class SamplingTensors:
         tops_p = [p.top_p for p in params]
         mins_p = [p.min_p for p in params]
         penalties = [p.repetition_penalty for p in params]
-        tops_k = [p.top_k for p in params]
+        presence = [p.presence_penalty for p in params]
+        frequency = [p.frequency_penalty for p in params]
+        tops_k = [max(p.top_k, 0) for p in params]  # -1 is off too
         suppress = [[] for _ in range(B)] if extra_suppress_ids is None else [list(s) for s in extra_suppress_ids]
         for row, (p, n) in enumerate(zip(params, output_lens)):
             if n < p.min_tokens:
                 suppress[row] += (p.stop_token_ids or []) + ([] if p.ignore_eos else list(eos_token_ids))
 
         # array + frombuffer packs a list about 3x faster than torch.tensor(list) (host budget).
-        floats = pack("f", temps + tops_p + mins_p + penalties, torch.float32, device).view(4, B)
+        floats = pack("f", temps + tops_p + mins_p + penalties + presence + frequency, torch.float32,
+                      device).view(6, B)
         ints = pack("q", tops_k + list(keys) + list(output_lens), torch.int64, device).view(3, B)
         width = max(map(len, suppress), default=0)
         suppress_ids = None
@@ -250,6 +292,7 @@ class SamplingTensors:
         num_greedy = sum(t < _GREEDY_TEMPERATURE for t in temps)
         return cls(
             temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition_penalty=floats[3],
+            presence_penalty=floats[4], frequency_penalty=floats[5],
             top_k=ints[0], keys=ints[1], steps=ints[2], suppress_ids=suppress_ids,
             all_greedy=num_greedy == B,
             any_greedy=num_greedy > 0,
@@ -257,6 +300,7 @@ class SamplingTensors:
             do_top_p=min(tops_p, default=1.0) < 1.0,
             do_min_p=max(mins_p, default=0.0) > 0.0,
             do_penalty=penalties.count(1.0) != B,
+            do_output_penalty=presence.count(0.0) != B or frequency.count(0.0) != B,
         )
 
 
@@ -310,6 +354,16 @@ def apply_repetition_penalty(logits: torch.Tensor, presence: torch.Tensor, penal
     return torch.where(presence, torch.where(logits < 0, logits * p, logits / p), logits)
 
 
+def apply_output_penalties(logits: torch.Tensor, output_counts: torch.Tensor, presence_penalty: torch.Tensor,
+                           frequency_penalty: torch.Tensor) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties: `logits[b, v] - frequency_penalty[b] *
+    count[b, v] - presence_penalty[b] * (count[b, v] > 0)`, where `output_counts` `[B, V]`
+    counts token v among row b's output tokens (see `output_counts`)."""
+    counts = output_counts.to(logits.dtype)
+    present = (output_counts > 0).to(logits.dtype)
+    return logits - frequency_penalty.unsqueeze(1) * counts - presence_penalty.unsqueeze(1) * present
+
+
 def suppress_tokens(logits: torch.Tensor, suppress_ids: torch.Tensor) -> torch.Tensor:
     """Set `logits[b, suppress_ids[b, j]]` to -inf; entries of -1 are padding."""
     # amin with +inf at padding leaves those logits alone, whatever index the clamp gives them,
@@ -361,7 +415,9 @@ class Sampler:
     float32 and `tensors` from `SamplingTensors.from_params`. The inputs are not modified.
 
     `presence` `[B, V]` bool marks the tokens of each row's prompt and output so far; it is
-    needed only when `tensors.do_penalty`. It is a mask rather than a padded list of token
+    needed only when `tensors.do_penalty`. `output_counts` `[B, V]` int32 counts each row's
+    output tokens, needed only when `tensors.do_output_penalty` (presence and frequency
+    penalties); it is kept and updated the same way (`count_tokens_`). It is a mask rather than a padded list of token
     ids because its cost per step is fixed: a 100k-token chain of thought would make the
     padded list (and its host-to-device copy) grow every step, while the mask is built once
     per sequence (`presence_mask`) and updated in place with each sampled token
@@ -386,7 +442,8 @@ class Sampler:
             self._vocab_hash[key] = _mix32((idx + 0x2545F491) & _MASK32)
         return self._vocab_hash[key]
 
-    def __call__(self, logits: torch.Tensor, t: SamplingTensors, presence: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, t: SamplingTensors, presence: torch.Tensor | None = None,
+                 output_counts: torch.Tensor | None = None) -> torch.Tensor:
         if logits.dim() != 2 or logits.dtype != torch.float32:
             raise ValueError(f"logits must be [B, V] float32, got {list(logits.shape)} {logits.dtype}")
         if logits.shape[0] != t.batch_size:
@@ -396,6 +453,12 @@ class Sampler:
                 got = None if presence is None else f"{list(presence.shape)} {presence.dtype}"
                 raise ValueError(f"presence must be a [B, V] bool mask when a row has a repetition penalty, got {got}")
             logits = apply_repetition_penalty(logits, presence, t.repetition_penalty)
+        if t.do_output_penalty:
+            if output_counts is None or output_counts.shape != logits.shape:
+                got = None if output_counts is None else list(output_counts.shape)
+                raise ValueError(f"output_counts must be a [B, V] count tensor when a row has a presence or "
+                                 f"frequency penalty, got {got}")
+            logits = apply_output_penalties(logits, output_counts, t.presence_penalty, t.frequency_penalty)
         if t.suppress_ids is not None:
             logits = suppress_tokens(logits, t.suppress_ids)
         if t.all_greedy:
@@ -419,16 +482,35 @@ def presence_mask(token_ids: Sequence[Sequence[int]], vocab_size: int, device="c
     return mask.to(device)
 
 
+def output_counts(token_ids: Sequence[Sequence[int]], vocab_size: int, device="cpu") -> torch.Tensor:
+    """`[B, V]` int32: how often token v occurs in row b's output token ids."""
+    counts = torch.zeros(len(token_ids), vocab_size, dtype=torch.int32)
+    for row, ids in enumerate(token_ids):
+        if len(ids):
+            counts[row] = torch.bincount(torch.as_tensor(ids, dtype=torch.int64), minlength=vocab_size).to(torch.int32)
+    return counts.to(device)
+
+
+def count_tokens_(counts: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Add this step's sampled `token_ids` `[B]` to `counts` `[B, V]`, in place on the device."""
+    return counts.scatter_add_(1, token_ids.unsqueeze(1), torch.ones_like(token_ids, dtype=counts.dtype).unsqueeze(1))
+
+
 def record_tokens_(presence: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Mark this step's sampled `token_ids` `[B]` in `presence` `[B, V]`, in place on the device."""
     return presence.scatter_(1, token_ids.unsqueeze(1), True)
 
 
-def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int = 0):
+def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int = 0, *, ranks: bool = False):
     """Log-probabilities under the raw model distribution (before any processing, as vLLM).
 
-    Returns `(token_logprobs [B], top_ids [B, num_top], top_logprobs [B, num_top])`."""
+    Returns `(token_logprobs [B], top_ids [B, num_top], top_logprobs [B, num_top])`; with
+    `ranks`, `(token_logprobs, token_ranks [B], top_ids, top_logprobs)`, where a token's rank
+    is 1 + the number of tokens strictly more likely."""
     logprobs = logits.log_softmax(dim=1)
     token_logprobs = logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
     top_logprobs, top_ids = logprobs.topk(num_top, dim=1)
-    return token_logprobs, top_ids, top_logprobs
+    if not ranks:
+        return token_logprobs, top_ids, top_logprobs
+    token_ranks = (logprobs > token_logprobs.unsqueeze(1)).sum(dim=1) + 1
+    return token_logprobs, token_ranks, top_ids, top_logprobs

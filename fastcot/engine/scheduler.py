@@ -91,9 +91,12 @@ class Scheduler:
                 seq.finish("error", f"needs {needed} KV blocks but the cache has {self.blocks.num_blocks}")
                 failed.append(seq)
                 continue
-            if not self.blocks.can_allocate(seq):
+            use_cache = seq.params.prompt_logprobs is None  # scoring a prompt computes all of it
+            if not self.blocks.can_allocate(seq, use_prefix_cache=use_cache):
                 break
-            seq.num_computed = self.blocks.allocate(seq)
+            seq.num_computed = self.blocks.allocate(seq, use_prefix_cache=use_cache)
+            if seq.num_cached is None:
+                seq.num_cached = seq.num_computed
             chunk = min(len(seq) - seq.num_computed, budget)
             seq.status = Status.RUNNING
             self.waiting.popleft()
@@ -146,6 +149,14 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
+    def clear(self) -> None:
+        """Forget every sequence (after a failed engine step; their blocks are reset too)."""
+        self.waiting.clear()
+        self.running.clear()
+        self.prefilling.clear()
+        self._preempted.clear()
+        self._last_was_prefill = False
+
     def abort(self, seq: Sequence) -> None:
         """Drop a waiting or running sequence (its blocks released); the caller finishes it."""
         if seq in self.waiting:
@@ -162,5 +173,9 @@ class Scheduler:
 
 
 def _decode_ready(seq: Sequence) -> bool:
-    """Its cache holds everything but the newest token: one decode step computes that."""
-    return seq.num_computed == len(seq) - 1
+    """Its cache holds everything but its newest sampled token: one decode step computes that.
+
+    A prompt is never finished by a decode step, even when a prefill chunk (or a prefix hit)
+    stops one token short of its end: the prefill step that computes a prompt's last token is
+    the one that samples the first token of every sample of the request (`n > 1` forks)."""
+    return seq.num_computed == len(seq) - 1 and len(seq) > seq.prompt_len

@@ -38,7 +38,7 @@ class SelfConsistencyResult:
 
 def self_consistency(llm, prompt, n: int, sampling_params: SamplingParams | None = None, *,
                      extract: Callable[[str], str | None] = extract_answer, early_stop: bool = True,
-                     reasoning: str | None = None) -> SelfConsistencyResult:
+                     reasoning: str | None = None, use_tqdm: bool = True) -> SelfConsistencyResult:
     """Majority vote over `n` sampled completions of `prompt`.
 
     Args:
@@ -50,6 +50,7 @@ def self_consistency(llm, prompt, n: int, sampling_params: SamplingParams | None
             max_tokens 2048. Greedy samples would all agree.
         extract: the answer of one sample's text (the answer part for reasoning models).
         early_stop: abort the remaining samples once the vote is decided.
+        use_tqdm: a progress bar of finished samples, with the votes so far (tqdm, if installed).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -66,20 +67,38 @@ def self_consistency(llm, prompt, n: int, sampling_params: SamplingParams | None
     finished: dict[int, str] = {}
     answers: dict[int, str | None] = {}
     stopped_early = False
-    for delta in llm.generate_stream(prompt, params):
-        (thoughts if delta.kind == "reasoning" else texts)[delta.index].append(delta.text)
-        if delta.finish_reason is None or delta.index in finished:
-            continue
-        finished[delta.index] = delta.finish_reason
-        if delta.finish_reason != "abort":
-            text = "".join(texts[delta.index])
-            answers[delta.index] = extract(text)
-        if early_stop and not stopped_early and len(finished) < n:
+    bar = _progress(n, use_tqdm)
+    try:
+        for delta in llm.generate_stream(prompt, params):
+            (thoughts if delta.kind == "reasoning" else texts)[delta.index].append(delta.text)
+            if delta.finish_reason is None or delta.index in finished:
+                continue
+            finished[delta.index] = delta.finish_reason
+            if delta.finish_reason != "abort":
+                text = "".join(texts[delta.index])
+                answers[delta.index] = extract(text)
             _, counts = majority_vote(list(answers.values()))
-            if counts and vote_is_decided(counts, n - len(finished)):
+            if bar is not None:
+                bar.set_postfix_str(", ".join(f"{a}: {c}" for a, c in list(counts.items())[:4]), refresh=False)
+                bar.update(1)
+            if early_stop and not stopped_early and len(finished) < n and counts \
+                    and vote_is_decided(counts, n - len(finished)):
                 stopped_early = True
                 llm.abort(delta.request_id)
+    finally:
+        if bar is not None:
+            bar.close()
     winner, counts = majority_vote([answers[i] for i in sorted(answers)])
     samples = [Sample(i, answers.get(i), "".join(texts[i]), "".join(thoughts[i]), finished.get(i)) for i in range(n)]
     return SelfConsistencyResult(winner, counts, samples, stopped_early)
 
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="self-consistency", unit="sample", dynamic_ncols=True)

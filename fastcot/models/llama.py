@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcot import ops
-from fastcot.engine.metadata import AttentionMetadata
 from fastcot.layers import PagedAttention
+from fastcot.layers.attention import AttentionMetadata
 from fastcot.models.config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]

@@ -10,6 +10,7 @@ import torch
 import fastcot.models
 from fastcot import LLM, SamplingParams
 from fastcot.engine.model_runner import ModelRunner
+from fastcot.engine.sampling import output_counts as count_outputs
 from fastcot.engine.sampling import presence_mask
 
 VOCAB = 300
@@ -46,7 +47,7 @@ class CheckingRunner:
 
     def __init__(self, runner: ModelRunner):
         self.runner = runner
-        self.decode_steps = self.fast_steps = self.penalty_checks = 0
+        self.decode_steps = self.fast_steps = self.penalty_checks = self.count_checks = 0
         prepare, sampler = runner.prepare, runner.sampler
         self.batch = None
 
@@ -69,13 +70,17 @@ class CheckingRunner:
                 assert row[: len(seq.block_table)] == seq.block_table
             return input_ids, positions, metadata
 
-        def checked_sampler(logits, tensors, presence=None):
+        def checked_sampler(logits, tensors, presence=None, output_counts=None):
             if tensors.do_penalty and not self.batch.is_prefill:
                 assert torch.equal(presence, presence_mask([s.token_ids for s in self.batch.seqs], VOCAB))
                 self.penalty_checks += 1
+            if tensors.do_output_penalty and not self.batch.is_prefill:
+                expected = count_outputs([s.token_ids[s.prompt_len:] for s in self.batch.seqs], VOCAB)
+                assert torch.equal(output_counts, expected)
+                self.count_checks += 1
             assert tensors.steps.tolist()[: len(self.batch.seqs)] == [s.num_output for s in self.batch.seqs] \
                 or self.batch.is_prefill
-            return sampler(logits, tensors, presence)
+            return sampler(logits, tensors, presence, output_counts=output_counts)
 
         runner.prepare = checked_prepare
         runner.sampler = checked_sampler
@@ -86,6 +91,7 @@ def make_llm(num_kv_blocks, **kwargs):
     config = dataclasses.replace(base, vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=512)
     tokenizer = fastcot.models.load_tokenizer("tiny-random")
     llm = LLM.from_model(HashedLogits(config), tokenizer, device="cpu", num_kv_blocks=num_kv_blocks, block_size=4,
+                         max_model_len=min(512, 4 * num_kv_blocks),
                          **kwargs)
     return llm, CheckingRunner(llm.runner)
 
@@ -101,13 +107,14 @@ def test_decode_inputs_equal_a_rebuild_at_every_step(num_kv_blocks):
     llm, check = make_llm(num_kv_blocks, max_num_batched_tokens=16)
     params = [SamplingParams(temperature=1.0, seed=i, max_tokens=10 + 7 * i, ignore_eos=True,
                              n=3 if i % 4 == 0 else 1, repetition_penalty=1.3 if i % 3 == 0 else 1.0,
-                             min_tokens=5 if i % 5 == 0 else 0)
+                             min_tokens=5 if i % 5 == 0 else 0, presence_penalty=0.7 if i % 2 else 0.0,
+                             frequency_penalty=0.4 if i % 4 == 1 else 0.0)
               for i in range(9)]
     outs = llm.generate(prompts(9), params, use_tqdm=False)
     assert [len(c.token_ids) for o, p in zip(outs, params) for c in o.outputs] == \
         [p.max_tokens for p in params for _ in range(p.n)]
     assert check.fast_steps > check.decode_steps // 2  # the in-place path is the common one
-    assert check.penalty_checks > 0
+    assert check.penalty_checks > 0 and check.count_checks > 0
     if num_kv_blocks == 40:
         assert llm.scheduler.num_preemptions > 0
     assert llm.block_manager.num_free_blocks == num_kv_blocks  # everything released
@@ -150,4 +157,9 @@ def test_logprobs_are_the_raw_distribution_of_each_output_token():
                 top = expected.topk(p.logprobs).indices.tolist()
                 assert set(entry) == set(top) | {token}
                 for t, lp in entry.items():
-                    assert lp == pytest.approx(expected[t].item(), abs=1e-5)
+                    assert lp.logprob == pytest.approx(expected[t].item(), abs=1e-5)
+                    assert lp.rank == 1 + int((expected > expected[t]).sum())
+                    assert lp.decoded_token == llm.tokenizer.decode([t])
+                assert list(entry)[0] == token  # the sampled token comes first
+            assert completion.cumulative_logprob == pytest.approx(
+                sum(entry[t].logprob for t, entry in zip(completion.token_ids, completion.logprobs)), abs=1e-4)

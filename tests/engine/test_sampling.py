@@ -66,7 +66,7 @@ def test_defaults_match_design():
     "field, value",
     [
         ("n", 0), ("n", 1.5), ("temperature", -0.1), ("temperature", float("nan")), ("temperature", "hot"),
-        ("top_p", 0.0), ("top_p", 1.01), ("top_k", -1), ("top_k", 2.0), ("min_p", -0.1), ("min_p", 1.5),
+        ("top_p", 0.0), ("top_p", 1.01), ("top_k", -2), ("top_k", 2.0), ("min_p", -0.1), ("min_p", 1.5),
         ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("max_tokens", 0), ("min_tokens", -1),
         ("stop", 3), ("stop", [""]), ("stop", ["a", None]), ("stop_token_ids", [-1]), ("stop_token_ids", 5),
         ("ignore_eos", 1), ("seed", 1.5), ("logprobs", -1),

@@ -53,7 +53,8 @@ def make_llm(prompt_len=6, num_kv_blocks=512, block_size=4):
     config = dataclasses.replace(fastcot.models.load_config("tiny-random"), num_hidden_layers=1,
                                  max_position_embeddings=8192)
     return LLM.from_model(VotingModel(config, prompt_len), fastcot.models.load_tokenizer("tiny-random"),
-                          device="cpu", num_kv_blocks=num_kv_blocks, block_size=block_size)
+                          device="cpu", num_kv_blocks=num_kv_blocks, block_size=block_size,
+                          max_model_len=min(8192, num_kv_blocks * block_size))
 
 
 PARAMS = SamplingParams(temperature=1.0, seed=3, max_tokens=80)

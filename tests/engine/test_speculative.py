@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import load_test_module
 
 import fastcot.models
 from fastcot import LLM, SamplingParams
@@ -43,7 +42,8 @@ def make_llm(speculative=None, num_kv_blocks=400, **kwargs):
     base = fastcot.models.load_config("tiny-random")
     config = dataclasses.replace(base, vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=1024)
     return LLM.from_model(LoopyLogits(config), fastcot.models.load_tokenizer("tiny-random"), device="cpu",
-                          num_kv_blocks=num_kv_blocks, block_size=4, speculative_config=speculative, **kwargs)
+                          num_kv_blocks=num_kv_blocks, block_size=4, max_model_len=min(1024, 4 * num_kv_blocks),
+                          speculative_config=speculative, **kwargs)
 
 
 def prompts(count, seed=0):
@@ -105,11 +105,8 @@ def test_stop_strings_and_length_limits_hold_inside_accepted_runs():
     assert [c.text for o in spec for c in o.outputs] == [c.text for o in plain for c in o.outputs]
 
 
-def test_greedy_is_unchanged_on_a_real_model(tmp_path):
-    pytest.importorskip("transformers")
-    hf = load_test_module("models/hf_checkpoints.py")
-    path = hf.save_checkpoint(hf.make_hf_model("LlamaConfig", tie_word_embeddings=False), tmp_path)
-    fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
+def test_greedy_is_unchanged_on_a_real_model(real_checkpoint):
+    path = real_checkpoint
     ps = prompts(5, seed=2)
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     plain = LLM(str(path), device="cpu", num_kv_blocks=64)
@@ -137,3 +134,45 @@ def test_bad_speculative_configs():
         make_llm({"prompt_lookup_min": 3, "prompt_lookup_max": 2})
     with pytest.raises(TypeError, match="speculative_config"):
         make_llm(5)
+
+
+
+def check_tables_at_every_forward(llm):
+    """Wrap the model: at every forward, each live sequence's device row starts with its
+    block table (what the attention kernels read)."""
+    forward, runner = llm.runner.model.forward, llm.runner
+    checks = []
+
+    def checked(input_ids, positions, kv_caches, metadata):
+        for seq in llm.scheduler.running:
+            slot = runner.rows.get(seq.seq_id)
+            if slot is not None:
+                row = runner.tables[slot, : len(seq.block_table)].tolist()
+                assert row == seq.block_table, f"sequence {seq.seq_id}: device row {row} != {seq.block_table}"
+                checks.append(seq.seq_id)
+        return forward(input_ids, positions, kv_caches, metadata)
+
+    llm.runner.model.forward = checked
+    return checks
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(llama_checkpoint):
+    return llama_checkpoint[0]
+
+
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("prompt", [[159, 166, 236] * 3, [125, 116, 224, 136] * 4])
+def test_rejected_drafts_leave_no_freed_block_in_the_device_table(real_checkpoint, block_size, prompt):
+    # A rejected draft that crossed a block boundary frees its block; the device row kept the
+    # freed id and the block later taken at that index was never written, so later steps
+    # attended to a stale block (possibly another request's) and the output changed.
+    path = real_checkpoint
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    plain = LLM(str(path), device="cpu", num_kv_blocks=64, block_size=block_size)
+    spec = LLM(str(path), device="cpu", num_kv_blocks=64, block_size=block_size,
+               speculative_config={"num_speculative_tokens": 2, "prompt_lookup_min": 1})
+    checks = check_tables_at_every_forward(spec)
+    expected = plain.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+    assert spec.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids == expected
+    assert spec.speculator.num_proposed > spec.speculator.num_accepted and checks  # drafts were rejected

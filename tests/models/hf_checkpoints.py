@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fastcot.engine.metadata import AttentionMetadata
+from fastcot.layers.attention import AttentionMetadata
 
 BLOCK_SIZE = 16
 # Big enough init that greedy decoding does not just repeat one token, small enough to stay tame.

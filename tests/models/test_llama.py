@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-from hf_checkpoints import VARIANTS, hf_greedy, paged_greedy
 from helpers import assert_close
+from hf_checkpoints import VARIANTS, hf_greedy, paged_greedy
 
 import fastcot
-from fastcot.engine.metadata import AttentionMetadata
+from fastcot.layers.attention import AttentionMetadata
 from fastcot.models import load_model
 from fastcot.models.llama import ConcatLinear
 
