@@ -131,7 +131,7 @@ def test_bad_value_is_one_line_and_status_2_before_loading():
     (["--n", "0"], "SamplingParams.n must be an int >= 1, got 0 (--n)"),
     (["--min-p", "2"], "SamplingParams.min_p must be in [0, 1], got 2.0 (--min-p)"),
     (["--stop", ""], "SamplingParams.stop must be a non-empty string or a list of them, got [''] (--stop)"),
-    (["--max-tokens", "0"], "SamplingParams.max_tokens must be an int >= 1, got 0 (--max-tokens)"),
+    (["--max-tokens", "0"], "SamplingParams.max_tokens must be an int >= 1 (or None: up to max_model_len), got 0 (--max-tokens)"),
     (["--model", "meta-llama/Llama-3.1-8B"], "`huggingface-cli download meta-llama/Llama-3.1-8B --local-dir"),
     (["--model", "tiny-randomm"], "did you mean the preset 'tiny-random'?"),
     (["--thinking-budget", "4"], "--thinking-budget needs a reasoning model, but the tokenizer of 'tiny-random' has "
