@@ -276,7 +276,8 @@ def aot_specs():
                         "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_MINS": mins},
             aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
         ))
-    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)} - {1}):
+    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)
+                         if c.block_m > 1} - {1}):  # the M = 1 GEMV reduces in-kernel
         specs.append(KernelSpec(
             name=f"splitk_reduce split{split} fp16", fn=_splitk_reduce_kernel, num_warps=4, num_stages=1,
             signature={"partial_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32", "stride_om": "i32"},
