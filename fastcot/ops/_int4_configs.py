@@ -66,18 +66,46 @@ def gemv_block_k(block_k: int, k: int, group_size: int) -> int:
     return block_k if group_size == -1 else min(block_k, group_size)
 
 
+# GEMV tiles (BLOCK_N, BLOCK_K, warps, programs per SM the compiled kernel allows on H100 (sm_90)
+# and on A100 (sm_80), read from `fastcot bench static`: 128 and 168 registers), best first.
+GEMV_TILES = ((256, 128, 4, 4, 3), (128, 128, 4, 4, 3), (64, 128, 2, 8, 6))
+
+
+def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
+    """M = 1: each tile with the split of K that best fills whole waves."""
+    out = []
+    for bn, bk, warps, per_sm90, per_sm80 in GEMV_TILES:
+        per_sm = per_sm90 if sms >= H100_SMS else per_sm80
+        bk = gemv_block_k(bk, k, group_size)
+        split = gemv_split_count(triton_cdiv(n, bn), k, bk, group_size, per_sm * sms, sms)
+        out.append(Int4MatmulConfig(1, bn, bk, split, 1, warps, 1))
+    return out
+
+
+def gemv_split_count(row_blocks: int, k: int, block_k: int, group_size: int, slots: int, sms: int) -> int:
+    """Splits of K (whole BLOCK_K steps each) whose grid fills the resident slots best: wave
+    efficiency first, then the most resident programs (bytes in flight), then fewest splits."""
+    units = triton_cdiv(k, block_k)
+    best, best_score = 1, None
+    for per_split in range(units, 0, -1):
+        splits = triton_cdiv(units, per_split)
+        grid = row_blocks * splits
+        waves = grid / slots
+        if waves <= 1:
+            per_sm = triton_cdiv(grid, sms)
+            eff = grid / (per_sm * sms)
+        else:
+            eff = waves / -(-grid // slots)
+        score = (round(min(eff, 0.9), 2), round(min(grid / slots, 1.0), 1), -splits)
+        if best_score is None or score > best_score:
+            best, best_score = splits, score
+    return best
+
+
 def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
     """Shipped configurations for this problem on a GPU with `sms` SMs, best guess first."""
     if m == 1:
-        # Many small programs with few registers keep many loads in flight per SM.
-        tiles = [(64, 128, 4, 1), (128, 128, 8, 1), (128, 64, 4, 1), (256, 64, 8, 1), (32, 256, 2, 1), (64, 64, 2, 1)]
-        out = []
-        for bn, bk, warps, stages in tiles:
-            bk = gemv_block_k(bk, k, group_size)
-            split = _split_k(triton_cdiv(n, bn), k, bk, sms)
-            for s in sorted({split, max(1, split // 2)}):
-                out.append(Int4MatmulConfig(1, bn, bk, s, 1, warps, stages))
-        return out
+        return gemv_configs(n, k, group_size, sms)
     if m <= 64:
         bm = max(16, m_bucket(m))
         tiles = [(64, 128, 8, 2), (128, 128, 8, 2)]
@@ -194,18 +222,47 @@ def aot_specs():
                      "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
         )
 
+    def gemv_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False):
+        from fastcot.kernels.triton.int4_gemv import _int4_gemv_kernel
+
+        gs = 4096 if group_size == -1 else group_size
+        cfg = Int4MatmulConfig(**{**cfg.__dict__, "block_k": min(cfg.block_k, gs)})  # a step inside a group
+        split = cfg.split_k > 1
+        name = (
+            f"int4_gemv n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps}{' splitk' if split else ''} {dtype} "
+            f"g{group_size}{'' if zeros or mins else ' sym'}{' perm' if perm else ''}{' bias' if bias else ''}"
+            f"{' mins' if mins else ''}"
+        )
+        return KernelSpec(
+            name=name, fn=_int4_gemv_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            signature={
+                "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
+                "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
+                "partial_ptr": "*fp32", "lock_ptr": "*i32",
+                "N": "i32", "K": "i32", "words_per_row": "i32", "k_per_split": "i32", "nibble_mask": "i32",
+            },
+            constexprs={
+                "GROUP_SIZE": gs, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k,
+                "EVEN_K": True, "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_BIAS": bias, "HAS_MINS": mins,
+            },
+            aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
+                     "partial_ptr", "lock_ptr", "N", "K", "words_per_row", "k_per_split"),
+        )
+
     configs = [c for c in shipped_configs() if not c.dequant_then_matmul]
-    specs = [matmul_spec(cfg) for cfg in configs]
-    decode = next(c for c in configs if c.block_m == 1)
+    specs = [(gemv_spec if cfg.block_m == 1 else matmul_spec)(cfg) for cfg in configs]
+    decode = next(c for c in configs if c.block_m == 1 and c.split_k > 1)
     prefill = next(c for c in configs if c.block_m >= 64)
     for cfg in (decode, prefill):
+        make = gemv_spec if cfg.block_m == 1 else matmul_spec
         specs += [
-            matmul_spec(cfg, dtype="bf16"),
-            matmul_spec(cfg, zeros=False, perm=True, bias=True),
-            matmul_spec(cfg, group_size=32),
-            matmul_spec(cfg, group_size=-1),
-            matmul_spec(cfg, group_size=32, zeros=False, mins=True),  # GGUF Q4_1
+            make(cfg, dtype="bf16"),
+            make(cfg, zeros=False, perm=True, bias=True),
+            make(cfg, group_size=32),
+            make(cfg, group_size=-1),
+            make(cfg, group_size=32, zeros=False, mins=True),  # GGUF Q4_1
         ]
+    specs.append(gemv_spec(Int4MatmulConfig(**{**decode.__dict__, "split_k": 1}), bias=True))
     for dtype, zeros, perm, mins in (("fp16", True, False, False), ("bf16", False, True, False),
                                      ("fp16", False, False, True)):
         cfg = next(c for c in shipped_configs() if c.dequant_then_matmul)
@@ -219,7 +276,8 @@ def aot_specs():
                         "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_MINS": mins},
             aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
         ))
-    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)} - {1}):
+    for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)
+                         if c.block_m > 1} - {1}):  # the M = 1 GEMV reduces in-kernel
         specs.append(KernelSpec(
             name=f"splitk_reduce split{split} fp16", fn=_splitk_reduce_kernel, num_warps=4, num_stages=1,
             signature={"partial_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32", "stride_om": "i32"},

@@ -208,6 +208,9 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
     gs = k if group_size == -1 else group_size
     if cfg.block_m == 1 and group_size != -1 and cfg.block_k > gs:
         raise ValueError(f"GEMV configuration {cfg} spans several groups of {gs}; use block_k <= group size")
+    if cfg.block_m == 1 and m == 1:
+        _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg, mins)
+        return
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
     k_per_split = triton_cdiv(triton_cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split_k = triton_cdiv(k, k_per_split)  # never launch a split with no K to cover
@@ -238,3 +241,48 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
             SPLIT_K=split_k, BLOCK_N=block_n, HAS_BIAS=bias is not None,
             num_warps=4,
         )
+
+
+_gemv_locks: dict = {}
+
+
+def gemv_locks(device: torch.device, count: int) -> torch.Tensor:
+    """Per-device arrival counters of the GEMV's in-kernel split-K reduction, zero between
+    launches (the last program of each row block resets its counter). Allocated, zeroed, once."""
+    locks = _gemv_locks.get(device)
+    if locks is None or locks.numel() < count:
+        locks = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+        _gemv_locks[device] = locks
+    return locks
+
+
+def gemv_split(k: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """`(k_per_split, splits)`: whole BLOCK_K steps per split, and no split without K to cover."""
+    steps = triton_cdiv(k, block_k)
+    per_split = triton_cdiv(steps, split_k)
+    return per_split * block_k, triton_cdiv(steps, per_split)
+
+
+def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4MatmulConfig, mins) -> None:
+    """The decode GEMV (`x` is one row): split-K reduced inside the kernel, one launch."""
+    from fastcot.kernels.triton.int4_gemv import _int4_gemv_kernel
+
+    k = x.shape[1]
+    n = out.shape[1]
+    k_per_split, split_k = gemv_split(k, cfg.block_k, cfg.split_k)
+    row_blocks = triton_cdiv(n, cfg.block_n)
+    if split_k > 1:
+        partial = torch.empty((split_k, n), dtype=torch.float32, device=x.device)
+        locks = gemv_locks(x.device, row_blocks)
+    else:
+        partial = locks = out  # unused
+    _int4_gemv_kernel[(row_blocks, split_k)](
+        x_ptr=x, qweight_ptr=qweight, scales_ptr=scales, zeros_ptr=_zeros_arg(scales, zeros, mins),
+        perm_ptr=qweight if perm is None else perm, bias_ptr=scales if bias is None else bias,
+        out_ptr=out, partial_ptr=partial, lock_ptr=locks,
+        N=n, K=k, words_per_row=k // 8, k_per_split=k_per_split, nibble_mask=15,
+        GROUP_SIZE=gs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split_k, EVEN_K=k % cfg.block_k == 0,
+        HAS_ZEROS=zeros is not None or mins is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
+        HAS_MINS=mins is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )

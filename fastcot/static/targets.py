@@ -143,6 +143,7 @@ def _int4_call_bytes(s: dict) -> float:
 
 
 def int4_triton(target: Target, sms: int) -> Plan:
+    from fastcot.kernels.triton import int4_gemv
     from fastcot.kernels.triton import int4_matmul as kernels
     from fastcot.ops._int4_configs import Autotuner, candidate_configs
     from fastcot.ops.int4_matmul import int4_matmul_triton
@@ -151,7 +152,8 @@ def int4_triton(target: Target, sms: int) -> Plan:
     x, qweight, scales, zeros, out = _int4_tensors(s)
     # What the autotuner returns when it is off (FASTCOT_AUTOTUNE=0, graph capture, not CUDA).
     config = Autotuner().pick(None, candidate_configs(s["m"], s["n"], s["k"], s["group_size"], sms), None, META)
-    with triton_launches(kernels._int4_matmul_kernel, kernels._splitk_reduce_kernel) as calls:
+    with triton_launches(kernels._int4_matmul_kernel, kernels._splitk_reduce_kernel,
+                         int4_gemv._int4_gemv_kernel) as calls:
         int4_matmul_triton(x, qweight, scales, zeros, None, s["group_size"], None, out, config=config)
     launches = [Launch(fn.__name__, grid, kw["num_warps"] * 32, fn, kw) for fn, grid, kw in calls]
     kw = launches[0].kwargs
@@ -161,7 +163,7 @@ def int4_triton(target: Target, sms: int) -> Plan:
     extra = 2 * split * s["m"] * s["n"] * 4 if split > 1 else 0.0
     return Plan(
         target=target, backend="triton", sms=sms,
-        config={"block_m": kw["BLOCK_M"], "block_n": block_n, "block_k": block_k, "split_k": split,
+        config={"block_m": kw.get("BLOCK_M", 1), "block_n": block_n, "block_k": block_k, "split_k": split,
                 "num_warps": kw["num_warps"], "num_stages": kw["num_stages"]},
         launches=launches, iterations=math.ceil(kw["k_per_split"] / block_k),
         bytes_per_iteration=block_n * block_k / 2 + 2 * groups_per_tile * block_n * elem,
