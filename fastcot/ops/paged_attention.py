@@ -202,8 +202,35 @@ def _(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out, scale, cau
 
 def _fp32_dots(q: torch.Tensor) -> bool:
     """Dots on float32 operands: for float32 queries, and for bfloat16 ones under the
-    interpreter, which has no bfloat16 arithmetic."""
-    return q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and _backend.triton_interpreted(q.device))
+    interpreter, which has no bfloat16 arithmetic. A `meta` query stands for a GPU one (the
+    static report compiles the launch the GPU would run), so it keeps tensor-core dots."""
+    interpreted = q.device.type != "meta" and _backend.triton_interpreted(q.device)
+    return q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and interpreted)
+
+
+def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
+    """Cache views and scales as the Triton kernels take them: a float8 cache goes in as its
+    uint8 codes (converted by bit operations in the kernel, so no float8 type reaches the
+    compiler and sm_80 compiles), keys as float16 holding value * 2^-8 (bfloat16 with
+    value * 2^-120 for bfloat16 tensor-core dots, q then scaled by 2^56 in the kernel) and
+    values as float16 with value * 2^-8; the scales carry the rest."""
+    qk_scale = scale * k_scale * LOG2E
+    if k_cache.dtype != torch.float8_e4m3fn:
+        return k_cache, v_cache, qk_scale, v_scale, dict(KV_FP8=False, K_BF16=False)
+    k_bf16 = q.dtype == torch.bfloat16 and not _fp32_dots(q)
+    qk_scale *= 2.0 ** (64 if k_bf16 else 8)
+    return (k_cache.view(torch.uint8), v_cache.view(torch.uint8), qk_scale, v_scale * 2.0 ** 8,
+            dict(KV_FP8=True, K_BF16=k_bf16))
+
+
+def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
+    """`_kv_operands` for decode: a float8 cache whose head size is a multiple of 4 goes in as
+    int32 words (four codes each, converted two at a time), its strides in words."""
+    k, v, qk_scale, v_scale, consts = _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
+    consts["FP8_WORDS"] = words = consts["KV_FP8"] and k_cache.shape[-1] % 4 == 0
+    if words:
+        k, v = k_cache.view(torch.int32), v_cache.view(torch.int32)
+    return k, v, qk_scale, v_scale, consts
 
 
 def _pow2(n: int) -> int:
@@ -254,15 +281,16 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
+    k_cache, v_cache, qk_scale, v_scale, kv_consts = _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables, seq_lens_ptr=seq_lens,
         out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
         stride_q_b=q.stride(0), stride_q_h=q.stride(1), stride_out_b=out.stride(0), stride_out_h=out.stride(1),
         stride_table_b=block_tables.stride(0),
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
-        qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
+        qk_scale=qk_scale, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q),
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q), **kv_consts,
         num_warps=4, num_stages=2,
     )
     if num_splits > 1:
@@ -313,16 +341,17 @@ def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_le
     batch = seq_lens.shape[0]
     block_d, block_m, block_n, num_warps = _prefill_tiles(head_dim)
     grid = (max(1, -(-max_query_len // block_m)), batch, q_heads)
+    k_cache, v_cache, qk_scale, v_scale, kv_consts = _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
     _paged_prefill_kernel[grid](
         q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables,
         cu_seqlens_q_ptr=cu_seqlens_q, seq_lens_ptr=seq_lens, out_ptr=out,
         stride_q_t=q.stride(0), stride_q_h=q.stride(1), stride_out_t=out.stride(0), stride_out_h=out.stride(1),
         stride_table_b=block_tables.stride(0),
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
-        qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
+        qk_scale=qk_scale, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=q_heads // num_kv_heads, BLOCK_D=block_d,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=block_size,
-        CAUSAL=causal, IEEE_FP32=_fp32_dots(q),
+        CAUSAL=causal, IEEE_FP32=_fp32_dots(q), **kv_consts,
         num_warps=num_warps, num_stages=2,
     )
 
@@ -342,19 +371,21 @@ def aot_specs():
 
     def decode(dtype, cache, head_dim, group, splits):
         block_d, block_n = _decode_tiles(head_dim)
+        fp8 = cache == "fp8e4nv"  # passed as int32 words of four codes (head_dim % 4 == 0)
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
             fn=_paged_decode_kernel, num_warps=4, num_stages=2,
-            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
+            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": "*i32" if fp8 else f"*{cache}",
+                       "v_cache_ptr": "*i32" if fp8 else f"*{cache}",
                        "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",
                        "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
                        "stride_q_b": "i32", "stride_q_h": "i32", "stride_out_b": "i32", "stride_out_h": "i32",
                        "stride_table_b": "i32", "stride_block": "i64", "stride_slot": "i32", "stride_head": "i32",
                        "qk_scale": "fp32", "v_scale": "fp32"},
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
-                        "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False},
+                        "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
+                        "KV_FP8": fp8, "K_BF16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
-            archs=(90,) if cache == "fp8e4nv" else (80, 90),
         )
 
     specs = [decode("fp16", "fp16", d, g, s) for d in (64, 128, 256) for g in (1, 4, 8) for s in (1, 16)]
@@ -373,18 +404,20 @@ def aot_specs():
                                            ("fp16", "fp16", 256, True), ("bf16", "bf16", 128, False),
                                            ("bf16", "fp8e4nv", 128, True)]:
         block_d, block_m, block_n, num_warps = _prefill_tiles(head_dim)
+        fp8 = cache == "fp8e4nv"  # passed as its uint8 codes
         specs.append(KernelSpec(
             name=f"paged_prefill {dtype} cache={cache} d{head_dim} {'causal' if causal else 'full'}",
             fn=_paged_prefill_kernel, num_warps=num_warps, num_stages=2,
-            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}",
+            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": "*u8" if fp8 else f"*{cache}",
+                       "v_cache_ptr": "*u8" if fp8 else f"*{cache}",
                        "block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_lens_ptr": "*i32",
                        "out_ptr": f"*{dtype}", "stride_q_t": "i32", "stride_q_h": "i32", "stride_out_t": "i32",
                        "stride_out_h": "i32", "stride_table_b": "i32", "stride_block": "i64", "stride_slot": "i32",
                        "stride_head": "i32", "qk_scale": "fp32", "v_scale": "fp32"},
             constexprs={"HEAD_DIM": head_dim, "GROUP": 4, "BLOCK_D": block_d, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                        "BLOCK_SIZE": 16, "CAUSAL": causal, "IEEE_FP32": False},
+                        "BLOCK_SIZE": 16, "CAUSAL": causal, "IEEE_FP32": False,
+                        "KV_FP8": fp8, "K_BF16": fp8 and dtype == "bf16"},
             aligned=aligned_common[:5] + ("cu_seqlens_q_ptr", "out_ptr", "stride_q_t", "stride_q_h",
                                           "stride_out_t", "stride_out_h", "stride_block", "stride_slot", "stride_head"),
-            archs=(90,) if cache == "fp8e4nv" else (80, 90),
         ))
     return specs

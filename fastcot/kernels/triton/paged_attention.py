@@ -62,7 +62,74 @@ def _load_kv_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_d, mas
     """Cached tokens `offs_t` of one sequence and KV head, `[BLOCK_N, BLOCK_D]`."""
     block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.int64)
     token_offs = block * stride_block + (offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head
-    return tl.load(cache_ptr + token_offs[:, None] + offs_d[None, :], mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+    return tl.load(cache_ptr + token_offs[:, None] + offs_d[None, :], mask=mask_t[:, None] & mask_d[None, :], other=0)
+
+
+@triton.jit
+def _e4m3_scaled(code, BF16: tl.constexpr):
+    """float8 e4m3fn codes (uint8) as float16 holding value * 2^-8, or with BF16 as bfloat16
+    holding value * 2^-120: the sign moves to bit 15 and exponent and mantissa shift into the
+    16-bit format unchanged, so every finite code (subnormals and -0 included) is exact and
+    costs a few integer operations, no float8 instruction (which sm_80 lacks). Callers fold
+    the 2^8 / 2^120 into their scales. NaN codes (0x7F, 0xFF) stay NaN."""
+    x = code.to(tl.uint16)
+    mag = x & 0x7F
+    bits = (mag << (4 if BF16 else 7)) | ((x & 0x80) << 8)
+    bits = tl.where(mag == 0x7F, 0x7FC0 if BF16 else 0x7E00, bits)
+    return bits.to(tl.bfloat16 if BF16 else tl.float16, bitcast=True)
+
+
+@triton.jit
+def _e4m3_pairs(w, SHIFT: tl.constexpr):
+    """The 16-bit codes of bytes (0, 2) and (1, 3) of the uint32 words `w`, two per word, as
+    `_e4m3_scaled` makes them (SHIFT 1: float16, 4: bfloat16): a 32-bit operation handles two
+    values, and each result word already is the register pair a dot operand wants."""
+    return _e4m3_pair(w << 8, SHIFT), _e4m3_pair(w, SHIFT)
+
+
+@triton.jit
+def _e4m3_pair(w, SHIFT: tl.constexpr):
+    """The codes in bytes 1 and 3 of `w` as two 16-bit halves. A NaN code (magnitude 0x7F) is
+    the only one whose shifted magnitude reaches 0x3F80 (float16) / 0x07F0 (bfloat16): adding
+    one mantissa step carries into bit 14 / 11, which, added back (x15 for bfloat16), fills the
+    exponent with ones and leaves a NaN."""
+    mag = (w & 0x7F007F00) >> SHIFT
+    step = 0x00800080 if SHIFT == 1 else 0x00100010
+    carry = 0x40004000 if SHIFT == 1 else 0x08000800
+    nan = (mag + step) & carry
+    if SHIFT != 1:
+        nan = nan * 15
+    return ((w & 0x80008000) | mag) + nan
+
+
+@triton.jit
+def _load_fp8_words(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, mask_w,
+                    stride_block, stride_slot, stride_head, BLOCK_SIZE: tl.constexpr, BF16: tl.constexpr):
+    """A float8 tile read as int32 words (strides in words) and converted like `_e4m3_scaled`,
+    `[BLOCK_N, 4 * BLOCK_W]`, its head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3
+    of each word): the order in which the word operations leave them."""
+    w = _load_kv_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, mask_w,
+                      stride_block, stride_slot, stride_head, BLOCK_SIZE).to(tl.uint32, bitcast=True)
+    even, odd = _e4m3_pairs(w, 4 if BF16 else 1)
+    # join(join(a, b), join(c, d)) flattens to a, c, b, d: bytes 0, 2, 1, 3, each word's halves adjacent
+    halves = tl.join(tl.join(even & 0xFFFF, odd & 0xFFFF), tl.join(even >> 16, odd >> 16)).to(tl.uint16)
+    bits = tl.reshape(halves, (w.shape[0], 4 * w.shape[1]))
+    return bits.to(tl.bfloat16 if BF16 else tl.float16, bitcast=True)
+
+
+@triton.jit
+def _fp8_dim_order(offs_d):
+    """Head dim held at position d of a `_load_fp8_words` tile: bits 0 and 1 of d swapped."""
+    return (offs_d & ~3) | ((offs_d & 1) << 1) | ((offs_d >> 1) & 1)
+
+
+@triton.jit
+def _prescale_q(q, ON: tl.constexpr):
+    """With bfloat16 keys from `_e4m3_scaled` (value * 2^-120), q * 2^56 keeps q.k products in
+    float32's normal range; the launcher folds the remaining 2^64 into qk_scale."""
+    if ON:
+        q = (q.to(tl.float32) * 72057594037927936.0).to(q.dtype)  # 2^56, exact
+    return q
 
 
 @triton.jit
@@ -73,7 +140,7 @@ def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constex
 
     Rows that have seen no visible key keep m = -inf; they are shifted by 0 instead, so no
     `-inf - -inf` ever reaches exp2."""
-    k = k.to(q.dtype)
+    k = k.to(q.dtype)  # a no-op but on float32 dots: the caller gives K in q's dtype
     if IEEE_FP32:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -84,9 +151,8 @@ def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constex
     alpha = tl.exp2(m - shift)
     p = tl.exp2(s - shift[:, None])
     l = l * alpha + tl.sum(p, axis=1)
-    v = v.to(q.dtype)
     if IEEE_FP32:
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
     else:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return m_new, l, acc
@@ -101,6 +167,7 @@ def _paged_decode_kernel(
     qk_scale, v_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
+    KV_FP8: tl.constexpr, K_BF16: tl.constexpr, FP8_WORDS: tl.constexpr,
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
@@ -118,10 +185,15 @@ def _paged_decode_kernel(
     mask_g = offs_g < GROUP
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
+    offs_w = tl.arange(0, BLOCK_D // 4)
+    mask_w = offs_w < HEAD_DIM // 4
+    if FP8_WORDS:
+        offs_d = _fp8_dim_order(offs_d)  # q, and the output, in the order of the K and V tiles
     q = tl.load(q_ptr + b * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)
     if IEEE_FP32:
         q = q.to(tl.float32)  # then K and V follow q's dtype in _attention_step
+    q = _prescale_q(q, KV_FP8 and K_BF16)
 
     m = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
@@ -130,10 +202,18 @@ def _paged_decode_kernel(
     for t0 in range(start, end, BLOCK_N):
         offs_t = t0 + tl.arange(0, BLOCK_N)
         mask_t = offs_t < end
-        k = _load_kv_tile(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
-                          stride_block, stride_slot, stride_head, BLOCK_SIZE)
-        v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
-                          stride_block, stride_slot, stride_head, BLOCK_SIZE)
+        if FP8_WORDS:
+            k = _load_fp8_words(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_w, mask_w,
+                                stride_block, stride_slot, stride_head, BLOCK_SIZE, K_BF16)
+            v = _load_fp8_words(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_w, mask_w,
+                                stride_block, stride_slot, stride_head, BLOCK_SIZE, False)
+        else:
+            k = _load_kv_tile(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
+                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
+            v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
+                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
+            if KV_FP8:
+                k, v = _e4m3_scaled(k, K_BF16), _e4m3_scaled(v, False)
         m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
 
     # An empty sequence or split has l == 0 and acc == 0: its output is 0, never 0/0.
@@ -179,7 +259,7 @@ def _paged_prefill_kernel(
     qk_scale, v_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE_FP32: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_FP32: tl.constexpr, KV_FP8: tl.constexpr, K_BF16: tl.constexpr,
 ):
     """Program (query tile, sequence, query head): the sequence's new tokens are the last
     q_len of its seq_len cached positions; tiles past q_len exit at once."""
@@ -201,6 +281,7 @@ def _paged_prefill_kernel(
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
         if IEEE_FP32:
             q = q.to(tl.float32)
+        q = _prescale_q(q, KV_FP8 and K_BF16)
         q_pos = context + offs_m
 
         m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
@@ -217,6 +298,8 @@ def _paged_prefill_kernel(
                               stride_block, stride_slot, stride_head, BLOCK_SIZE)
             v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
                               stride_block, stride_slot, stride_head, BLOCK_SIZE)
+            if KV_FP8:
+                k, v = _e4m3_scaled(k, K_BF16), _e4m3_scaled(v, False)
             visible = mask_t[None, :]
             if CAUSAL:
                 visible = visible & (offs_t[None, :] <= q_pos[:, None])

@@ -1,0 +1,106 @@
+"""The Triton kernels' float8 e4m3 decoding by bit operations, code by code, and fp8 decode
+through both of its paths (words of four codes, single bytes for head sizes not divisible by 4)."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from helpers import TOLERANCE, assert_close, poisoned
+
+from fastcot.kernels import reference
+from fastcot.kernels.triton.paged_attention import _e4m3_pairs, _e4m3_scaled
+from fastcot.ops import _backend
+from fastcot.ops.paged_attention import paged_decode_triton
+
+FP8 = torch.float8_e4m3fn
+ON_GPU = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not (ON_GPU or _backend.triton_interpreter_enabled()),
+                                reason="Triton needs a GPU or TRITON_INTERPRET=1")
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def tolerance(expected: torch.Tensor) -> dict:
+    """fp8 KV tolerance (as in test_paged_attention.py), relative to the output's scale."""
+    tol = TOLERANCE[torch.float16]
+    return dict(atol=tol["atol"] * max(1.0, float(expected.abs().max())), rtol=tol["rtol"])
+
+
+@triton.jit
+def _bytes_kernel(code_ptr, out_ptr, BF16: tl.constexpr):
+    offs = tl.arange(0, 256)
+    bits = _e4m3_scaled(tl.load(code_ptr + offs), BF16).to(tl.uint16, bitcast=True)
+    tl.store(out_ptr + offs, bits.to(tl.int32))  # the bits: torch, not the interpreter, reads them
+
+
+@triton.jit
+def _words_kernel(word_ptr, out_ptr, SHIFT: tl.constexpr):
+    """The halves of each word's two results, back in byte order."""
+    offs = tl.arange(0, 64)
+    even, odd = _e4m3_pairs(tl.load(word_ptr + offs).to(tl.uint32, bitcast=True), SHIFT)
+    tl.store(out_ptr + offs * 4, (even & 0xFFFF).to(tl.int32))
+    tl.store(out_ptr + offs * 4 + 1, (odd & 0xFFFF).to(tl.int32))
+    tl.store(out_ptr + offs * 4 + 2, (even >> 16).to(tl.int32))
+    tl.store(out_ptr + offs * 4 + 3, (odd >> 16).to(tl.int32))
+
+
+def _decoded(bf16: bool, words: bool) -> torch.Tensor:
+    """All 256 codes through `_e4m3_scaled` (bytes) or `_e4m3_pairs` (words), as float64, scaled back."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).to(DEVICE)
+    bits = torch.empty(256, dtype=torch.int32, device=DEVICE)
+    if words:
+        _words_kernel[(1,)](codes.view(torch.int32), bits, SHIFT=4 if bf16 else 1)
+    else:
+        _bytes_kernel[(1,)](codes, bits, BF16=bf16)
+    values = bits.to(torch.int16).view(torch.bfloat16 if bf16 else torch.float16).double()
+    return values * 2.0 ** (120 if bf16 else 8)
+
+
+@pytest.mark.parametrize("words", [False, True], ids=["bytes", "words"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["f16", "bf16"])
+def test_every_e4m3_code_decodes_exactly(bf16, words):
+    """Every code equals torch's float8_e4m3fn value bit for bit after the folded scale: ±0 keep
+    their sign, subnormals are exact, and the NaN codes 0x7F and 0xFF decode to NaN."""
+    got = _decoded(bf16, words).cpu()
+    want = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).double()
+    nan = want.isnan()
+    assert nan.sum() == 2 and got[nan].isnan().all()
+    assert torch.equal(got[~nan], want[~nan])
+    assert torch.equal(torch.signbit(got[~nan]), torch.signbit(want[~nan]))  # -0 stays -0
+
+
+@pytest.mark.parametrize("head_dim, block_size, group, lens, splits", [
+    (64, 8, 1, [37, 0, 1], 1),          # words; an empty and a one-token sequence
+    (128, 16, 4, [200, 5], 3),          # words, split with merge
+    (20, 32, 8, [77], 2),               # head size not divisible by 4: the byte path
+])
+def test_fp8_decode_paths_match_reference(head_dim, block_size, group, lens, splits):
+    torch.manual_seed(head_dim + block_size)
+    hkv, dtype = 2, torch.float16
+    width = max(-(-n // block_size) for n in lens) + 1
+    num_blocks = len(lens) * width
+    shape = (num_blocks, block_size, hkv, head_dim)
+    k_scale, v_scale = 0.05, 0.02
+    k_cache = (torch.randn(shape) * 3 / k_scale).to(FP8).to(DEVICE)
+    v_cache = (torch.randn(shape) / v_scale).to(FP8).to(DEVICE)
+    tables = torch.randperm(num_blocks, dtype=torch.int32).reshape(len(lens), width).to(DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(len(lens), hkv * group, head_dim).to(dtype).to(DEVICE)
+    out = poisoned(q.shape, dtype, DEVICE)
+    paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, head_dim ** -0.5, k_scale, v_scale,
+                        num_splits=splits)
+    expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, seq_lens,
+                                                k_scale=k_scale, v_scale=v_scale, compute_dtype=torch.float64)
+    assert_close(out, expected, **tolerance(expected))
+
+
+def test_fp8_nan_code_reaches_the_output():
+    """A NaN code in K makes its sequence's output NaN, as the reference does; others stay finite."""
+    k_cache = torch.randn(4, 8, 1, 16).to(FP8).to(DEVICE)
+    v_cache = torch.randn(4, 8, 1, 16).to(FP8).to(DEVICE)
+    k_cache.view(torch.uint8)[1, 3, 0, 5] = 0x7F
+    tables = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor([16, 16], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(2, 2, 16).half().to(DEVICE)
+    out = poisoned(q.shape, q.dtype, DEVICE)
+    paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, 0.25, 1.0, 1.0, num_splits=1)
+    assert out[0].isnan().all() and out[1].isfinite().all()
