@@ -85,8 +85,9 @@ def triton_interpreter_enabled() -> bool:
 def triton_interpreted(device: torch.device) -> bool:
     """Whether Triton kernels on `device` run through the interpreter (CPU tensors). It has no
     bfloat16 arithmetic: a dot of bfloat16 operands multiplies their raw bits as integers, so
-    launchers then ask the kernels for float32 dots (exact products, as on tensor cores)."""
-    return device.type != "cuda"
+    launchers then ask the kernels for float32 dots (exact products, as on tensor cores).
+    `meta` tensors stand for GPU ones (the static report traces launchers on them)."""
+    return device.type == "cpu"
 
 
 def unavailable_reason(op: str, name: str, device: torch.device) -> str | None:

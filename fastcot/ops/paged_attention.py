@@ -204,7 +204,7 @@ def _fp32_dots(q: torch.Tensor) -> bool:
     """Dots on float32 operands: for float32 queries, and for bfloat16 ones under the
     interpreter, which has no bfloat16 arithmetic. A `meta` query stands for a GPU one (the
     static report compiles the launch the GPU would run), so it keeps tensor-core dots."""
-    interpreted = q.device.type != "meta" and _backend.triton_interpreted(q.device)
+    interpreted = _backend.triton_interpreted(q.device)
     return q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and interpreted)
 
 
