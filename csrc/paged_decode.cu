@@ -51,9 +51,10 @@ PagedDecodeArgs make_args(const PagedDecodeParams& p) {
   a.stride_out_h = p.stride_out_h;
   a.stride_table_b = p.stride_table_b;
   a.stride_slot = p.num_kv_heads * p.head_dim;
-  a.stride_block = p.block_size * a.stride_slot;
-  a.qk_scale = p.qk_scale;
-  a.v_scale = p.v_scale;
+  // An fp8 cache is widened to its values times 2^-8 (fastcot/fp8.cuh): the scales take the 2^8.
+  const float widen = p.cache_dtype == DType::kFloat8E4M3 ? kE4m3ToHalfBias : 1.0f;
+  a.qk_scale = p.qk_scale * widen;
+  a.v_scale = p.v_scale * widen;
   a.q_code = static_cast<int>(p.q_dtype);
   return a;
 }
@@ -132,6 +133,10 @@ Status check_paged_decode(const PagedDecodeParams& p) {
   if (p.cache_dtype == DType::kFloat32) {
     return Status::InvalidArgument(op + "float32 caches are not served by the cuda kernel (use float16, "
                                    "bfloat16 or float8_e4m3fn)");
+  }
+  if (p.num_blocks * p.block_size > 0x7FFFFFFF) {
+    return Status::InvalidArgument(op + "num_blocks * block_size must fit in 31 bits (slots are int32), got " +
+                                   str(p.num_blocks * p.block_size));
   }
   if (p.batch > 0x7FFFFFFF || p.q_heads > 65535) {
     return Status::InvalidArgument(op + "B=" + str(p.batch) + " or Hq=" + str(p.q_heads) + " exceeds the grid");

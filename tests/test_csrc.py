@@ -391,7 +391,9 @@ def test_int4_dequantization_matches_the_float64_formula(host_checks):
 def test_fp8_widening_matches_torch_for_every_byte(host_checks):
     got = host_checks("fp8")
     expected = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(torch.float8_e4m3fn).float()
-    assert_same_floats(got, expected)
+    nan = expected.isnan()
+    assert nan.sum() == 2 and bool(got[nan].isnan().all())  # 0x7F and 0xFF; a NaN's payload is not data
+    assert_same_floats(got[~nan], expected[~nan])  # every other byte bit for bit, subnormals and -0 included
 
 
 @needs_build

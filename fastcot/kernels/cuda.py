@@ -276,11 +276,55 @@ PAGED_DECODE_MAX_SPLITS = 64  # equals fastcot._C.PAGED_DECODE_MAX_SPLITS
 MAX_GRID_YZ = 65535
 
 
+def decode_group_tile(group: int) -> int:
+    """Query heads per block: the whole GQA group up to 8, else tiles of 8 (the same rule as
+    csrc/paged_decode.cu's group_tile)."""
+    return 1 if group <= 1 else 2 if group <= 2 else 4 if group <= 4 else 8
+
+
 def decode_group_tiles(group: int) -> int:
-    """Blocks per KV head: the kernel serves up to 8 query heads of a GQA group per block
-    (the same rule as csrc/paged_decode.cu's group_tile)."""
-    tile = 1 if group <= 1 else 2 if group <= 2 else 4 if group <= 4 else 8
-    return -(-group // tile)
+    """Blocks per KV head: the kernel serves up to 8 query heads of a GQA group per block."""
+    return -(-group // decode_group_tile(group))
+
+
+def decode_blocks_per_sm(group: int) -> int:
+    """Blocks of the decode kernel an SM holds: its `__launch_bounds__` minimum, which caps
+    registers at 128 up to 4 query heads per block and 255 for 8 (csrc/include/fastcot/
+    paged_decode.cuh decode_min_blocks; shared memory stays under 40 KB a block). The one
+    exception there, 3 blocks for an fp8 cache with head_dim 256, is not seen here: the split
+    count depends on shapes the op knows before dtypes, and is then a little too large."""
+    return 4 if decode_group_tile(group) <= 4 else 2
+
+
+DECODE_MIN_WAVE_EFFICIENCY = 0.95
+DECODE_SPLIT_FREE_WAVES = 4  # from this many waves on, the tail of the last one costs < 1/4 wave
+
+
+def decode_num_splits(batch: int, q_heads: int, num_kv_heads: int, max_context: int, sms: int, *,
+                      max_splits: int, min_tokens_per_split: int) -> int:
+    """Splits of each sequence's context for the CUDA decode kernel on `sms` SMs: the fewest
+    whose grid fills whole waves of resident blocks to DECODE_MIN_WAVE_EFFICIENCY (grid over
+    waves x slots), else the most efficient count. A split keeps at least
+    `min_tokens_per_split` tokens of capacity. Uses only shapes (the block-table width, never
+    the lengths), so a captured CUDA graph stays valid."""
+    group = q_heads // num_kv_heads
+    blocks = batch * num_kv_heads * decode_group_tiles(group)
+    slots = sms * decode_blocks_per_sm(group)
+    if blocks == 0 or blocks >= DECODE_SPLIT_FREE_WAVES * slots:
+        return 1
+    cap = max(1, min(max_splits, max_context // min_tokens_per_split))
+
+    def efficiency(splits: int) -> float:
+        grid = blocks * splits
+        return grid / (-(-grid // slots) * slots)
+
+    best = 1
+    for splits in range(1, cap + 1):
+        if efficiency(splits) >= DECODE_MIN_WAVE_EFFICIENCY:
+            return splits
+        if efficiency(splits) > efficiency(best) + 1e-9:
+            best = splits
+    return best
 
 
 def check_paged_decode(q: torch.Tensor, k_cache: torch.Tensor, num_splits: int) -> None:

@@ -249,14 +249,14 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, sms: int)
 
 def decode_splits(backend: str, batch: int, q_heads: int, num_kv_heads: int, max_context: int, sms: int) -> int:
     """The split count the `backend` ("triton" or "cuda") decode launcher picks on a GPU with
-    `sms` SMs: `decode_num_splits` over that kernel's blocks per sequence (the Triton kernel
-    runs one program per KV head, the CUDA kernel one block per KV head and query-head tile)."""
-    programs = num_kv_heads
-    if backend == "cuda":
+    `sms` SMs: for Triton `decode_num_splits` over its one program per KV head; for CUDA
+    `fastcot.kernels.cuda.decode_num_splits`, which sizes the grid from the kernel's occupancy."""
+    if backend == "cuda":  # splits from the CUDA kernel's occupancy: whole waves
         from fastcot.kernels import cuda
 
-        programs = num_kv_heads * cuda.decode_group_tiles(q_heads // num_kv_heads)
-    return decode_num_splits(batch, programs, max_context, sms)
+        return cuda.decode_num_splits(batch, q_heads, num_kv_heads, max_context, sms, max_splits=MAX_SPLITS,
+                                      min_tokens_per_split=MIN_TOKENS_PER_SPLIT)
+    return decode_num_splits(batch, num_kv_heads, max_context, sms)
 
 
 def _decode_tiles(head_dim: int) -> tuple[int, int]:
@@ -303,9 +303,9 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
 
 
 def paged_decode_cuda(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
-    """Launch the csrc split-KV decode kernel (and its merge when split). The split count
-    follows `decode_num_splits` over the kernel's blocks per sequence (KV heads times query-head
-    tiles), so it too depends only on shapes; `num_splits` forces one (tests)."""
+    """Launch the csrc split-KV decode kernel (and its merge when split). The split count is
+    `decode_splits("cuda", ...)`: whole waves of the kernel's resident blocks, from shapes
+    only; `num_splits` forces one (tests)."""
     from fastcot.kernels import cuda
 
     batch, q_heads, head_dim = q.shape

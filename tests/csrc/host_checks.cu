@@ -3,7 +3,7 @@
 // make of given inputs, and the test compares them with torch's own conversions.
 //
 //   host_checks int4 (<word hex> <scale> <zero>)... -> per triple, 8 dequantized weights in K order
-//   host_checks fp8                              -> all 256 float8_e4m3fn bytes widened
+//   host_checks fp8                              -> all 256 float8_e4m3fn bytes widened (and rescaled)
 //   host_checks bf16 | fp16 <16-bit hex>...      -> each widened
 #include <cstdint>
 #include <cstdio>
@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
       fastcot::KV8<__nv_fp8_e4m3> kv;
       kv.raw = make_uint2(lo, hi);
       float out[8];
-      kv.widen(out);
+      kv.widen(out);  // the element times 2^-8: the kernel folds 2^8 into its scales
+      for (float& x : out) x *= fastcot::kE4m3ToHalfBias;
       print_bits(out, 8);
     }
     return 0;

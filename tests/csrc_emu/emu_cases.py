@@ -242,6 +242,8 @@ CASES = {
         Decode(F16, "same", 2, 2, 128, 8, (1, 0, 130), num_splits=64),        # most splits empty
         Decode(F16, "same", 8, 2, 64, 16, (45, 17), strided=True),
         Decode(F16, "same", 4, 1, 64, 16, (100, 1), q_scale=300.0),           # logits in the thousands
+        Decode(F16, "same", 4, 1, 64, 8, (2101, 3)),                           # 263 blocks: the table window moves
+        Decode(F32, "fp8", 8, 2, 128, 32, (0, 97, 33), num_splits=5),         # fp8 scales, odd lengths, merge
     ]},
 }
 

@@ -9,7 +9,7 @@ from helpers import assert_close, poisoned
 import fastcot
 from fastcot.kernels import cuda, reference
 from fastcot.ops import _backend
-from fastcot.ops.paged_attention import paged_decode_cuda
+from fastcot.ops.paged_attention import MAX_SPLITS, MIN_TOKENS_PER_SPLIT, decode_splits, paged_decode_cuda
 
 FP8 = torch.float8_e4m3fn
 needs_cuda_backend = pytest.mark.skipif(
@@ -54,6 +54,38 @@ def test_group_tiles_cover_every_query_head():
         tiles = cuda.decode_group_tiles(group)
         tile = 1 if group == 1 else 2 if group == 2 else 4 if group <= 4 else 8
         assert (tiles - 1) * tile < group <= tiles * tile
+
+
+def wave_efficiency(grid: int, slots: int) -> float:
+    return grid / (-(-grid // slots) * slots)
+
+
+@pytest.mark.parametrize("sms", [132, 108])
+@pytest.mark.parametrize("batch,context", [(1, 32768), (1, 131072), (64, 8192)])
+def test_split_counts_fill_whole_waves_at_the_target_shapes(sms, batch, context):
+    splits = decode_splits("cuda", batch, 32, 8, context, sms)  # Llama-3-8B: Hq 32, Hkv 8, one tile of 4
+    assert wave_efficiency(batch * 8 * splits, sms * cuda.decode_blocks_per_sm(4)) >= 0.9
+
+
+@pytest.mark.parametrize("sms", [132, 108, 80])
+@pytest.mark.parametrize("q_heads,kv_heads", [(32, 8), (64, 8), (8, 8), (40, 4)])
+def test_split_counts_are_the_fewest_that_fill_waves_or_the_best_there_is(sms, q_heads, kv_heads):
+    group = q_heads // kv_heads
+    slots = sms * cuda.decode_blocks_per_sm(group)
+    for batch in (1, 2, 5, 64, 300):
+        for context in (16, 300, 4096, 131072):
+            splits = decode_splits("cuda", batch, q_heads, kv_heads, context, sms)
+            blocks = batch * kv_heads * cuda.decode_group_tiles(group)
+            cap = max(1, min(MAX_SPLITS, context // MIN_TOKENS_PER_SPLIT))
+            assert 1 <= splits <= cap
+            if blocks >= 4 * slots:
+                assert splits == 1
+                continue
+            effs = [wave_efficiency(blocks * s, slots) for s in range(1, cap + 1)]
+            if max(effs) >= 0.95:
+                assert splits == 1 + next(i for i, e in enumerate(effs) if e >= 0.95)
+            else:
+                assert effs[splits - 1] == max(effs)
 
 
 def test_cuda_backend_on_cpu_tensors_names_the_backend():

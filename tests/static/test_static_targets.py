@@ -57,7 +57,10 @@ def test_decode_plans_use_the_launchers_split_count(target, backend, sms):
     assert plan.main.grid == (s["batch"], s["kv_heads"], splits)  # GQA 4: one block per KV head
     assert len(plan.launches) == (2 if splits > 1 else 1)
     kv_bytes = s["batch"] * s["context"] * s["kv_heads"] * s["head_dim"] * 2 * (1 if s["kv_dtype"] == "fp8" else 2)
-    assert plan.grid_blocks * plan.iterations * plan.bytes_per_iteration == kv_bytes
+    # Every KV byte once; a split count that does not divide the context leaves the last split
+    # short, so the busiest block may stream less than one step more than its share.
+    streamed = plan.grid_blocks * plan.iterations * plan.bytes_per_iteration
+    assert kv_bytes <= streamed < kv_bytes + plan.grid_blocks * plan.bytes_per_iteration
 
 
 def test_cuda_int4_plan_mirrors_the_csrc_launcher():
@@ -76,9 +79,9 @@ def test_decode_splits_is_what_the_launchers_computed_inline():
                 for sms in (108, 132):
                     assert decode_splits("triton", batch, q_heads, kv_heads, context, sms) == \
                         decode_num_splits(batch, kv_heads, context, sms)
-                    blocks = kv_heads * cuda.decode_group_tiles(q_heads // kv_heads)
                     assert decode_splits("cuda", batch, q_heads, kv_heads, context, sms) == \
-                        decode_num_splits(batch, blocks, context, sms)
+                        cuda.decode_num_splits(batch, q_heads, kv_heads, context, sms, max_splits=64,
+                                               min_tokens_per_split=256)
 
 
 needs_csrc = pytest.mark.skipif(cubins.csrc_dir() is None, reason="no csrc/ in this checkout")
@@ -94,6 +97,8 @@ def test_cuda_mirrors_match_the_headers():
     assert f"constexpr int kDecodeWarps = {targets.DECODE_WARPS};" in decode
     assert "kDecodeThreads = kDecodeWarps * 32;" in decode and targets.DECODE_THREADS == 32 * targets.DECODE_WARPS
     assert "kChunk = G <= 4 ? 4 : 2;" in decode
+    assert "return G > 4 ? 2 : (sizeof(CacheT) == 1 && D > 128) ? 3 : 4;" in decode  # decode_blocks_per_sm
+    assert [cuda.decode_blocks_per_sm(g) for g in (1, 2, 4, 8, 16)] == [4, 4, 4, 2, 2]
     assert "return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;" in launcher
     gemv_launcher = (REPO / "csrc/int4_gemv.cu").read_text()
     assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kGemvRows\)\)\)", gemv_launcher)

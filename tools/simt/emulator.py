@@ -272,14 +272,12 @@ def int4_gemv(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: to
 
 def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor, block_tables: torch.Tensor) -> int:
     """The split count fastcot.ops' cuda path picks for these shapes (on an H100's 132 SMs)."""
-    from fastcot.kernels.cuda import decode_group_tiles
     from fastcot.ops._int4_configs import H100_SMS
-    from fastcot.ops.paged_attention import decode_num_splits
+    from fastcot.ops.paged_attention import decode_splits
 
     batch, q_heads, _ = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    blocks = num_kv_heads * decode_group_tiles(q_heads // num_kv_heads)
-    return decode_num_splits(batch, blocks, block_tables.shape[1] * block_size, H100_SMS)
+    return decode_splits("cuda", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size, H100_SMS)
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, out=None, *, scale=None, k_scale=1.0,

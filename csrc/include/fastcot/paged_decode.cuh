@@ -8,6 +8,13 @@
 // 32 / (D / 8) tokens at a time, kChunk of them per step. Each such team of threads keeps
 // its own online-softmax state; teams are merged by shuffles, warps through shared memory,
 // and splits by the merge kernel with their log2-sum-exp2.
+//
+// The memory pipeline: the split's slice of the block table is staged in shared memory
+// (kTableSlots entries at a time), so a KV address costs a shared load, not an L2 round trip
+// that gates the KV load behind it. Loads are never branched over: a token past the split's
+// end reads the split's last token (an L1 hit) and is masked out of the softmax. Each step
+// issues the next step's K loads right after its scores and the next V loads right after its
+// P.V, so one step of K and V is always in flight behind the math, in the same registers.
 #pragma once
 
 #include <cstdint>
@@ -16,11 +23,15 @@
 #include <cuda_fp8.h>
 
 #include "fastcot/common.cuh"
+#include "fastcot/fp8.cuh"
 
 namespace fastcot {
 
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
+// Block-table entries a block stages in shared memory at a time (at least 2048 tokens).
+constexpr int kTableSlots = 256;
+static_assert(kTableSlots % kDecodeThreads == 0, "whole rounds of the block");
 
 struct PagedDecodeArgs {
   const void* q;
@@ -41,7 +52,6 @@ struct PagedDecodeArgs {
   int64_t stride_out_b;
   int64_t stride_out_h;
   int64_t stride_table_b;
-  int64_t stride_block;  // block_size * Hkv * D elements
   int64_t stride_slot;   // Hkv * D
   float qk_scale;
   float v_scale;
@@ -53,7 +63,6 @@ template <typename CacheT>
 struct KV8 {
   uint4 raw;
   __device__ __forceinline__ void load(const CacheT* p) { raw = __ldg(reinterpret_cast<const uint4*>(p)); }
-  __device__ __forceinline__ void zero() { raw = make_uint4(0, 0, 0, 0); }
   __host__ __device__ __forceinline__ void widen(float (&dst)[8]) const {
     unpack8_as_float(raw, static_cast<const CacheT*>(nullptr), dst);
   }
@@ -65,20 +74,8 @@ struct KV8<__nv_fp8_e4m3> {
   __device__ __forceinline__ void load(const __nv_fp8_e4m3* p) {
     raw = __ldg(reinterpret_cast<const uint2*>(p));
   }
-  __device__ __forceinline__ void zero() { raw = make_uint2(0, 0); }
-  __host__ __device__ __forceinline__ void widen(float (&dst)[8]) const {
-    const uint32_t words[2] = {raw.x, raw.y};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const auto pair = static_cast<__nv_fp8x2_storage_t>(words[i / 2] >> (16 * (i % 2)));
-      const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-      __half2 h2;
-      memcpy(&h2, &h, sizeof(h2));
-      const float2 f = __half22float2(h2);
-      dst[2 * i] = f.x;
-      dst[2 * i + 1] = f.y;
-    }
-  }
+  // Each element times 2^-8: the launcher folds kE4m3ToHalfBias into qk_scale and v_scale.
+  __host__ __device__ __forceinline__ void widen(float (&dst)[8]) const { e4m3x8_to_float_scaled(raw.x, raw.y, dst); }
 };
 
 // Online-softmax state of G query heads over the 8 dims this thread owns (base 2).
@@ -121,15 +118,17 @@ struct DecodeTraits {
   static_assert(D % 8 == 0 && kTeam <= 32 && 32 % kTeam == 0, "head_dim must be 64, 128 or 256");
 };
 
-// Blocks an SM must hold, by query heads per block: registers capped at 128 for G <= 2,
-// ~170 for G = 4 and 255 for G = 8, whose query rows and accumulators need them.
-template <int G>
+// Blocks an SM must hold, by query heads per block: registers capped at 128 up to G = 4 and
+// at 255 for G = 8, whose query rows and accumulators need them. The split count is chosen
+// from these (fastcot/kernels/cuda.py decode_blocks_per_sm mirrors them). An fp8 cache with
+// D = 256 is two registers short of 128 on sm_80 and takes 3 blocks rather than spill.
+template <typename CacheT, int D, int G>
 constexpr int decode_min_blocks() {
-  return G <= 2 ? 4 : G == 4 ? 3 : 2;
+  return G > 4 ? 2 : (sizeof(CacheT) == 1 && D > 128) ? 3 : 4;
 }
 
 template <typename CacheT, int D, int G>
-__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<G>())
+__global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<CacheT, D, G>())
     paged_decode_kernel(const PagedDecodeArgs args) {
   using Traits = DecodeTraits<CacheT, D, G>;
   constexpr int kTeam = Traits::kTeam;
@@ -160,29 +159,57 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<G>())
 
   SoftmaxState<G> state;
   state.init();
-  const CacheT* k_cache = static_cast<const CacheT*>(args.k_cache);
-  const CacheT* v_cache = static_cast<const CacheT*>(args.v_cache);
+  // This thread's 8 elements of KV head kv_head in slot 0; a slot is stride_slot further.
+  const CacheT* k_cache = static_cast<const CacheT*>(args.k_cache) + (int64_t(kv_head) * D + d0);
+  const CacheT* v_cache = static_cast<const CacheT*>(args.v_cache) + (int64_t(kv_head) * D + d0);
   const int32_t* table = args.block_tables + int64_t(b) * args.stride_table_b;
-  const int64_t head_offset = int64_t(kv_head) * D + d0;
   const int block_mask = (1 << args.block_shift) - 1;
 
-  for (int t0 = start; t0 < end; t0 += Traits::kTile) {
-    KV8<CacheT> k[kChunk], v[kChunk];
-    bool valid[kChunk];
+  // The split's block-table entries [window, window + kTableSlots), and the cache slots
+  // (block * block_size + position, < 2^31: the launcher checks) of the kChunk tokens this
+  // thread loads in the step starting at t0, clamped to the last token.
+  __shared__ int32_t table_window[kTableSlots];
+  int window = 0;
+  const int last_block = (end - 1) >> args.block_shift;
+  auto stage_table = [&](int first) {
+    __syncthreads();  // every thread is done with the previous window
+#pragma unroll
+    for (int j = 0; j < kTableSlots / kDecodeThreads; ++j) {
+      const int i = j * kDecodeThreads + int(threadIdx.x);
+      table_window[i] = first + i <= last_block ? __ldg(table + first + i) : 0;
+    }
+    window = first;
+    __syncthreads();
+  };
+  auto step_slots = [&](int t0, int32_t (&slot)[kChunk]) {
+    // The window must hold the step's last block; a step never spans more than one window.
+    if (((min(t0 + Traits::kTile, end) - 1) >> args.block_shift) >= window + kTableSlots) {
+      stage_table(t0 >> args.block_shift);
+    }
 #pragma unroll
     for (int c = 0; c < kChunk; ++c) {
-      const int t = t0 + c * Traits::kTeams + team;
-      valid[c] = t < end;
-      if (valid[c]) {
-        const int64_t block = __ldg(table + (t >> args.block_shift));
-        const int64_t offset = block * args.stride_block + int64_t(t & block_mask) * args.stride_slot + head_offset;
-        k[c].load(k_cache + offset);
-        v[c].load(v_cache + offset);
-      } else {
-        k[c].zero();
-        v[c].zero();
-      }
+      const int t = min(t0 + c * Traits::kTeams + team, end - 1);
+      slot[c] = (table_window[(t >> args.block_shift) - window] << args.block_shift) | (t & block_mask);
     }
+  };
+
+  KV8<CacheT> k[kChunk], v[kChunk];
+  int32_t slot[kChunk] = {};
+  auto at = [&](const CacheT* cache, int c) { return cache + int64_t(slot[c]) * args.stride_slot; };
+  if (start < end) {
+    stage_table(start >> args.block_shift);
+    step_slots(start, slot);
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) {
+      k[c].load(at(k_cache, c));
+      v[c].load(at(v_cache, c));
+    }
+  }
+
+  for (int t0 = start; t0 < end; t0 += Traits::kTile) {
+    // The next step's slots; past the end they clamp to the last token (no branch, an L1 hit).
+    step_slots(t0 + Traits::kTile, slot);
+    const int visible = end - t0 - team;  // chunk c's token is visible when c * kTeams < visible
 
     float s[kChunk][G];
 #pragma unroll
@@ -197,9 +224,10 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<G>())
         // The team's lanes are adjacent, so xor offsets below kTeam stay inside it, and
         // every lane ends with the same (commutative) sum.
 #pragma unroll
-        for (int offset = kTeam / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xFFFFFFFFu, dot, offset);
-        s[c][h] = valid[c] ? dot : -INFINITY;
+        for (int lanes = kTeam / 2; lanes > 0; lanes /= 2) dot += __shfl_xor_sync(0xFFFFFFFFu, dot, lanes);
+        s[c][h] = c * Traits::kTeams < visible ? dot : -INFINITY;
       }
+      k[c].load(at(k_cache, c));  // this chunk's K is consumed: fetch the next step's
     }
 
     // s becomes p = exp2(s - max). A head that has seen no visible key keeps m = -inf and is
@@ -231,6 +259,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<G>())
 #pragma unroll
         for (int e = 0; e < 8; ++e) state.acc[h][e] = fmaf(s[c][h], vf[e], state.acc[h][e]);
       }
+      v[c].load(at(v_cache, c));
     }
   }
 
