@@ -128,7 +128,8 @@ __device__ __forceinline__ float load_scale(const void* ptr, int index) {
 
 template <typename XT, int M_TILE>
 __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2) int4_mma_kernel(const Int4MmaArgs args) {
-  static_assert(M_TILE == 8 || M_TILE == 16, "the A fragment holds 8 or 16 rows");
+  static_assert(M_TILE == 8 || M_TILE == 16, "one or two n8 tiles of x rows");
+  constexpr int kHalves = M_TILE / 8;  // x rows g and (for M_TILE 16) g + 8
   extern __shared__ float mma_partial[];  // [W][M_TILE][kMmaRows]
   const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32;
@@ -137,87 +138,100 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2) int4_mma_kernel(const In
   const int n0 = blockIdx.x * kMmaRows;
   const int words_per_row = args.chunks * (kMmaChunk / 8);
 
-  // Rows past N repeat the last row: loads stay in bounds, their sums are never stored.
+  // The weights are the MMA's A (16 rows = the block's columns: lane g holds rows g and g + 8),
+  // x its B (8 columns = 8 rows of x). Rows past N repeat the last row: loads stay in bounds,
+  // their sums are never stored.
   const uint4* rows[kMmaTiles];
+  int cols[kMmaTiles];
 #pragma unroll
   for (int t = 0; t < kMmaTiles; ++t) {
-    const int row = min(n0 + 8 * t + g, args.n - 1);
-    rows[t] = args.qweight + (int64_t(row) * words_per_row) / 4 + c;
+    cols[t] = min(n0 + 8 * t + g, args.n - 1);
+    rows[t] = args.qweight + (int64_t(cols[t]) * words_per_row) / 4 + c;
   }
-  // Columns this lane's accumulators hold: 8t + 2c + e.
-  int cols[kMmaTiles][2];
-#pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
-    for (int e = 0; e < 2; ++e) cols[t][e] = min(n0 + 8 * t + 2 * c + e, args.n - 1);
-  }
-  // Rows of x this lane feeds to the A fragment; rows past M read as zeros.
+  // Rows of x this lane feeds to B; rows past M repeat row M - 1: their columns of D are
+  // never stored, so no load is predicated and nothing is zeroed.
   const XT* x = static_cast<const XT*>(args.x);
-  const bool row_lo = g < args.m, row_hi = M_TILE > 8 && g + 8 < args.m;
-  const XT* x_lo = x + (row_lo ? g : 0) * args.stride_xm + 32 * c;
-  const XT* x_hi = x + (row_hi ? g + 8 : 0) * args.stride_xm + 32 * c;
+  const XT* x_row[kHalves];
+#pragma unroll
+  for (int h = 0; h < kHalves; ++h) x_row[h] = x + min(g + 8 * h, args.m - 1) * args.stride_xm + 32 * c;
   constexpr uint32_t kOnes = std::is_same<XT, __half>::value ? 0x3C003C00u : 0x3F803F80u;
-  const uint32_t ones[2] = {kOnes, kOnes};
+  const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
 
-  float total[kMmaTiles][4] = {};
+  float total[kHalves][kMmaTiles][2] = {};  // x row 2c + e (+ 8h), column 8t + g
+  // Running pointers: one add per iteration instead of index math per load.
+  const int w_step = warps * (kMmaChunk / 32);  // uint4 per row per iteration
+  const int x_step = warps * kMmaChunk;
+#pragma unroll
+  for (int t = 0; t < kMmaTiles; ++t) rows[t] += warp * (kMmaChunk / 32);
+#pragma unroll
+  for (int h = 0; h < kHalves; ++h) x_row[h] += warp * kMmaChunk;
   int chunk = warp;
   uint4 next[kMmaTiles];
   if (chunk < args.chunks) {
 #pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) next[t] = ldg_stream(rows[t] + chunk * (kMmaChunk / 32));
+    for (int t = 0; t < kMmaTiles; ++t) next[t] = ldg_stream(rows[t]);
   }
   for (; chunk < args.chunks; chunk += warps) {
     uint4 cur[kMmaTiles];
 #pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) cur[t] = next[t];
+    for (int t = 0; t < kMmaTiles; ++t) {
+      cur[t] = next[t];
+      rows[t] += w_step;
+    }
     if (chunk + warps < args.chunks) {
 #pragma unroll
-      for (int t = 0; t < kMmaTiles; ++t) next[t] = ldg_stream(rows[t] + (chunk + warps) * (kMmaChunk / 32));
+      for (int t = 0; t < kMmaTiles; ++t) next[t] = ldg_stream(rows[t]);
     }
-    float acc[kMmaTiles][4] = {}, xsum[4] = {};
+    // acc[h][0..1]: column g, x rows 2c, 2c+1; acc[h][2..3]: column g + 8. xsum[h][0..1]: sum x.
+    float acc[kHalves][4] = {}, xsum[kHalves][4] = {};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      uint32_t lo[4] = {}, hi[4] = {};
-      const int k = chunk * kMmaChunk + 8 * j;
-      if (row_lo) x_pairs(__ldg(reinterpret_cast<const uint4*>(x_lo + k)), lo);
-      if (M_TILE > 8 && row_hi) x_pairs(__ldg(reinterpret_cast<const uint4*>(x_hi + k)), hi);
-      // Two k16 steps per word: nibbles (0,4),(1,5) then (2,6),(3,7).
-      const uint32_t a0[4] = {lo[0], hi[0], lo[1], hi[1]};
-      const uint32_t a1[4] = {lo[2], hi[2], lo[3], hi[3]};
-      mma_16816<XT>(xsum, a0, ones);
-      mma_16816<XT>(xsum, a1, ones);
+      uint32_t w[kMmaTiles][4];
 #pragma unroll
       for (int t = 0; t < kMmaTiles; ++t) {
-        const uint32_t word = j == 0 ? cur[t].x : j == 1 ? cur[t].y : j == 2 ? cur[t].z : cur[t].w;
-        uint32_t b[4];
-        MmaDequant<XT>::run(word, b);
-        const uint32_t b0[2] = {b[0], b[1]};
-        const uint32_t b1[2] = {b[2], b[3]};
-        mma_16816<XT>(acc[t], a0, b0);
-        mma_16816<XT>(acc[t], a1, b1);
+        MmaDequant<XT>::run(j == 0 ? cur[t].x : j == 1 ? cur[t].y : j == 2 ? cur[t].z : cur[t].w, w[t]);
+      }
+      // Two k16 steps per word: nibbles (0,4),(1,5) then (2,6),(3,7).
+      const uint32_t a0[4] = {w[0][0], w[1][0], w[0][1], w[1][1]};
+      const uint32_t a1[4] = {w[0][2], w[1][2], w[0][3], w[1][3]};
+#pragma unroll
+      for (int h = 0; h < kHalves; ++h) {
+        uint32_t xp[4];
+        x_pairs(__ldg(reinterpret_cast<const uint4*>(x_row[h] + 8 * j)), xp);
+        const uint32_t b0[2] = {xp[0], xp[1]};
+        const uint32_t b1[2] = {xp[2], xp[3]};
+        mma_16816<XT>(acc[h], a0, b0);
+        mma_16816<XT>(acc[h], a1, b1);
+        mma_16816<XT>(xsum[h], ones, b0);
+        mma_16816<XT>(xsum[h], ones, b1);
       }
     }
-    // The chunk lies in one group: out += s * (sum x*q - (z + offset) * sum x).
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h) x_row[h] += x_step;
+    // The chunk lies in one group: out += s * (sum x*q - z * sum x).
     const int group = args.group_magic == 0 ? chunk : int(__umulhi(uint32_t(chunk), args.group_magic));
 #pragma unroll
     for (int t = 0; t < kMmaTiles; ++t) {
+      const int idx = group * args.n + cols[t];
+      const float s = load_scale<XT>(args.scales, idx);
+      const float z = args.zeros != nullptr ? load_scale<XT>(args.zeros, idx) : 8.0f;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int idx = group * args.n + cols[t][e];
-        const float s = load_scale<XT>(args.scales, idx);
-        const float z = args.zeros != nullptr ? load_scale<XT>(args.zeros, idx) : 8.0f;
-        total[t][e] = fmaf(s, fmaf(-z, xsum[e], acc[t][e]), total[t][e]);
-        if (M_TILE > 8) total[t][e + 2] = fmaf(s, fmaf(-z, xsum[e + 2], acc[t][e + 2]), total[t][e + 2]);
+      for (int h = 0; h < kHalves; ++h) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) total[h][t][e] = fmaf(s, fmaf(-z, xsum[h][e], acc[h][2 * t + e]), total[h][t][e]);
       }
     }
   }
 
   // The warps' partial sums meet in shared memory; one thread per output adds them in warp order.
 #pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
+  for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-    for (int i = 0; i < (M_TILE > 8 ? 4 : 2); ++i) {
-      const int row = g + 8 * (i / 2), col = 8 * t + 2 * c + i % 2;
-      mma_partial[(warp * M_TILE + row) * kMmaRows + col] = total[t][i];
+    for (int t = 0; t < kMmaTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        mma_partial[(warp * M_TILE + 8 * h + 2 * c + e) * kMmaRows + 8 * t + g] = total[h][t][e];
+      }
     }
   }
   __syncthreads();
