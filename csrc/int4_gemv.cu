@@ -67,13 +67,13 @@ bool mma_applies(const Int4GemvParams& p) {
 }
 
 // Warps per block, each taking every W-th 128-wide chunk of K: the most (up to 16) that keep
-// the grid in one wave at 1024 resident threads per SM (the kernel stays under 64 registers),
-// so small N still has enough loads in flight; never more warps than chunks.
-int mma_warps(int64_t n, int64_t chunks, int sms) {
+// the grid in one wave at `resident` threads per SM (mma_resident_threads), so small N still
+// has enough loads in flight; never more warps than chunks.
+int mma_warps(int64_t n, int64_t chunks, int sms, int resident) {
   const int64_t blocks = ceil_div(n, kMmaRows);
   int warps = 4;
   for (int w = kMmaMaxWarps; w >= 2; w /= 2) {
-    if (blocks <= int64_t(sms) * (1024 / (32 * w))) {
+    if (blocks <= int64_t(sms) * (resident / (32 * w))) {
       warps = w;
       break;
     }
@@ -102,7 +102,7 @@ Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
       p.stride_xm, p.stride_om,
       static_cast<int>(p.bias_dtype),
   };
-  const int warps = mma_warps(p.n, chunks, sms);
+  const int warps = mma_warps(p.n, chunks, sms, mma_resident_threads<M_TILE>());
   const size_t smem = sizeof(float) * warps * M_TILE * kMmaRows;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kMmaRows)));
   int4_mma_kernel<XT, M_TILE><<<grid, warps * 32, smem, stream>>>(args);

@@ -191,11 +191,16 @@ def mma_applies(dtype: str, k: int, group_size: int) -> bool:
     return dtype in ("fp16", "bf16") and k % MMA_CHUNK == 0 and group % MMA_CHUNK == 0
 
 
-def mma_warps(n: int, chunks: int, sms: int) -> int:
+def mma_resident_threads(m_tile: int) -> int:
+    """csrc/include/fastcot/int4_mma.cuh mma_resident_threads."""
+    return 1024 if m_tile == 8 else 512
+
+
+def mma_warps(n: int, chunks: int, sms: int, resident: int) -> int:
     """csrc/int4_gemv.cu mma_warps: the most warps (16 down to 2) that keep the grid in one wave
-    at 1024 resident threads per SM, else 4; never more warps than chunks."""
+    at `resident` threads per SM, else 4; never more warps than chunks."""
     blocks = math.ceil(n / MMA_ROWS)
-    warps = next((w for w in (16, 8, 4, 2) if blocks <= sms * (1024 // (32 * w))), 4)
+    warps = next((w for w in (16, 8, 4, 2) if blocks <= sms * (resident // (32 * w))), 4)
     while warps > 1 and warps > chunks:
         warps //= 2
     return warps
@@ -236,7 +241,7 @@ def _int4_mma_plan(target: Target, sms: int, m: int, n: int, k: int, elem: int) 
     s = target.shape
     m_tile = 8 if m <= 8 else 16
     chunks = k // MMA_CHUNK
-    warps = mma_warps(n, chunks, sms)
+    warps = mma_warps(n, chunks, sms, mma_resident_threads(m_tile))
     group = k if s["group_size"] == -1 else s["group_size"]
     symbol = f"_ZN7fastcot15int4_mma_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}EEEvNS_11Int4MmaArgsE"
     launch = Launch("int4_mma_kernel", (math.ceil(n / MMA_ROWS),), 32 * warps, symbol=symbol, source="int4_gemv.cu")

@@ -125,6 +125,17 @@ __device__ __forceinline__ void load8_as_float(const T* src, float (&dst)[8]) {
 // ---- PTX helpers: the asm for nvcc's device pass, a portable fallback for the host and the
 // emulator (same values; only the GPU's timing and the tensor core's rounding differ).
 
+// (a & b) | c in one LOP3 (the compiler, given two immediates, emits two).
+__host__ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+#if defined(__CUDA_ARCH__)
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+#else
+  return (a & b) | c;
+#endif
+}
+
 // A 16-byte streaming load through the read-only path that does not allocate in L1, so that
 // weights read once do not evict the activations every block re-reads.
 __device__ __forceinline__ uint4 ldg_stream(const uint4* ptr) {
@@ -143,7 +154,7 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4* ptr) {
 template <typename T>
 __host__ __device__ __forceinline__ float pair_element(uint32_t pair, int e) {
   const uint16_t bits = static_cast<uint16_t>(e == 0 ? pair : pair >> 16);
-  if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+  if constexpr (std::is_same<T, __half>::value) {
     __half h;
     memcpy(&h, &bits, sizeof(h));
     return __half2float(h);
@@ -157,22 +168,10 @@ __host__ __device__ __forceinline__ float pair_element(uint32_t pair, int e) {
 // c = lane % 4: a[0] holds A[g][2c..2c+1], a[1] A[g+8][2c..2c+1], a[2] A[g][2c+8..2c+9],
 // a[3] A[g+8][2c+8..2c+9]; b[0] holds B[2c..2c+1][g], b[1] B[2c+8..2c+9][g]; d[0..1] hold
 // D[g][2c..2c+1], d[2..3] D[g+8][2c..2c+1]. Every lane of the warp must call it together.
-// The fallback gathers the fragments with shuffles and sums in fp32 in k order.
+// The host fallback gathers the fragments with shuffles and sums in fp32 in k order (the
+// tensor core's own summation order and rounding are the GPU's).
 template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same<T, __half>::value) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-#else
+__device__ __forceinline__ void mma_16816_emulated(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, c = lane % 4;
   uint32_t rows[4][4];     // [source lane c'][register]: A rows g and g + 8
@@ -192,7 +191,37 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
     }
     d[i] = sum;
   }
+}
+
+__device__ __forceinline__ void mma_16816_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  mma_16816_emulated<__half>(d, a, b);
 #endif
+}
+
+__device__ __forceinline__ void mma_16816_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  mma_16816_emulated<__nv_bfloat16>(d, a, b);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same<T, __half>::value) {
+    mma_16816_f16(d, a, b);
+  } else {
+    mma_16816_bf16(d, a, b);
+  }
 }
 
 }  // namespace fastcot

@@ -85,8 +85,8 @@ struct MmaDequant<__half> {
   __host__ __device__ __forceinline__ static void run(uint32_t w, uint32_t (&b)[4]) {
     constexpr uint32_t kMagic = 0x64006400u;  // half2(1024, 1024)
     const uint32_t shifted = w >> 8;
-    const uint32_t raw[4] = {(w & 0x000F000Fu) | kMagic, (w & 0x00F000F0u) | kMagic,
-                             (shifted & 0x000F000Fu) | kMagic, (shifted & 0x00F000F0u) | kMagic};
+    const uint32_t raw[4] = {and_or(w, 0x000F000Fu, kMagic), and_or(w, 0x00F000F0u, kMagic),
+                             and_or(shifted, 0x000F000Fu, kMagic), and_or(shifted, 0x00F000F0u, kMagic)};
     const __half2 minus_1024 = __float2half2_rn(-1024.0f);
     const __half2 sixteenth = __float2half2_rn(0.0625f);
     const __half2 minus_64 = __float2half2_rn(-64.0f);
@@ -108,7 +108,7 @@ struct MmaDequant<__nv_bfloat16> {
   __host__ __device__ __forceinline__ static void run(uint32_t w, uint32_t (&b)[4]) {
     constexpr uint32_t kMagic = 0x43004300u;  // bf162(128, 128): 128 + q, exact with 7 mantissa bits
 #pragma unroll
-    for (int i = 0; i < 4; ++i) b[i] = bf162_minus_128(((w >> (4 * i)) & 0x000F000Fu) | kMagic);
+    for (int i = 0; i < 4; ++i) b[i] = bf162_minus_128(and_or(w >> (4 * i), 0x000F000Fu, kMagic));
   }
 };
 
@@ -126,8 +126,16 @@ __device__ __forceinline__ float load_scale(const void* ptr, int index) {
   return to_float(__ldg(static_cast<const XT*>(ptr) + index));
 }
 
+// Threads an SM holds: 1024 for M_TILE 8 (at most 64 registers), 512 for M_TILE 16, whose two
+// x halves need more registers; the launcher sizes its grid with the same numbers.
+template <int M_TILE>
+constexpr int mma_resident_threads() {
+  return M_TILE == 8 ? 1024 : 512;
+}
+
 template <typename XT, int M_TILE>
-__global__ void __launch_bounds__(kMmaMaxWarps * 32, 2) int4_mma_kernel(const Int4MmaArgs args) {
+__global__ void __launch_bounds__(kMmaMaxWarps * 32, mma_resident_threads<M_TILE>() / (kMmaMaxWarps * 32))
+    int4_mma_kernel(const Int4MmaArgs args) {
   static_assert(M_TILE == 8 || M_TILE == 16, "one or two n8 tiles of x rows");
   constexpr int kHalves = M_TILE / 8;  // x rows g and (for M_TILE 16) g + 8
   extern __shared__ float mma_partial[];  // [W][M_TILE][kMmaRows]
