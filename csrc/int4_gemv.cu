@@ -1,10 +1,13 @@
-// Launcher for the int4 GEMV: checks what the kernel relies on, picks the M tile and load
-// width, dispatches on the activation dtype and enqueues on the caller's stream.
+// Launcher for the int4 GEMV: checks what the kernels rely on, picks the tensor-core kernel
+// (int4_mma.cuh) where it applies and the SIMT kernel (int4_gemv.cuh) elsewhere, the M tile,
+// load width and warps per block, dispatches on the activation dtype and enqueues on the
+// caller's stream.
 #include <cstdint>
 #include <string>
 
 #include "fastcot/api.h"
 #include "fastcot/int4_gemv.cuh"
+#include "fastcot/int4_mma.cuh"
 
 namespace fastcot {
 namespace {
@@ -54,8 +57,65 @@ Status dispatch_m(const Int4GemvParams& p, cudaStream_t stream) {
   return launch<XT, 16, VEC>(p, stream);
 }
 
+// The tensor-core kernel: 16-bit x with scales (and zeros) of its dtype, K and the group
+// size multiples of 128 (a chunk never straddles a group), 32-bit group and row indices.
+bool mma_applies(const Int4GemvParams& p) {
+  const int64_t group_size = resolved_group_size(p);
+  return (p.x_dtype == DType::kFloat16 || p.x_dtype == DType::kBFloat16) && p.scale_dtype == p.x_dtype &&
+         p.k % kMmaChunk == 0 && group_size % kMmaChunk == 0 && p.k / kMmaChunk < (1 << 16) &&
+         (p.k / group_size) * p.n < (int64_t(1) << 31) && aligned16(p.qweight);
+}
+
+// Warps per block, each taking every W-th 128-wide chunk of K: the most (up to 16) that keep
+// the grid in one wave at `resident` threads per SM (mma_resident_threads), so small N still
+// has enough loads in flight; never more warps than chunks.
+int mma_warps(int64_t n, int64_t chunks, int sms, int resident) {
+  const int64_t blocks = ceil_div(n, kMmaRows);
+  int warps = 4;
+  for (int w = kMmaMaxWarps; w >= 2; w /= 2) {
+    if (blocks <= int64_t(sms) * (resident / (32 * w))) {
+      warps = w;
+      break;
+    }
+  }
+  while (warps > 1 && warps > chunks) warps /= 2;
+  return warps;
+}
+
+template <typename XT, int M_TILE>
+Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error == cudaSuccess) error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the SM count");
+  const int64_t chunks = p.k / kMmaChunk;
+  const int64_t chunks_per_group = resolved_group_size(p) / kMmaChunk;
+  // floor(chunk / d) = umulhi(chunk, ceil(2^32 / d)) for chunk, d < 2^16.
+  const uint32_t magic =
+      chunks_per_group == 1 ? 0u : static_cast<uint32_t>(((int64_t(1) << 32) + chunks_per_group - 1) / chunks_per_group);
+  const Int4MmaArgs args{
+      p.x,      reinterpret_cast<const uint4*>(p.qweight),
+      p.scales, p.zeros,
+      p.bias,   p.out,
+      static_cast<int>(p.m), static_cast<int>(p.n),
+      static_cast<int>(chunks), magic,
+      p.stride_xm, p.stride_om,
+      static_cast<int>(p.bias_dtype),
+  };
+  const int warps = mma_warps(p.n, chunks, sms, mma_resident_threads<M_TILE>());
+  const size_t smem = sizeof(float) * warps * M_TILE * kMmaRows;
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kMmaRows)));
+  int4_mma_kernel<XT, M_TILE><<<grid, warps * 32, smem, stream>>>(args);
+  error = cudaGetLastError();
+  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv (tensor cores) kernel launch");
+  return Status::Ok();
+}
+
 template <typename XT>
 Status dispatch_vec(const Int4GemvParams& p, cudaStream_t stream) {
+  if constexpr (!std::is_same<XT, float>::value) {
+    if (mma_applies(p)) return p.m <= 8 ? launch_mma<XT, 8>(p, stream) : launch_mma<XT, 16>(p, stream);
+  }
   return wide_loads(p) ? dispatch_m<XT, 4>(p, stream) : dispatch_m<XT, 1>(p, stream);
 }
 

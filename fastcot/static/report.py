@@ -63,6 +63,8 @@ def _config(row: dict) -> str:
         return f"m{c['block_m']} n{c['block_n']} k{c['block_k']} w{c['num_warps']} s{c['num_stages']} split{c['split_k']}"
     if row["backend"] == "triton":
         return f"n{c['block_n']} w{c['num_warps']} s{c['num_stages']} splits{c['splits']}"
+    if row["kernel"] == "int4_matmul" and "warps" in c:  # the tensor-core kernel
+        return f"mma mtile{c['m_tile']} rows{c['rows_per_block']} w{c['warps']}"
     if row["kernel"] == "int4_matmul":
         return f"mtile{c['m_tile']} vec{c['vec']} rows{c['rows_per_block']}"
     return f"g{c['group_tile']} tile{c['tile_tokens']} splits{c['splits']}"

@@ -25,9 +25,13 @@ HEADS = (32, 8, 128)  # Hq, Hkv, D
 BLOCK_SIZE = 16
 GROUP_SIZE = 128
 
-# csrc/include/fastcot/int4_gemv.cuh and paged_decode.cuh
+# csrc/include/fastcot/int4_gemv.cuh, int4_mma.cuh and paged_decode.cuh
 GEMV_ROWS = 4  # kGemvRows
 GEMV_THREADS = 128  # kGemvThreads
+MMA_TILES = 2  # kMmaTiles: n8 tiles per block
+MMA_ROWS = 8 * MMA_TILES  # kMmaRows
+MMA_CHUNK = 128  # kMmaChunk
+MMA_MAX_WARPS = 16  # kMmaMaxWarps
 DECODE_THREADS = 128  # kDecodeThreads
 DECODE_WARPS = 4  # kDecodeWarps
 CUDA_TYPES = {"fp16": "6__half", "bf16": "13__nv_bfloat16", "fp8": "13__nv_fp8_e4m3", "fp32": "f"}
@@ -183,6 +187,27 @@ def gemv_vec(k: int, group_size: int) -> int:
     return 4 if k % 32 == 0 and group % 32 == 0 else 1
 
 
+def mma_applies(dtype: str, k: int, group_size: int) -> bool:
+    """csrc/int4_gemv.cu mma_applies, for the report's tensors (scales of x's dtype, K < 2^23)."""
+    group = k if group_size == -1 else group_size
+    return dtype in ("fp16", "bf16") and k % MMA_CHUNK == 0 and group % MMA_CHUNK == 0
+
+
+def mma_resident_threads(m_tile: int) -> int:
+    """csrc/include/fastcot/int4_mma.cuh mma_resident_threads."""
+    return 1024 if m_tile == 8 else 512
+
+
+def mma_warps(n: int, chunks: int, sms: int, resident: int) -> int:
+    """csrc/int4_gemv.cu mma_warps: the most warps (16 down to 2) that keep the grid in one wave
+    at `resident` threads per SM, else 4; never more warps than chunks."""
+    blocks = math.ceil(n / MMA_ROWS)
+    warps = next((w for w in (16, 8, 4, 2) if blocks <= sms * (resident // (32 * w))), 4)
+    while warps > 1 and warps > chunks:
+        warps //= 2
+    return warps
+
+
 def int4_cuda(target: Target, sms: int) -> Plan:
     from fastcot.kernels import cuda
     from fastcot.ops.int4_matmul import int4_matmul_cuda
@@ -195,6 +220,8 @@ def int4_cuda(target: Target, sms: int) -> Plan:
     (_, args, _), = calls
     m, k = args[0].shape
     n = args[-1].shape[1]
+    if mma_applies(s["dtype"], k, s["group_size"]):
+        return _int4_mma_plan(target, sms, m, n, k, x.element_size())
     m_tile, vec = gemv_m_tile(m), gemv_vec(k, s["group_size"])
     symbol = f"_ZN7fastcot16int4_gemv_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}ELi{vec}EEEvNS_12Int4GemvArgsE"
     launch = Launch("int4_gemv_kernel", (math.ceil(n / GEMV_ROWS),), GEMV_THREADS, symbol=symbol,
@@ -207,6 +234,26 @@ def int4_cuda(target: Target, sms: int) -> Plan:
         launches=[launch], iterations=math.ceil(chunks / GEMV_THREADS),
         bytes_per_iteration=GEMV_THREADS * GEMV_ROWS * 4 * vec + 2 * max(1, chunk_groups) * GEMV_ROWS * x.element_size(),
         call_bytes=_int4_call_bytes(s), weights_per_iteration=GEMV_THREADS * GEMV_ROWS * 8 * vec,
+    )
+
+
+def _int4_mma_plan(target: Target, sms: int, m: int, n: int, k: int, elem: int) -> Plan:
+    """The tensor-core kernel: a block of W warps owns 16 columns; per iteration each warp takes
+    one 128-wide chunk of K, each lane one 16-byte vector per n8 tile."""
+    s = target.shape
+    m_tile = 8 if m <= 8 else 16
+    chunks = k // MMA_CHUNK
+    warps = mma_warps(n, chunks, sms, mma_resident_threads(m_tile))
+    group = k if s["group_size"] == -1 else s["group_size"]
+    symbol = f"_ZN7fastcot15int4_mma_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}EEEvNS_11Int4MmaArgsE"
+    launch = Launch("int4_mma_kernel", (math.ceil(n / MMA_ROWS),), 32 * warps, symbol=symbol, source="int4_gemv.cu")
+    groups = warps * MMA_CHUNK / group  # groups one iteration of the block covers (a fraction for group -1)
+    return Plan(
+        target=target, backend="cuda", sms=sms,
+        config={"m_tile": m_tile, "rows_per_block": MMA_ROWS, "warps": warps, "threads": 32 * warps},
+        launches=[launch], iterations=math.ceil(chunks / warps),
+        bytes_per_iteration=32 * warps * MMA_TILES * 16 + 2 * groups * MMA_ROWS * elem,
+        call_bytes=_int4_call_bytes(s), weights_per_iteration=32 * warps * MMA_TILES * 32,
     )
 
 

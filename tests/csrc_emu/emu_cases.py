@@ -229,6 +229,11 @@ CASES = {
         Gemv(40, 136, -1, 4, F16, F32, bias=True),           # K % 32 != 0: one word per lane (VEC=1)
         Gemv(40, 136, -1, 1, BF16, BF16, symmetric=True, act_order=True),
         Gemv(13, 72, -1, 7, F16, F16),                       # K = 72: VEC=1, an M tile of 8
+        # The tensor-core kernel (16-bit x, scales of x's dtype, K and groups multiples of 128):
+        Gemv(37, 640, 128, 1, BF16, BF16, act_order=True),   # odd N, 5 chunks over 4 warps
+        Gemv(45, 768, 128, 5, F16, F16, symmetric=True, bias=True),  # 6 chunks over 4 warps
+        Gemv(19, 384, -1, 9, BF16, BF16, bias=True),         # one group over 3 chunks, M tile 16
+        Gemv(24, 256, 128, 16, F16, F16, act_order=True),
     ]},
     **{f"decode-{str(c.q_dtype)[6:]}-{c.cache}-h{c.q_heads}/{c.kv_heads}-d{c.head_dim}-b{c.block_size}"
        f"-s{c.num_splits}{'-strided' if c.strided else ''}{'-hot' if c.q_scale > 1 else ''}": c for c in [

@@ -82,6 +82,22 @@ def test_gemv_picks_the_m_tile_and_load_width(emu, m, tile, k, vec):
         (f"void fastcot::int4_gemv_kernel<__half, {tile}, {vec}>(fastcot::Int4GemvArgs)", [2, 1, 1], [128, 1, 1])]
 
 
+@pytest.mark.parametrize("m, tile", [(1, 8), (8, 8), (9, 16)])
+@pytest.mark.parametrize("dtype, name", [(torch.float16, "__half"), (torch.bfloat16, "__nv_bfloat16")])
+def test_gemv_takes_tensor_cores_for_16_bit_x_and_128_multiples(emu, m, tile, dtype, name):
+    gen = torch.Generator().manual_seed(m)
+    w = emu_cases.make_weight(40, 512, 128, dtype, symmetric=False, act_order=False, gen=gen)
+    emu.launches()
+    emu.int4_gemv(torch.randn(m, 512, generator=gen).to(dtype), w)
+    # 3 blocks of 16 columns; 4 chunks of K, so 4 warps (one wave on any GPU).
+    assert launched(emu_cases.Outcome(0, 0, launches=emu.launches())) == [
+        (f"void fastcot::int4_mma_kernel<{name}, {tile}>(fastcot::Int4MmaArgs)", [3, 1, 1], [128, 1, 1])]
+    # Scales of another dtype, or groups of 64, take the SIMT kernel.
+    w64 = emu_cases.make_weight(40, 512, 64, dtype, symmetric=False, act_order=False, gen=gen)
+    emu.int4_gemv(torch.randn(m, 512, generator=gen).to(dtype), w64)
+    assert "int4_gemv_kernel" in emu.launches()[0]["kernel"]
+
+
 # ---- the launchers' own checks, before any launch --------------------------------------------
 
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -118,6 +119,109 @@ __host__ __device__ __forceinline__ void unpack8_as_float(const uint4 raw, const
 template <typename T>
 __device__ __forceinline__ void load8_as_float(const T* src, float (&dst)[8]) {
   unpack8_as_float(__ldg(reinterpret_cast<const uint4*>(src)), src, dst);
+}
+
+
+// ---- PTX helpers: the asm for nvcc's device pass, a portable fallback for the host and the
+// emulator (same values; only the GPU's timing and the tensor core's rounding differ).
+
+// (a & b) | c in one LOP3 (the compiler, given two immediates, emits two).
+__host__ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+#if defined(__CUDA_ARCH__)
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+#else
+  return (a & b) | c;
+#endif
+}
+
+// A 16-byte streaming load through the read-only path that does not allocate in L1, so that
+// weights read once do not evict the activations every block re-reads.
+__device__ __forceinline__ uint4 ldg_stream(const uint4* ptr) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(ptr));
+  return v;
+#else
+  return __ldg(ptr);
+#endif
+}
+
+// Element e (0 low, 1 high) of a packed pair of 16-bit floats, as fp32 (fallback helpers).
+template <typename T>
+__host__ __device__ __forceinline__ float pair_element(uint32_t pair, int e) {
+  const uint16_t bits = static_cast<uint16_t>(e == 0 ? pair : pair >> 16);
+  if constexpr (std::is_same<T, __half>::value) {
+    __half h;
+    memcpy(&h, &bits, sizeof(h));
+    return __half2float(h);
+  } else {
+    return bits_to_float(uint32_t(bits) << 16);  // bf16: the top half of an fp32
+  }
+}
+
+// D = A * B + C for one warp, m16n8k16, A row-major and B column-major 16-bit (T = __half or
+// __nv_bfloat16), fp32 accumulators. Fragments as PTX documents them, with g = lane / 4 and
+// c = lane % 4: a[0] holds A[g][2c..2c+1], a[1] A[g+8][2c..2c+1], a[2] A[g][2c+8..2c+9],
+// a[3] A[g+8][2c+8..2c+9]; b[0] holds B[2c..2c+1][g], b[1] B[2c+8..2c+9][g]; d[0..1] hold
+// D[g][2c..2c+1], d[2..3] D[g+8][2c..2c+1]. Every lane of the warp must call it together.
+// The host fallback gathers the fragments with shuffles and sums in fp32 in k order (the
+// tensor core's own summation order and rounding are the GPU's).
+template <typename T>
+__device__ __forceinline__ void mma_16816_emulated(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4, c = lane % 4;
+  uint32_t rows[4][4];     // [source lane c'][register]: A rows g and g + 8
+  uint32_t cols[2][4][2];  // [column 2c + j][source lane c'][register]
+  for (int src = 0; src < 4; ++src) {
+    for (int r = 0; r < 4; ++r) rows[src][r] = __shfl_sync(0xFFFFFFFFu, a[r], g * 4 + src);
+    for (int j = 0; j < 2; ++j) {
+      for (int r = 0; r < 2; ++r) cols[j][src][r] = __shfl_sync(0xFFFFFFFFu, b[r], (2 * c + j) * 4 + src);
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int upper = i / 2, j = i % 2;  // row g + 8 * upper, column 2c + j
+    float sum = d[i];
+    for (int k = 0; k < 16; ++k) {
+      const int src = (k % 8) / 2, hi = k / 8, e = k % 2;
+      sum += pair_element<T>(rows[src][upper + 2 * hi], e) * pair_element<T>(cols[j][src][hi], e);
+    }
+    d[i] = sum;
+  }
+}
+
+__device__ __forceinline__ void mma_16816_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  mma_16816_emulated<__half>(d, a, b);
+#endif
+}
+
+__device__ __forceinline__ void mma_16816_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  mma_16816_emulated<__nv_bfloat16>(d, a, b);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same<T, __half>::value) {
+    mma_16816_f16(d, a, b);
+  } else {
+    mma_16816_bf16(d, a, b);
+  }
 }
 
 }  // namespace fastcot
