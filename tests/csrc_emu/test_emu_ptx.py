@@ -3,7 +3,7 @@
 the emulator (g++, no __CUDA_ARCH__) the fallback. docs/emulator.md has the recipe, including
 the GPU test that compares a helper's two paths bit for bit.
 
-csrc has no inline PTX today; this guard keeps any that arrives in that shape.
+Every inline PTX statement in csrc must sit in such a helper; this guard keeps it so.
 """
 
 from __future__ import annotations
