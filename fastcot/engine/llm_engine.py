@@ -306,6 +306,8 @@ class LLMEngine:
             request = self.requests[seq.request_id]
             self._end(request, "error", seq.stop_reason)
             touched[request.request_id] = None
+        if batch is None and not self.scheduler.running and not self.scheduler.waiting:
+            self._end_stranded(touched)
         if batch is not None:
             if batch.is_prefill:
                 self._prefill_step(batch, touched)
@@ -491,6 +493,16 @@ class LLMEngine:
             out.finish(reason, message)
             self._seq_finished(request, seq)
         request.pending = []
+
+    def _end_stranded(self, touched: dict) -> None:
+        """Unfinished requests with nothing left to schedule can never progress (a defect):
+        end them with an error instead of letting callers step forever."""
+        for request in list(self.requests.values()):
+            if not request.finished:
+                logger.error("request %s has unfinished samples that nothing schedules; ending it",
+                             request.request_id)
+                self._end(request, "error", "internal error: the request's samples were never scheduled")
+                touched[request.request_id] = None
 
     def _output(self, request: Request) -> RequestOutput:
         """The request's output for this step; a finished request is forgotten."""
