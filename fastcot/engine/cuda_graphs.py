@@ -14,9 +14,9 @@ import time
 
 import torch
 
-logger = logging.getLogger("fastcot")
-
 from fastcot.layers.attention import AttentionMetadata
+
+logger = logging.getLogger("fastcot")
 
 
 def batch_buckets(max_batch: int) -> list[int]:
