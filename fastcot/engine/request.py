@@ -37,6 +37,7 @@ class Request:
         self._sent_tokens = [prompt_len] * len(seqs)  # token_ids handed out, per sample
         self._sent_logprobs = [0] * len(seqs)
         self._reported = [False] * len(seqs)  # its finish has been handed out
+        self._final_ids: list[list[int] | None] = [None] * len(seqs)  # a finished sample's token ids, made once
 
     @property
     def finished(self) -> bool:
@@ -78,7 +79,9 @@ class Request:
         if self.kind == "delta":
             text, token_ids, reasoning_text, logprobs, snapshot = answer, delta_ids, reasoning, delta_lp, None
         elif done:
-            token_ids = seq.output_token_ids
+            token_ids = self._final_ids[i]
+            if token_ids is None:
+                token_ids = self._final_ids[i] = seq.output_token_ids
         return CompletionOutput.make(seq.index, text, token_ids, seq.finish_reason, seq.stop_reason, logprobs,
                                      reasoning_text, counts[0], counts[1], seq.cumulative_logprob, answer,
                                      reasoning, delta_ids, delta_lp, first_finish, snapshot)

@@ -116,7 +116,8 @@ class CompletionOutput:
 
     The cumulative fields of a running sample are computed when first read (building them
     every step would cost time proportional to the length); reading them later still gives
-    their value at that step.
+    their value at that step. A finished sample's `token_ids` list is shared by the request's
+    later outputs: copy it before modifying it.
     """
 
     __slots__ = ("index", "_text", "_token_ids", "finish_reason", "stop_reason", "_logprobs", "_reasoning_text",
