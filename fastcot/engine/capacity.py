@@ -1,5 +1,6 @@
 """What the engine knows at startup: the KV cache's size (checked against `max_model_len` and
-logged), the checkpoint's generation defaults, and the `fastcot` logger's default output."""
+logged), the checkpoint's generation defaults, a reasoning model's thinking delimiters, and
+the `fastcot` logger's default output."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from fastcot.reasoning import find_thinking_delimiters
 
 logger = logging.getLogger("fastcot")
 
@@ -128,3 +131,21 @@ def generation_defaults(model, mode: str) -> dict:
         logger.info("sampling defaults from %s: %s", path, defaults)
     return defaults
 
+
+def thinking_delimiters(tokenizer, spec):
+    """The engine's thinking delimiters from `LLM(thinking_delimiters=...)` (see there)."""
+    if spec is False:
+        return None
+    if spec is None:
+        found = find_thinking_delimiters(tokenizer) if hasattr(tokenizer, "get_vocab") else None
+        if found is not None and (len(found.start_ids) != 1 or len(found.end_ids) != 1):
+            return None  # only single-token delimiters are tracked
+        return found
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(x, str) for x in spec)):
+        raise ValueError(f"thinking_delimiters must be None, False or a (start, end) pair of strings, got {spec!r}")
+    found = find_thinking_delimiters(tokenizer, *spec)
+    for name, ids in (("start", found.start_ids), ("end", found.end_ids)):
+        if len(ids) != 1:
+            raise ValueError(f"thinking_delimiters {name} {getattr(found, name)!r} is {len(ids)} tokens in this "
+                             f"tokenizer ({ids}); each delimiter must be a single token")
+    return found

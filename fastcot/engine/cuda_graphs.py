@@ -9,9 +9,14 @@ host cost of launching dozens of kernels per layer disappears. Sampling runs aft
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
 from fastcot.layers.attention import AttentionMetadata
+
+logger = logging.getLogger("fastcot")
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -44,6 +49,7 @@ class DecodeGraphs:
     def capture(self) -> None:
         """Capture every bucket, largest first so that the smaller ones fit in its pool. The
         warm-up runs (outside capture) also autotune kernels and build rope tables."""
+        start = time.perf_counter()
         pool = None
         for b in reversed(self.buckets):
             stream = torch.cuda.Stream()
@@ -57,6 +63,8 @@ class DecodeGraphs:
             pool = graph.pool()
             self.graphs[b] = graph
         torch.cuda.synchronize()
+        logger.info("captured CUDA graphs of decode steps for %d batch sizes (1 to %d) in %.1f s",
+                    len(self.buckets), self.buckets[-1], time.perf_counter() - start)
 
     def run(self, input_ids, positions, slot_mapping, seq_lens, block_tables) -> torch.Tensor | None:
         """Logits `[B, V]` of one decode step, or None when B exceeds the largest bucket."""

@@ -190,10 +190,14 @@ class LLM:
             requests.append(self.engine.make_request(str(self._counter + len(requests)), prompt, copies[id(p)]))
         self._counter += len(requests)
         ids = []
-        for request in requests:
-            ids.append(request.request_id)
-            self._owned.add(request.request_id)
-            self.engine._register(request)
+        try:
+            for request in requests:
+                ids.append(request.request_id)
+                self._owned.add(request.request_id)
+                self.engine._register(request)
+        except BaseException:  # interrupted halfway: none of them stays queued
+            self._abandon(ids)
+            raise
         return ids
 
     def _drive(self, ids: list[str], on_step: Callable[[], None] | None = None) -> Iterator[RequestOutput]:

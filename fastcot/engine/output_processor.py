@@ -78,6 +78,7 @@ class SequenceOutput:
         self.stop_ids = set(p.stop_token_ids or []) | (set() if p.ignore_eos else set(eos_token_ids))
         self.stop_strings = list(p.stop or [])
         self.stop_last_chars = frozenset(s[-1] for s in self.stop_strings)
+        self.stop_first_chars = frozenset(s[0] for s in self.stop_strings)
         self.longest = max(map(len, self.stop_strings), default=0)
         self.include_stop = p.include_stop_str_in_output
         # The sequence reaches its length limit at this many tokens (prompt included).
@@ -199,10 +200,14 @@ class SequenceOutput:
             return "", ""
         if self.text_end is not None:
             count = max(0, self.text_end - self.sent)
-        elif self.stop_strings and not self.include_stop:
+        elif self.stop_strings and not self.include_stop and not self.stop_first_chars.isdisjoint(unsent):
             count = len(unsent) - _stop_prefix_length(unsent, self.stop_strings)
         else:
             count = len(unsent)
+        if count == len(unsent) and self.reasoning is None:  # the common case
+            self.unsent = ""
+            self.sent += count
+            return "", unsent
         if count <= 0:
             return "", ""
         start = self.sent

@@ -37,6 +37,7 @@ class Request:
         self._sent_tokens = [prompt_len] * len(seqs)  # token_ids handed out, per sample
         self._sent_logprobs = [0] * len(seqs)
         self._reported = [False] * len(seqs)  # its finish has been handed out
+        self._final_ids: list[list[int] | None] = [None] * len(seqs)  # a finished sample's token ids, made once
 
     @property
     def finished(self) -> bool:
@@ -45,17 +46,19 @@ class Request:
     def output(self) -> RequestOutput:
         """The output for this step: every sample with its deltas since the previous output."""
         finished = self.num_unfinished == 0
-        outputs = [self._completion(i, seq, out, finished) for i, (seq, out) in enumerate(zip(self.seqs, self.outs))]
+        if self.kind == "final_only":
+            outputs = [self._final(i, seq) for i, seq in enumerate(self.seqs)]
+        else:
+            outputs = [self._completion(i, seq, out) for i, (seq, out) in enumerate(zip(self.seqs, self.outs))]
         metrics = self._metrics() if finished else None
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outputs, metrics, finished,
                              self.prompt_logprobs, self.num_cached_tokens or 0)
 
-    def _completion(self, i: int, seq: Sequence, out: SequenceOutput, request_done: bool) -> CompletionOutput:
+    def _completion(self, i: int, seq: Sequence, out: SequenceOutput) -> CompletionOutput:
+        """A sample with its deltas (a server's every step: kept to plain attribute work)."""
         done = seq.status is Status.FINISHED
         first_finish = done and not self._reported[i]
         self._reported[i] = done
-        if self.kind == "final_only":
-            return self._final(seq, out, first_finish)
         end = len(seq.token_ids)
         delta_ids = seq.token_ids[self._sent_tokens[i]:end].tolist()
         self._sent_tokens[i] = end
@@ -63,26 +66,35 @@ class Request:
         if seq.logprobs is not None:
             delta_lp = seq.logprobs[self._sent_logprobs[i]:]
             self._sent_logprobs[i] = len(seq.logprobs)
-        reasoning, answer = out.take_delta() if out.unsent is not None else ("", "")
-        deltas = dict(delta_text=answer, delta_reasoning_text=reasoning, delta_token_ids=delta_ids,
-                      delta_logprobs=delta_lp, finished_this_step=first_finish)
-        if self.kind == "delta":
-            counts = _counts(seq, out)
-            return CompletionOutput(seq.index, answer, delta_ids, seq.finish_reason, seq.stop_reason, delta_lp,
-                                    reasoning, *counts, seq.cumulative_logprob, **deltas)
+        reasoning, answer = out.take_delta()
         if done:
-            return self._final(seq, out, first_finish, **deltas)
-        return CompletionOutput(seq.index, None, None, None, None, None, None, *_counts(seq, out),
-                                seq.cumulative_logprob, snapshot=_Snapshot(seq, out), **deltas)
+            text, token_ids, reasoning_text, logprobs = seq.text, None, seq.reasoning_text, seq.logprobs
+            counts = seq.num_reasoning_tokens, seq.num_delimiter_tokens
+            snapshot = None
+        else:
+            text = token_ids = reasoning_text = logprobs = None
+            state = None if out.thinking is None else out.thinking.state
+            counts = (0, 0) if state is None else (state.num_reasoning_tokens, state.num_delimiter_tokens)
+            snapshot = _Snapshot(seq, out)
+        if self.kind == "delta":
+            text, token_ids, reasoning_text, logprobs, snapshot = answer, delta_ids, reasoning, delta_lp, None
+        elif done:
+            token_ids = self._final_ids[i]
+            if token_ids is None:
+                token_ids = self._final_ids[i] = seq.output_token_ids
+        return CompletionOutput.make(seq.index, text, token_ids, seq.finish_reason, seq.stop_reason, logprobs,
+                                     reasoning_text, counts[0], counts[1], seq.cumulative_logprob, answer,
+                                     reasoning, delta_ids, delta_lp, first_finish, snapshot)
 
-    @staticmethod
-    def _final(seq: Sequence, out: SequenceOutput, first_finish: bool, **deltas) -> CompletionOutput:
-        if seq.status is not Status.FINISHED:  # final_only: a sample still running has nothing yet
-            return CompletionOutput(seq.index, "", [], None, **deltas)
-        deltas.setdefault("finished_this_step", first_finish)
+    def _final(self, i: int, seq: Sequence) -> CompletionOutput:
+        """A sample of a "final_only" request: whole when finished, empty before."""
+        if seq.status is not Status.FINISHED:
+            return CompletionOutput(seq.index, "", [], None)
+        first_finish = not self._reported[i]
+        self._reported[i] = True
         return CompletionOutput(seq.index, seq.text, seq.output_token_ids, seq.finish_reason, seq.stop_reason,
                                 seq.logprobs, seq.reasoning_text, seq.num_reasoning_tokens, seq.num_delimiter_tokens,
-                                seq.cumulative_logprob, **deltas)
+                                seq.cumulative_logprob, finished_this_step=first_finish)
 
     def _metrics(self) -> RequestMetrics:
         seqs = self.seqs
@@ -99,13 +111,6 @@ class Request:
             return False
         self.first_token_time = time.perf_counter()
         return True
-
-
-def _counts(seq: Sequence, out: SequenceOutput) -> tuple[int, int]:
-    if seq.status is Status.FINISHED or out.thinking is None:
-        return seq.num_reasoning_tokens, seq.num_delimiter_tokens
-    state = out.thinking.state
-    return state.num_reasoning_tokens, state.num_delimiter_tokens
 
 
 class _Snapshot:

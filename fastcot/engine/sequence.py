@@ -116,7 +116,8 @@ class CompletionOutput:
 
     The cumulative fields of a running sample are computed when first read (building them
     every step would cost time proportional to the length); reading them later still gives
-    their value at that step.
+    their value at that step. A finished sample's `token_ids` list is shared by the request's
+    later outputs: copy it before modifying it.
     """
 
     __slots__ = ("index", "_text", "_token_ids", "finish_reason", "stop_reason", "_logprobs", "_reasoning_text",
@@ -143,6 +144,22 @@ class CompletionOutput:
         self.finished_this_step = finished_this_step
         # A callable returning (text, token_ids, reasoning_text, logprobs), run on first read.
         self._snapshot = snapshot
+
+    @classmethod
+    def make(cls, index, text, token_ids, finish_reason, stop_reason, logprobs, reasoning_text, num_reasoning_tokens,
+             num_delimiter_tokens, cumulative_logprob, delta_text, delta_reasoning_text, delta_token_ids,
+             delta_logprobs, finished_this_step, snapshot) -> CompletionOutput:
+        """Every field positionally, without the constructor's argument handling (the engine
+        builds one per running sample per step)."""
+        self = cls.__new__(cls)
+        self.index, self._text, self._token_ids, self.finish_reason = index, text, token_ids, finish_reason
+        self.stop_reason, self._logprobs, self._reasoning_text = stop_reason, logprobs, reasoning_text
+        self.num_reasoning_tokens, self.num_delimiter_tokens = num_reasoning_tokens, num_delimiter_tokens
+        self.cumulative_logprob, self.delta_text, self.delta_reasoning_text = cumulative_logprob, delta_text, \
+            delta_reasoning_text
+        self.delta_token_ids, self.delta_logprobs = delta_token_ids, delta_logprobs
+        self.finished_this_step, self._snapshot = finished_this_step, snapshot
+        return self
 
     def _resolve(self) -> None:
         self._text, self._token_ids, self._reasoning_text, self._logprobs = self._snapshot()

@@ -152,3 +152,15 @@ def test_bad_reasoning_inputs():
         make_llm(thinks_then_answers(3)).__class__.from_model(
             ScriptedModel(plain.config, thinks_then_answers(3), 5), thinking_tokenizer.build_thinking_tokenizer(),
             device="cpu", num_kv_blocks=16, thinking_delimiters=("<reason>", "</reason>"))
+
+
+def test_streamed_reasoning_and_answer_equal_the_final_split_with_stop_strings():
+    # Held-back text (a possible stop string) is split by the thinking span when released.
+    llm = make_llm(thinks_then_answers(6))
+    for stop in (["AAAx"], ["xx</"], ["xA"], ["AAA"], ["x", "zz"]):
+        params = SamplingParams(**GREEDY, stop=stop)
+        (final,) = llm.generate([PROMPT], params, use_tqdm=False)[0].outputs
+        deltas = list(llm.generate_stream([PROMPT], params))
+        assert "".join(d.text for d in deltas if d.kind == "reasoning") == final.reasoning_text
+        assert "".join(d.text for d in deltas if d.kind == "answer") == final.text
+        assert deltas[-1].finish_reason == final.finish_reason

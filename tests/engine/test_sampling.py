@@ -12,6 +12,8 @@ from fastcot.engine.sampling import (
     SamplingTensors,
     apply_repetition_penalty,
     compute_logprobs,
+    count_tokens_,
+    output_counts,
     presence_mask,
     record_tokens_,
     request_key,
@@ -274,13 +276,16 @@ def test_advance_moves_to_the_next_step():
 
 def test_sampler_runs_on_meta_tensors():
     """A meta tensor has no data: any `.item()`, data-dependent shape or host read would fail."""
-    params = MIXED + [SamplingParams(temperature=0, repetition_penalty=1.2, min_tokens=2, stop_token_ids=[3])]
+    params = MIXED + [SamplingParams(temperature=0, repetition_penalty=1.2, min_tokens=2, stop_token_ids=[3]),
+                      SamplingParams(presence_penalty=0.5, frequency_penalty=-0.3)]
     t = pack(params, eos_token_ids=[2], device="meta")
     logits = torch.empty(len(params), 128, device="meta")
     presence = torch.empty(len(params), 128, dtype=torch.bool, device="meta")
-    ids = Sampler()(logits, t, presence=presence)
+    counts = torch.empty(len(params), 128, dtype=torch.int32, device="meta")
+    ids = Sampler()(logits, t, presence=presence, output_counts=counts)
     assert ids.shape == (len(params),) and ids.dtype == torch.int64
     record_tokens_(presence, ids)
+    count_tokens_(counts, ids)
 
 
 def test_penalty_without_presence_is_a_clear_error():
@@ -315,3 +320,36 @@ def test_cuda_graph_replay_equals_eager():
         t.steps.add_(1)
         graph.replay()
         assert torch.equal(static_ids, sampler(static_logits, t))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_with_penalties_equals_eager():
+    # The penalty state lives on the device and is updated inside the graph, as decode steps do.
+    device = torch.device("cuda")
+    params = [SamplingParams(temperature=0, presence_penalty=0.8, frequency_penalty=0.3, repetition_penalty=1.2),
+              SamplingParams(seed=1, presence_penalty=-0.5), SamplingParams(seed=2, frequency_penalty=1.5)] * 2
+    t = pack(params, output_lens=[3] * len(params), device=device)
+    history = [[1, 1, 5], [7, 8, 9], [2, 2, 2]] * 2
+    presence = presence_mask(history, 1000, device)
+    counts = output_counts(history, 1000, device)
+    logits = torch.randn(len(params), 1000, device=device)
+    sampler = Sampler()
+    sampler(logits, t, presence, output_counts=counts)  # warm-up outside the capture
+    eager_presence, eager_counts = presence.clone(), counts.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ids = sampler(logits, t, presence, output_counts=counts)
+        record_tokens_(presence, ids)
+        count_tokens_(counts, ids)
+    presence.copy_(eager_presence)
+    counts.copy_(eager_counts)
+    for _ in range(4):
+        logits.copy_(torch.randn_like(logits))
+        expected = sampler(logits, t, eager_presence, output_counts=eager_counts)
+        record_tokens_(eager_presence, expected)
+        count_tokens_(eager_counts, expected)
+        graph.replay()
+        assert torch.equal(ids, expected)
+        assert torch.equal(presence, eager_presence) and torch.equal(counts, eager_counts)
+        t.steps.add_(1)
