@@ -35,14 +35,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastcot.layers import Int4Linear
 from fastcot.models.config import ModelConfig
-from fastcot.models.llama import ConcatLinear, LlamaForCausalLM
-from fastcot.models.loader import resolve_dtype
+from fastcot.models.llama import LlamaForCausalLM
+from fastcot.models.loader import linear_from_parts, resolve_dtype
 from fastcot.models.quant_config import int4_group_size
 from fastcot.quant import Int4Weight, quantize_int4
 from fastcot.quant.gguf import INT4_TYPES, check_type, dequantize_gguf, int4_from_gguf
-from fastcot.quant.int4 import stack_rows, take_rows
+from fastcot.quant.int4 import take_rows
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # GGUF tensor in `blk.N.` -> (fastcot module under model.layers.N, index in its fused projection)
@@ -89,7 +88,7 @@ def _reader(path: str, mtime_ns: int):
     return reader
 
 
-def open_gguf(path) -> "GGUFFile":
+def open_gguf(path) -> GGUFFile:
     path = Path(path)
     return GGUFFile(path, _reader(str(path.resolve()), path.stat().st_mtime_ns))
 
@@ -325,19 +324,5 @@ class _GGUFWeights:
         biases = [self._bias(f"{name}.weight") for name in names]
         bias = None if biases[0] is None else torch.cat(biases)
         if all(isinstance(w, torch.Tensor) for w in weights):
-            return _float_linear(torch.cat(weights), bias)
-        if all(isinstance(w, Int4Weight) for w in weights):
-            fused = stack_rows(weights)
-            if fused is not None:
-                return Int4Linear(fused, bias)
-        parts = [Int4Linear(w, b) if isinstance(w, Int4Weight) else _float_linear(w, b) for w, b in zip(weights, biases)]
-        return parts[0] if len(parts) == 1 else ConcatLinear(parts)
-
-
-def _float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    with torch.device("meta"):
-        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    layer.weight = nn.Parameter(weight, requires_grad=False)
-    if bias is not None:
-        layer.bias = nn.Parameter(bias, requires_grad=False)
-    return layer
+            return linear_from_parts([torch.cat(weights)], [bias])
+        return linear_from_parts(weights, biases)

@@ -40,10 +40,12 @@ from fastcot.models.checkpoint import (
     require,
     safetensors_files,
 )
-from fastcot.models.config import ModelConfig, load_config as _load_dir_config
+from fastcot.models.config import ModelConfig
+from fastcot.models.config import load_config as _load_dir_config
 from fastcot.models.llama import ConcatLinear, LlamaForCausalLM
 from fastcot.models.quant_config import QuantScheme, int4_group_size, quant_scheme
 from fastcot.quant import Int4Weight, quantize_int4
+from fastcot.quant.int4 import stack_rows
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _QUANT_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
@@ -327,13 +329,20 @@ class _CheckpointLoader:
                 weights.append(self.scheme.import_weight(piece))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{prefix}: {err}") from err
-        fused = _fuse_int4(weights)
+        return linear_from_parts(weights, biases)
+
+
+def linear_from_parts(weights: list, biases: list) -> nn.Module:
+    """One module for a projection's parts along N (each an Int4Weight or a float `[N_i, K]`
+    tensor, with its bias or None): one Int4Linear when the int4 parts can share one weight,
+    else one linear per part in a ConcatLinear."""
+    if all(isinstance(w, Int4Weight) for w in weights):
+        fused = stack_rows(weights)
         if fused is not None:
+            bias = None if biases[0] is None else torch.cat(biases)
             return Int4Linear(fused, bias)
-        modules = []
-        for w, b in zip(weights, biases):
-            modules.append(Int4Linear(w, b) if isinstance(w, Int4Weight) else _float_linear(w, b))
-        return modules[0] if len(modules) == 1 else ConcatLinear(modules)
+    modules = [Int4Linear(w, b) if isinstance(w, Int4Weight) else _float_linear(w, b) for w, b in zip(weights, biases)]
+    return modules[0] if len(modules) == 1 else ConcatLinear(modules)
 
 
 def _float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -345,24 +354,3 @@ def _float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return layer
 
 
-def _fuse_int4(weights: list) -> Int4Weight | None:
-    """One Int4Weight stacking the parts along N, or None when they cannot share one."""
-    if not all(isinstance(w, Int4Weight) for w in weights):
-        return None
-    if len(weights) == 1:
-        return weights[0]
-    first = weights[0]
-    for w in weights[1:]:
-        if (w.group_size != first.group_size or w.shape[1] != first.shape[1] or w.scales.dtype != first.scales.dtype
-                or (w.zeros is None) != (first.zeros is None) or (w.perm is None) != (first.perm is None)):
-            return None
-        if first.perm is not None and not torch.equal(w.perm, first.perm):
-            return None
-    return Int4Weight(
-        qweight=torch.cat([w.qweight for w in weights]),
-        scales=torch.cat([w.scales for w in weights], dim=1).contiguous(),
-        zeros=None if first.zeros is None else torch.cat([w.zeros for w in weights], dim=1).contiguous(),
-        perm=first.perm,
-        group_size=first.group_size,
-        shape=(sum(w.shape[0] for w in weights), first.shape[1]),
-    )
