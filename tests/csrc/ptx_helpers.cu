@@ -1,0 +1,64 @@
+// GPU check of csrc's PTX helpers (tests/csrc/test_ptx_helpers_gpu.py): each helper's asm path,
+// run on the device, against its portable fallback (the path the SIMT emulator runs).
+#include <cstdint>
+
+#include "fastcot/common.cuh"
+
+namespace {
+
+__global__ void and_or_kernel(const uint32_t* a, const uint32_t* b, const uint32_t* c, uint32_t* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = fastcot::and_or(a[i], b[i], c[i]);
+}
+
+__global__ void ldg_stream_kernel(const uint4* src, uint4* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = fastcot::ldg_stream(src + i);
+}
+
+// One warp: the tensor-core mma and the shuffle fallback on the same fragments.
+template <typename T>
+__global__ void mma_kernel(const uint32_t* a, const uint32_t* b, const float* c, float* d_mma, float* d_fallback) {
+  const int lane = threadIdx.x;
+  uint32_t fa[4], fb[2];
+  float d0[4], d1[4];
+  for (int r = 0; r < 4; ++r) fa[r] = a[lane * 4 + r];
+  for (int r = 0; r < 2; ++r) fb[r] = b[lane * 2 + r];
+  for (int r = 0; r < 4; ++r) d0[r] = d1[r] = c[lane * 4 + r];
+  fastcot::mma_16816<T>(d0, fa, fb);
+  fastcot::mma_16816_emulated<T>(d1, fa, fb);
+  for (int r = 0; r < 4; ++r) {
+    d_mma[lane * 4 + r] = d0[r];
+    d_fallback[lane * 4 + r] = d1[r];
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Host side of and_or: nvcc's host pass compiles the portable fallback.
+void ptx_and_or_host(const uint32_t* a, const uint32_t* b, const uint32_t* c, uint32_t* out, int n) {
+  for (int i = 0; i < n; ++i) out[i] = fastcot::and_or(a[i], b[i], c[i]);
+}
+
+int ptx_and_or_device(const uint32_t* a, const uint32_t* b, const uint32_t* c, uint32_t* out, int n) {
+  and_or_kernel<<<(n + 255) / 256, 256>>>(a, b, c, out, n);
+  return static_cast<int>(cudaDeviceSynchronize());
+}
+
+int ptx_ldg_stream_device(const void* src, void* out, int n) {
+  ldg_stream_kernel<<<(n + 255) / 256, 256>>>(static_cast<const uint4*>(src), static_cast<uint4*>(out), n);
+  return static_cast<int>(cudaDeviceSynchronize());
+}
+
+int ptx_mma_device(const uint32_t* a, const uint32_t* b, const float* c, float* d_mma, float* d_fallback, int bf16) {
+  if (bf16) {
+    mma_kernel<__nv_bfloat16><<<1, 32>>>(a, b, c, d_mma, d_fallback);
+  } else {
+    mma_kernel<__half><<<1, 32>>>(a, b, c, d_mma, d_fallback);
+  }
+  return static_cast<int>(cudaDeviceSynchronize());
+}
+
+}  // extern "C"

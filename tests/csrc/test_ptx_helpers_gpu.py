@@ -1,0 +1,82 @@
+"""csrc's PTX helpers on a GPU: each asm path against its portable fallback (the path the SIMT
+emulator runs on the CPU), bit for bit. The tensor-core mma is compared on small integers, where
+every product and partial sum is exact, so summation order cannot change a bit.
+
+Builds tests/csrc/ptx_helpers.cu with nvcc for the device at hand; skips without a GPU or nvcc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+HERE = Path(__file__).resolve().parent
+INCLUDE = HERE.parents[1] / "csrc" / "include"
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("needs nvcc to build tests/csrc/ptx_helpers.cu")
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"sm_{major}{minor}{'a' if major == 9 else ''}"
+    out = tmp_path_factory.mktemp("ptx") / "ptx_helpers.so"
+    subprocess.run([nvcc, "-std=c++17", "-O2", f"-arch={arch}", f"-I{INCLUDE}", "-Xcompiler", "-fPIC", "-shared",
+                    str(HERE / "ptx_helpers.cu"), "-o", str(out)], check=True)
+    return ctypes.CDLL(str(out))
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _words(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(-2**31, 2**31, (n,), generator=generator, dtype=torch.int64).to(torch.int32)
+
+
+def test_and_or_lop3_equals_fallback(lib):
+    g = torch.Generator().manual_seed(0)
+    n = 4099
+    a, b, c = (_words(n, g) for _ in range(3))
+    host = torch.empty(n, dtype=torch.int32)
+    lib.ptx_and_or_host(_ptr(a), _ptr(b), _ptr(c), _ptr(host), ctypes.c_int(n))
+    assert torch.equal(host, (a & b) | c)
+    a_d, b_d, c_d = a.cuda(), b.cuda(), c.cuda()
+    out = torch.full((n,), -1, dtype=torch.int32, device="cuda")
+    assert lib.ptx_and_or_device(_ptr(a_d), _ptr(b_d), _ptr(c_d), _ptr(out), ctypes.c_int(n)) == 0
+    assert torch.equal(out.cpu(), host)
+
+
+def test_ldg_stream_loads_what_a_plain_load_does(lib):
+    g = torch.Generator().manual_seed(1)
+    n = 1037  # 16-byte vectors
+    src = _words(4 * n, g).cuda()
+    out = torch.zeros_like(src)
+    assert lib.ptx_ldg_stream_device(_ptr(src), _ptr(out), ctypes.c_int(n)) == 0
+    assert torch.equal(out, src)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mma_16816_equals_fallback_on_exact_inputs(lib, dtype):
+    g = torch.Generator().manual_seed(2)
+    # Per lane: 4 A registers and 2 B registers of two 16-bit values each, 4 fp32 accumulators.
+    a = torch.randint(-8, 9, (32 * 4 * 2,), generator=g).to(dtype).view(torch.int32)
+    b = torch.randint(-8, 9, (32 * 2 * 2,), generator=g).to(dtype).view(torch.int32)
+    c = torch.randint(-64, 65, (32 * 4,), generator=g).to(torch.float32)
+    a_d, b_d, c_d = a.cuda(), b.cuda(), c.cuda()
+    d_mma = torch.full((32 * 4,), float("nan"), device="cuda")
+    d_fallback = torch.full((32 * 4,), float("nan"), device="cuda")
+    bf16 = int(dtype == torch.bfloat16)
+    assert lib.ptx_mma_device(_ptr(a_d), _ptr(b_d), _ptr(c_d), _ptr(d_mma), _ptr(d_fallback), ctypes.c_int(bf16)) == 0
+    assert torch.equal(d_mma, d_fallback), (d_mma - d_fallback).abs().max()
+    assert not torch.equal(d_mma.cpu(), c), "the mma changed nothing"
