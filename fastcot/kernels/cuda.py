@@ -308,11 +308,17 @@ def decode_num_splits(batch: int, q_heads: int, num_kv_heads: int, max_context: 
     `min_tokens_per_split` tokens of capacity. Uses only shapes (the block-table width, never
     the lengths), so a captured CUDA graph stays valid."""
     group = q_heads // num_kv_heads
-    blocks = batch * num_kv_heads * decode_group_tiles(group)
-    slots = sms * decode_blocks_per_sm(group)
+    return wave_filling_splits(batch * num_kv_heads * decode_group_tiles(group), sms * decode_blocks_per_sm(group),
+                               cap=max(1, min(max_splits, max_context // min_tokens_per_split)))
+
+
+def wave_filling_splits(blocks: int, slots: int, *, cap: int) -> int:
+    """Split count (1..`cap`) for a grid of `blocks` unsplit blocks on `slots` resident block
+    slots (SMs x blocks per SM): 1 from DECODE_SPLIT_FREE_WAVES waves on, else the fewest splits
+    whose grid fills whole waves to DECODE_MIN_WAVE_EFFICIENCY (grid over waves x slots), else
+    the most efficient count. Shared by the CUDA and Triton decode launchers."""
     if blocks == 0 or blocks >= DECODE_SPLIT_FREE_WAVES * slots:
         return 1
-    cap = max(1, min(max_splits, max_context // min_tokens_per_split))
 
     def efficiency(splits: int) -> float:
         grid = blocks * splits

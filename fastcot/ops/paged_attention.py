@@ -237,26 +237,51 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, sms: int) -> int:
-    """Splits of the context per (sequence, KV head) so that about two waves of programs
-    fill the GPU; each split keeps at least MIN_TOKENS_PER_SPLIT tokens of capacity. Uses
-    only shapes (the block-table width), never lengths, so a captured graph stays valid."""
-    programs = batch * num_kv_heads
-    wanted = _pow2(-(-2 * sms // programs)) if programs < 2 * sms else 1
-    by_length = max(1, _pow2(max_context // MIN_TOKENS_PER_SPLIT + 1) // 2)
-    return max(1, min(wanted, by_length, MAX_SPLITS))
+# Programs of the shipped decode configuration (BLOCK_N 64, 4 warps, 2 stages, head_dim 128)
+# resident per SM, from its compiled registers and shared memory as `fastcot bench static`
+# reports them, by (SM version, float8 cache). tests/static recomputes them from the compiled
+# kernel. Other versions use the smallest entry.
+TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 5, (90, True): 4, (80, False): 4, (80, True): 4}
 
 
-def decode_splits(backend: str, batch: int, q_heads: int, num_kv_heads: int, max_context: int, sms: int) -> int:
+def triton_decode_blocks_per_sm(arch: int, kv_fp8: bool) -> int:
+    return TRITON_DECODE_BLOCKS_PER_SM.get((arch, kv_fp8), min(TRITON_DECODE_BLOCKS_PER_SM.values()))
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, sms: int, *, arch: int = 90,
+                      kv_fp8: bool = False) -> int:
+    """Splits of the context per (sequence, KV head) for the Triton kernel (one program per KV
+    head) so that the grid fills whole waves of its resident programs on `sms` SMs of SM version
+    `arch` (`fastcot.kernels.cuda.wave_filling_splits`, the CUDA launcher's rule); each split
+    keeps at least MIN_TOKENS_PER_SPLIT tokens of capacity. Uses only shapes (the block-table
+    width, never lengths) and the device, so a captured graph stays valid."""
+    from fastcot.kernels.cuda import wave_filling_splits
+
+    slots = sms * triton_decode_blocks_per_sm(arch, kv_fp8)
+    return wave_filling_splits(batch * num_kv_heads, slots,
+                               cap=max(1, min(MAX_SPLITS, max_context // MIN_TOKENS_PER_SPLIT)))
+
+
+def decode_splits(backend: str, batch: int, q_heads: int, num_kv_heads: int, max_context: int, sms: int, *,
+                  arch: int = 90, kv_fp8: bool = False) -> int:
     """The split count the `backend` ("triton" or "cuda") decode launcher picks on a GPU with
-    `sms` SMs: for Triton `decode_num_splits` over its one program per KV head; for CUDA
+    `sms` SMs of SM version `arch` for a float8 (`kv_fp8`) or 16-bit cache: for Triton
+    `decode_num_splits` over its one program per KV head; for CUDA
     `fastcot.kernels.cuda.decode_num_splits`, which sizes the grid from the kernel's occupancy."""
     if backend == "cuda":  # splits from the CUDA kernel's occupancy: whole waves
         from fastcot.kernels import cuda
 
         return cuda.decode_num_splits(batch, q_heads, num_kv_heads, max_context, sms, max_splits=MAX_SPLITS,
                                       min_tokens_per_split=MIN_TOKENS_PER_SPLIT)
-    return decode_num_splits(batch, num_kv_heads, max_context, sms)
+    return decode_num_splits(batch, num_kv_heads, max_context, sms, arch=arch, kv_fp8=kv_fp8)
+
+
+def sm_version(device: torch.device) -> int:
+    """SM version of a CUDA device (90 for an H100); 90 off CUDA, as `num_sms` sizes for an H100."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
 
 
 def _decode_tiles(head_dim: int) -> tuple[int, int]:
@@ -276,7 +301,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     block_d, block_n = _decode_tiles(head_dim)
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
-                                   num_sms(q.device))
+                                   num_sms(q.device), arch=sm_version(q.device), kv_fp8=k_cache.element_size() == 1)
     part_out = part_lse = out  # unused when not split
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)

@@ -32,7 +32,7 @@ def predicted_fraction(kernel: str, shape: dict, backend: str, machine: Machine)
     key = (kernel, tuple(sorted(shape.items())), backend, repr(machine))
     if key not in _CACHE:
         try:
-            plan = targets.plan(targets.Target(kernel, dict(shape)), backend, machine.sms)
+            plan = targets.plan(targets.Target(kernel, dict(shape)), backend, machine.sms, machine.arch)
             row = analyze.analyze(plan, machine, analyze.kernel_for(plan, machine.arch))
             _CACHE[key] = (row["predicted_bw_fraction"], None)
         except (cubins.Unavailable, ValueError, TypeError, KeyError) as why:

@@ -38,7 +38,7 @@ def build_rows(kernels=None, backends=("triton", "cuda"), archs=(90, 80), label_
             for arch in archs:
                 machine = MACHINES[arch]
                 try:
-                    plan = targets.plan(target, backend, machine.sms)
+                    plan = targets.plan(target, backend, machine.sms, machine.arch)
                 except Exception as exc:  # noqa: BLE001 - a launcher that cannot plan is a row, not the end
                     rows.append(analyze.error_row(target, backend, machine, f"the launcher on meta tensors: {exc!r}"))
                     continue

@@ -281,13 +281,14 @@ def _split_bytes(s: dict, splits: int) -> float:
     return 0.0 if splits == 1 else 2 * s["batch"] * s["q_heads"] * splits * (s["head_dim"] + 1) * 4
 
 
-def decode_triton(target: Target, sms: int) -> Plan:
+def decode_triton(target: Target, sms: int, arch: int = 90) -> Plan:
     from fastcot.kernels.triton import paged_attention as kernels
     from fastcot.ops.paged_attention import decode_splits, paged_decode_triton
 
     s = target.shape
     q, cache, tables, seq_lens, out = _decode_tensors(s)
-    splits = decode_splits("triton", s["batch"], s["q_heads"], s["kv_heads"], tables.shape[1] * s["block_size"], sms)
+    splits = decode_splits("triton", s["batch"], s["q_heads"], s["kv_heads"], tables.shape[1] * s["block_size"], sms,
+                           arch=arch, kv_fp8=s["kv_dtype"] == "fp8")
     with triton_launches(kernels._paged_decode_kernel, kernels._decode_merge_kernel) as calls:
         paged_decode_triton(q, cache, cache, tables, seq_lens, out, s["head_dim"] ** -0.5, 1.0, 1.0,
                             num_splits=splits)
@@ -356,5 +357,8 @@ PLANNERS = {
 }
 
 
-def plan(target: Target, backend: str, sms: int) -> Plan:
+def plan(target: Target, backend: str, sms: int, arch: int = 90) -> Plan:
+    """The launch plan on `sms` SMs of SM version `arch` (the Triton decode split count uses both)."""
+    if (target.kernel, backend) == ("paged_decode_attention", "triton"):
+        return decode_triton(target, sms, arch)
     return PLANNERS[(target.kernel, backend)](target, sms)

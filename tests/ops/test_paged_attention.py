@@ -7,7 +7,7 @@ from helpers import TOLERANCE, assert_close, poisoned
 import fastcot
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops.paged_attention import decode_num_splits, paged_decode_triton
+from fastcot.ops.paged_attention import TRITON_DECODE_BLOCKS_PER_SM, decode_num_splits, paged_decode_triton
 
 FP8 = torch.float8_e4m3fn
 ON_GPU = torch.cuda.is_available()
@@ -227,10 +227,22 @@ def test_decode_extreme_logits_give_no_nan(backend, device):
 
 
 def test_decode_split_choice_fills_the_chip_and_depends_on_shapes_only():
-    assert decode_num_splits(1, 8, 131072, 132) == 64
+    assert decode_num_splits(1, 8, 131072, 132) == 64  # 512 programs: 3.9 of 4 per SM
     assert decode_num_splits(1, 8, 1024, 132) == 4  # capacity caps the split count
-    assert decode_num_splits(64, 8, 8192, 132) == 1
-    assert decode_num_splits(256, 8, 131072, 132) == 1
+    assert decode_num_splits(1, 8, 32768, 108, arch=80) == 52  # 416 of 432 slots
+    assert decode_num_splits(64, 8, 8192, 108, arch=80) == 5  # 2560 programs: 5.93 of 6 waves
+    assert decode_num_splits(64, 8, 8192, 132, kv_fp8=True) == 1  # 512 of 528 slots
+    assert decode_num_splits(256, 8, 131072, 132) == 4  # 3.1 waves: 12.4 of 13 once split
+    assert decode_num_splits(512, 8, 131072, 132) == 1  # four waves or more: no split
+    for batch in (1, 3, 64):
+        for sms, arch in ((132, 90), (108, 80)):
+            for fp8 in (False, True):
+                splits = decode_num_splits(batch, 8, 131072, sms, arch=arch, kv_fp8=fp8)
+                slots = sms * TRITON_DECODE_BLOCKS_PER_SM[(arch, fp8)]
+                grid = batch * 8 * splits
+                assert 1 <= splits <= 64
+                # whole waves, or one wave whose busiest SM is nearly as full as the rest
+                assert grid / (-(-grid // slots) * slots) >= 0.95 or (grid <= slots and grid / sms / -(-grid // sms) >= 0.9)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -52,8 +52,10 @@ def test_triton_int4_plan_is_the_untuned_first_candidate(target, sms):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_decode_plans_use_the_launchers_split_count(target, backend, sms):
     s = target.shape
-    plan = targets.plan(target, backend, sms)
-    splits = decode_splits(backend, s["batch"], s["q_heads"], s["kv_heads"], s["context"], sms)
+    arch = 90 if sms == 132 else 80
+    plan = targets.plan(target, backend, sms, arch)
+    splits = decode_splits(backend, s["batch"], s["q_heads"], s["kv_heads"], s["context"], sms, arch=arch,
+                           kv_fp8=s["kv_dtype"] == "fp8")
     assert plan.main.grid == (s["batch"], s["kv_heads"], splits)  # GQA 4: one block per KV head
     assert len(plan.launches) == (2 if splits > 1 else 1)
     kv_bytes = s["batch"] * s["context"] * s["kv_heads"] * s["head_dim"] * 2 * (1 if s["kv_dtype"] == "fp8" else 2)
@@ -84,8 +86,9 @@ def test_decode_splits_is_what_the_launchers_computed_inline():
         for kv_heads, q_heads in ((8, 32), (2, 32), (8, 8), (4, 40)):
             for context in (16, 4096, 131072):
                 for sms in (108, 132):
-                    assert decode_splits("triton", batch, q_heads, kv_heads, context, sms) == \
-                        decode_num_splits(batch, kv_heads, context, sms)
+                    arch = 90 if sms == 132 else 80
+                    assert decode_splits("triton", batch, q_heads, kv_heads, context, sms, arch=arch) == \
+                        decode_num_splits(batch, kv_heads, context, sms, arch=arch)
                     assert decode_splits("cuda", batch, q_heads, kv_heads, context, sms) == \
                         cuda.decode_num_splits(batch, q_heads, kv_heads, context, sms, max_splits=64,
                                                min_tokens_per_split=256)
