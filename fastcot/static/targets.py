@@ -359,6 +359,5 @@ PLANNERS = {
 
 def plan(target: Target, backend: str, sms: int, arch: int = 90) -> Plan:
     """The launch plan on `sms` SMs of SM version `arch` (the Triton decode split count uses both)."""
-    if (target.kernel, backend) == ("paged_decode_attention", "triton"):
-        return decode_triton(target, sms, arch)
-    return PLANNERS[(target.kernel, backend)](target, sms)
+    planner = PLANNERS[(target.kernel, backend)]
+    return planner(target, sms, arch) if planner is decode_triton else planner(target, sms)
