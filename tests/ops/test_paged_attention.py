@@ -204,7 +204,7 @@ def test_split_counts_agree(dtype, device):
     q = torch.randn(4, 8, 64, device=device).to(dtype)
     expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, lens, compute_dtype=torch.float64)
     outs = []
-    for splits in (1, 3, 8, 64):  # 64 splits leaves most of them empty
+    for splits in (1, 3, 5, 8, 52, 63, 64):  # counts the occupancy rule picks; 64 leaves most splits empty
         out = poisoned(q.shape, dtype, device)
         paged_decode_triton(q, k_cache, v_cache, tables, lens, out, 64 ** -0.5, 1.0, 1.0, num_splits=splits)
         assert_close(out, expected, **tolerance(dtype, expected))
