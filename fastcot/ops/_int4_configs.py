@@ -96,7 +96,10 @@ def gemv_split_count(row_blocks: int, k: int, block_k: int, group_size: int, slo
             eff = grid / (per_sm * sms)
         else:
             eff = waves / -(-grid // slots)
-        score = (round(min(eff, 0.9), 2), round(min(grid / slots, 1.0), 1), -splits)
+        # A grid that leaves most resident slots empty keeps too few bytes in flight, however
+        # evenly it spreads: such grids rank below any that uses half the slots or more.
+        fills = grid >= slots / 2 or per_split == 1
+        score = (fills, round(min(eff, 0.9), 2), round(min(grid / slots, 1.0), 1), -splits)
         if best_score is None or score > best_score:
             best, best_score = splits, score
     return best

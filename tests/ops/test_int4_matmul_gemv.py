@@ -73,4 +73,8 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
         eff = grid / (triton_cdiv(grid, sms) * sms)
     else:
         eff = (grid / slots) / triton_cdiv(grid, slots)
-    assert eff >= (0.9 if sms == 132 else 0.85)  # the wave target is H100's; A100 6144x4096 gets 0.89
+    # Evenly spread over the SMs and using at least half the resident slots (bytes in flight): an
+    # even grid of one program per SM is not enough. The wave target is H100's; A100 4096x4096
+    # gets 0.81 (176 programs in 324 slots) rather than 0.89 from 96 programs.
+    assert grid >= slots / 2
+    assert eff >= (0.9 if sms == 132 else 0.8)
