@@ -3,13 +3,15 @@
 `PlanModel` is a stub model (no weights, no math; it drives the real engine, sampler and KV
 cache) whose completions are, byte by byte with the `tiny-random` tokenizer:
 
-    <plan digit> <tail of `tail` letters> "\\nFinal answer: " <the plan's digit> EOS
+    <plan digit> <tail of letters> "\\nFinal answer: " <the plan's digit> EOS
 
 The first output token draws a plan (an answer "1", "2" or "3") with the task's
 probabilities. A *confident* plan's tail puts most of its mass on "a" (19 other letters 6
 nats below after an "a", 4 after another letter), so its token confidences are high (about
 5.7 and 3.8) and vary with the letters drawn; an *unsure* plan's tail is flat over 20 letters
-(confidence log 20 = 3.0). Everything else is forced (every other token 30 nats below). So the
+(confidence log 20 = 3.0). Confident paths are shorter (a tail of `tail // 2` letters, against
+`tail`), as correct chains of thought tend to be, so their votes come in first. Everything
+else is forced (every other token 30 nats below). So the
 correct answer (the confident plan) and which paths DeepConf should stop (the unsure ones)
 are known in advance.
 
@@ -35,7 +37,7 @@ CONFIDENT = ord("a")
 # answer -> (probability of the plan, confident?)
 TASKS = {
     "agree": {"1": (0.5, True), "2": (0.3, False), "3": (0.2, False)},
-    "trap": {"1": (0.35, True), "2": (0.45, False), "3": (0.2, False)},
+    "trap": {"1": (0.25, True), "2": (0.55, False), "3": (0.2, False)},
 }
 CORRECT = "1"
 
@@ -75,18 +77,20 @@ class PlanModel(torch.nn.Module):
         line = MARKER
         for row, (token, position, plan) in enumerate(hidden.tolist()):
             i = position + 1 - self.prompt_len  # the output index predicted
+            confident = plan >= 0 and self.plans[chr(plan)][1]
+            tail = self.tail // 2 if confident else self.tail
             if i == 0:
                 for answer, (p, _) in self.plans.items():
                     logits[row, ord(answer)] = float(torch.tensor(p).log())
-            elif i <= self.tail:
-                if self.plans[chr(plan)][1]:
+            elif i <= tail:
+                if confident:
                     logits[row, UNSURE_LETTERS[:19]] = -6.0 if token == CONFIDENT else -4.0
                     logits[row, CONFIDENT] = 0.0
                 else:
                     logits[row, UNSURE_LETTERS] = 0.0
-            elif i <= self.tail + len(line):
-                logits[row, ord(line[i - self.tail - 1])] = 0.0
-            elif i == self.tail + len(line) + 1:
+            elif i <= tail + len(line):
+                logits[row, ord(line[i - tail - 1])] = 0.0
+            elif i == tail + len(line) + 1:
                 logits[row, plan] = 0.0
             else:
                 logits[row, EOS] = 0.0
@@ -108,6 +112,6 @@ def make_llm(task: str = "agree", *, prompt_len: int = 6, tail: int = 48, num_kv
     return llm, prompt
 
 
-def completion_length(tail: int = 48) -> int:
+def completion_length(confident: bool, tail: int = 48) -> int:
     """Output tokens of a path that runs to its end (plan, tail, answer line, digit, EOS)."""
-    return 1 + tail + len(MARKER) + 2
+    return 1 + (tail // 2 if confident else tail) + len(MARKER) + 2

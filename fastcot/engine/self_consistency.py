@@ -189,7 +189,7 @@ def _online(llm, prompt, n, params, extract, config: ConfidenceConfig, early_sto
         _tick(bar, totals)
         return early_stop and bool(totals) and has_consensus(totals, config.consensus)
 
-    decided = any([vote(s) for s in samples])
+    decided = [vote(s) for s in samples][-1]  # every warm-up path votes; then the state after all of them
     if n > warm and not decided:
         seed = None if params.seed is None else params.seed + 1
         later = dataclasses.replace(params, n=n - warm, seed=seed, confidence_threshold=threshold)
