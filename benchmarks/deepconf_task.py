@@ -115,3 +115,55 @@ def make_llm(task: str = "agree", *, prompt_len: int = 6, tail: int = 48, num_kv
 def completion_length(confident: bool, tail: int = 48) -> int:
     """Output tokens of a path that runs to its end (plan, tail, answer line, digit, EOS)."""
     return 1 + (tail // 2 if confident else tail) + len(MARKER) + 2
+
+
+# ---- the benchmark's rows -------------------------------------------------------------------
+
+# (label, confidence settings, early_stop): the vote as documented, and online with the vote
+# running to the end, where only the per-path stops save tokens.
+MODES = (("offline eta=10", dict(mode="offline", eta=10.0), True),
+         ("online eta=10", dict(mode="online", eta=10.0), True),
+         ("online eta=10 all", dict(mode="online", eta=10.0), False),
+         ("online eta=90", dict(mode="online", eta=90.0), True))
+
+
+def deepconf_rows(*, n: int, seeds: list[int], window: int = 8, tasks=tuple(TASKS)) -> list[dict]:
+    """Per task, seed and DeepConf mode: its answer against the plain majority of the same
+    number of full paths (the same seed: offline draws the very same paths), tokens generated
+    by each, and the tokens saved. Runs `PlanModel` on the CPU (a stub: no model compute)."""
+    import fastcot
+    from fastcot.reasoning import extract_answer, majority_vote
+
+    rows = []
+    for task in tasks:
+        for seed in seeds:
+            params = fastcot.SamplingParams(temperature=1.0, seed=seed, max_tokens=200)
+            llm, prompt = make_llm(task, seed=seed)
+            outs = llm.generate([prompt], dataclasses.replace(params, n=n), use_tqdm=False)[0].outputs
+            full_answer, _ = majority_vote([extract_answer(o.text) for o in outs])
+            full_tokens = sum(len(o.token_ids) for o in outs)
+            for label, config, early_stop in MODES:
+                mode = config["mode"]
+                row = {"section": "deepconf", "text": task, "method": label, "mode": mode, "eta": config["eta"],
+                       "seed": seed, "n": n, "window": window, "status": "ok", "full_answer": full_answer,
+                       "full_tokens": full_tokens}
+                try:
+                    llm, prompt = make_llm(task, seed=seed)
+                    result = fastcot.self_consistency(llm, prompt, n, params, use_tqdm=False, early_stop=early_stop,
+                                                      confidence=dict(config, window=window))
+                    saved = full_tokens - result.num_tokens
+                    row |= {"answer": result.answer, "agrees": result.answer == full_answer,
+                            "correct": result.answer == CORRECT, "full_correct": full_answer == CORRECT,
+                            "generated_tokens": result.num_tokens, "saved_tokens": saved,
+                            "saved_fraction": saved / full_tokens, "estimated_saved": result.num_saved_tokens,
+                            "threshold": result.threshold, "voters": sum(s.voted for s in result.samples),
+                            "stopped_low": sum(s.finish_reason == "low_confidence" for s in result.samples)}
+                    if mode == "offline" and saved != 0:  # the same seed draws the same paths
+                        row |= {"status": "wrong", "reason": "offline paths differ from the full run's"}
+                    bm = llm.block_manager
+                    if bm.num_free_blocks != bm.num_blocks:
+                        row |= {"status": "wrong", "reason": "KV blocks left held after the run"}
+                except Exception as exc:  # noqa: BLE001 - a row reports its failure
+                    row |= {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+                rows.append(row)
+    return rows
