@@ -193,3 +193,36 @@ def test_bad_confidence_params():
                           (dict(confidence_window=True), "confidence_window")]:
         with pytest.raises(ValueError, match=field):
             SamplingParams(**kwargs)
+
+
+def test_abort_and_failed_step_leave_no_state_behind():
+    table = random_table(11)
+    llm = make_llm(table)
+    engine = llm.engine
+    params = SamplingParams(temperature=0.8, seed=1, max_tokens=50, ignore_eos=True, confidence_window=4, n=3)
+    engine.add_request("a", [3, 4, 5], params)
+    engine.add_request("b", [6, 7], dataclasses.replace(params, n=1))
+    for _ in range(5):
+        engine.step()
+    [out] = engine.abort_request("a")
+    assert {c.finish_reason for c in out.outputs} == {"abort"}
+    assert all(c.confidence is not None and c.confidence.num_tokens == len(c.token_ids) for c in out.outputs)
+    rows = engine.runner.confidence
+    assert not rows.stash and all(s.seq_id not in rows.ok for s in engine.requests.get("a", ()) or ())
+    step = engine.runner.step
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    engine.runner.step = failing
+    with pytest.raises(RuntimeError, match="injected"):
+        engine.step()
+    engine.runner.step = step
+    assert not rows.stash and not rows.ok and not engine.has_unfinished_requests()
+    bm = engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks
+    # The engine still scores the next request exactly.
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, confidence_window=3)
+    c = llm.generate([[3, 4, 5]], params, use_tqdm=False)[0].outputs[0]
+    _, groups, lowest, _ = hand(table, 3, 20, 20, 3)
+    assert close(c.confidence.lowest, lowest) and close(c.confidence.group, groups[-1])

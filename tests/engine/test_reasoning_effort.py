@@ -93,3 +93,12 @@ def test_cli_flag():
     assert sampling_params(kwargs).effective_thinking_budget == 2048
     with pytest.raises(SystemExit):
         p.parse_args(["--prompt", "x", "--reasoning-effort", "max"])
+
+
+def test_cli_refuses_effort_for_a_model_without_thinking(capsys, monkeypatch, tmp_path):
+    from fastcot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--prompt", "hi", "--model", "tiny-random", "--reasoning-effort", "low"]) == 2
+    err = capsys.readouterr().err
+    assert "--reasoning-effort needs a reasoning model" in err
