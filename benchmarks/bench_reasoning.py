@@ -500,6 +500,10 @@ def format_prefix(rows: list[dict]) -> str:
     return common.format_table(headers, table)
 
 
+def _yes(value) -> str:
+    return "yes" if value else "no"
+
+
 def format_deepconf(rows: list[dict]) -> str:
     fmt = common.fmt
     table = []
@@ -509,11 +513,11 @@ def format_deepconf(rows: list[dict]) -> str:
         if r["status"] == "error":
             table.append([r["text"], str(r["seed"]), r["method"], "error"] + [""] * 7)
             continue
-        yes = lambda v: "yes" if v else "no"  # noqa: E731
+        correct = f"{_yes(r['correct'])} / {_yes(r['full_correct'])}"
         table.append([r["text"], str(r["seed"]), r["method"] + ("!" if r["status"] == "wrong" else ""), str(r["n"]),
                       str(r["full_tokens"]), str(r["generated_tokens"]), fmt(r["saved_fraction"], ".1%"),
-                      f"{r['answer']} / {r['full_answer']}", yes(r["agrees"]), f"{yes(r['correct'])} / "
-                      f"{yes(r['full_correct'])}", f"{r['voters']} / {r['stopped_low']}"])
+                      f"{r['answer']} / {r['full_answer']}", _yes(r["agrees"]), correct,
+                      f"{r['voters']} / {r['stopped_low']}"])
     headers = ["task", "seed", "deepconf", "paths", "full tok", "deepconf tok", "saved", "answer / full", "agree",
                "correct / full", "voted / stopped"]
     return common.format_table(headers, table)

@@ -15,9 +15,9 @@ from fastcot.reasoning.answers import (
     normalize_answer,
     vote_is_decided,
 )
+from fastcot.reasoning.confidence import ConfidenceConfig, PathConfidence
 from fastcot.reasoning.ngram import NgramIndex, propose_from
 from fastcot.reasoning.repetition import RepetitionGuard
-from fastcot.reasoning.confidence import ConfidenceConfig, PathConfidence
 from fastcot.reasoning.thinking import (
     COT_SYSTEM_PROMPT,
     KNOWN_DELIMITERS,
@@ -25,15 +25,15 @@ from fastcot.reasoning.thinking import (
     ReasoningSplitter,
     ThinkingDelimiters,
     ThinkingState,
-    find_thinking_delimiters,
     effort_budget,
+    find_thinking_delimiters,
     prompt_opens_thinking,
     split_cot_answer,
 )
 
 __all__ = [
-    "COT_SYSTEM_PROMPT", "KNOWN_DELIMITERS", "REASONING_EFFORT_BUDGETS", "ConfidenceConfig", "PathConfidence",
-    "effort_budget", "NgramIndex", "ReasoningSplitter", "RepetitionGuard",
-    "ThinkingDelimiters", "ThinkingState", "extract_answer", "find_thinking_delimiters", "majority_vote",
-    "normalize_answer", "prompt_opens_thinking", "propose_from", "split_cot_answer", "vote_is_decided",
+    "COT_SYSTEM_PROMPT", "KNOWN_DELIMITERS", "REASONING_EFFORT_BUDGETS", "ConfidenceConfig", "NgramIndex",
+    "PathConfidence", "ReasoningSplitter", "RepetitionGuard", "ThinkingDelimiters", "ThinkingState", "effort_budget",
+    "extract_answer", "find_thinking_delimiters", "majority_vote", "normalize_answer", "prompt_opens_thinking",
+    "propose_from", "split_cot_answer", "vote_is_decided",
 ]

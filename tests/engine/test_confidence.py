@@ -178,7 +178,7 @@ def test_preempted_paths_keep_their_confidence():
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, confidence_window=6, n=4)
     out = llm.generate([prompt], params, use_tqdm=False)[0]
     assert llm.engine.stats().num_preemptions > 0
-    tokens, groups, lowest, _ = hand(table, len(prompt), 40, 20, 6)
+    _, groups, lowest, _ = hand(table, len(prompt), 40, 20, 6)
     for c in out.outputs:
         assert c.confidence.num_tokens == 40
         assert close(c.confidence.lowest, lowest) and close(c.confidence.group, groups[-1])
