@@ -1,5 +1,6 @@
 """Long chain-of-thought generation through the engine: n-gram speculative decoding speed-up and
-acceptance on CoT-like text, and the KV memory that prefix sharing saves for n samples.
+acceptance on CoT-like text, the KV memory that prefix sharing saves for n samples, and the
+tokens DeepConf saves against a full vote (with its agreement) on a synthetic task.
 
 **Speculative decoding.** Random-weight presets do not write real reasoning, so the model is
 *teacher-forced*: a long synthetic chain of thought (step-by-step arithmetic and algebra with the
@@ -19,6 +20,11 @@ which degenerates into repetition.
 samples of one P-token prompt; the peak of KV blocks in use is compared with the bound of issue 6
 (1.1 x one prompt's blocks + the blocks holding each sample's own generated tokens) and with the
 unshared footprint n x blocks(P + G).
+
+**DeepConf.** `deepconf_task.PlanModel`, a stub on the CPU whose answers and confidences are
+known, votes n paths plainly and with `self_consistency(..., confidence=...)` (offline, online,
+online without the consensus stop, online eta 90); rows report tokens generated and saved and
+whether the answers agree (see benchmarks/README.md).
 
     python benchmarks/bench_reasoning.py                 # GPU: llama-3.1-8b-random, batch 1 and 4, k 2/4/8
     python benchmarks/bench_reasoning.py --quick         # GPU: batch 1 only, shorter text
