@@ -22,8 +22,10 @@ DeepConf (`ConfidenceConfig`, `fastcot.self_consistency(..., confidence=...)`):
   at or above the threshold, and the later paths that finished) is weighted by confidence and
   stops early once the leading answer holds `consensus` of the weight (`has_consensus`).
 
-Defaults are the paper's and its reference code's: top-k 20, window 2048, 16 warm-up paths,
-eta 10 (DeepConf-low; 90 is DeepConf-high), consensus 0.95.
+Defaults follow the paper's reference code (facebookresearch/deepconf, `deepconf-online.py`):
+top-k 20 (its `logprobs=20`), window 2048, 16 warm-up paths, eta 10 (its 90th-percentile
+threshold: DeepConf-low; 90 is DeepConf-high). The consensus fraction 0.95 is the paper's
+adaptive-sampling threshold as we read it; the reference code has no consensus stop.
 Pure Python: no torch.
 """
 
