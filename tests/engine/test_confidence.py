@@ -4,6 +4,8 @@ and the samples and batches that share the state."""
 
 import dataclasses
 import math
+import os
+import random
 
 import pytest
 import torch
@@ -226,3 +228,44 @@ def test_abort_and_failed_step_leave_no_state_behind():
     c = llm.generate([[3, 4, 5]], params, use_tqdm=False)[0].outputs[0]
     _, groups, lowest, _ = hand(table, 3, 20, 20, 3)
     assert close(c.confidence.lowest, lowest) and close(c.confidence.group, groups[-1])
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("FASTCOT_CONFIDENCE_CASES", "5"))))
+def test_random_requests_against_the_hand_computation(seed):
+    """Random mixes of requests (windows, top-k, read intervals, thresholds, samples, prompt
+    lengths, untracked rows) in a cache small enough to preempt some: every sample's
+    confidence and low-confidence stop equal the hand computation."""
+    rng = random.Random(seed)
+    table = random_table(100 + seed, positions=96)
+    llm = make_llm(table, num_kv_blocks=rng.choice([30, 60, 200]), block_size=rng.choice([4, 8]),
+                   max_num_seqs=rng.choice([3, 8, 64]))
+    prompts, params = [], []
+    for _ in range(rng.randint(2, 6)):
+        prompts.append([rng.randrange(3, 250) for _ in range(rng.randint(1, 20))])
+        kw = dict(temperature=0, ignore_eos=True, max_tokens=rng.randint(1, 60), n=rng.choice([1, 1, 2, 3]))
+        if rng.random() < 0.8:
+            kw |= dict(confidence_window=rng.choice([1, 2, 5, 16, 100]), confidence_top_k=rng.choice([1, 4, 20, 261]),
+                       confidence_interval=rng.choice([1, 1, 3, 8]))
+            if rng.random() < 0.5:
+                kw["confidence_threshold"] = rng.uniform(0.5, 6.0)
+        params.append(SamplingParams(**kw))
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    for prompt, p, out in zip(prompts, params, outs):
+        for c in out.outputs:
+            if p.confidence_window is None:
+                assert c.confidence is None and c.finish_reason == "length"
+                continue
+            _, _, _, stop = hand(table, len(prompt), p.max_tokens, p.confidence_top_k, p.confidence_window,
+                                 p.confidence_threshold)
+            n, conf = len(c.token_ids), c.confidence
+            assert conf.num_tokens == n and conf.stop_index == stop
+            if stop is None:
+                assert c.finish_reason == "length" and n == p.max_tokens
+            elif c.finish_reason == "low_confidence":  # at the first read from the crossing on
+                assert c.stop_reason == stop and stop <= n < stop + p.confidence_interval
+            else:  # the length limit came first
+                assert c.finish_reason == "length" and n == p.max_tokens < stop + p.confidence_interval
+            tokens, groups, lowest, _ = hand(table, len(prompt), n, p.confidence_top_k, p.confidence_window)
+            assert close(conf.mean, sum(tokens) / n) and close(conf.group, groups[-1]) and close(conf.lowest, lowest)
+    bm = llm.block_manager
+    assert bm.num_free_blocks == bm.num_blocks and not llm.runner.confidence.stash
