@@ -1,5 +1,6 @@
 """Long chain-of-thought generation through the engine: n-gram speculative decoding speed-up and
-acceptance on CoT-like text, and the KV memory that prefix sharing saves for n samples.
+acceptance on CoT-like text, the KV memory that prefix sharing saves for n samples, and the
+tokens DeepConf saves against a full vote (with its agreement) on a synthetic task.
 
 **Speculative decoding.** Random-weight presets do not write real reasoning, so the model is
 *teacher-forced*: a long synthetic chain of thought (step-by-step arithmetic and algebra with the
@@ -20,6 +21,11 @@ samples of one P-token prompt; the peak of KV blocks in use is compared with the
 (1.1 x one prompt's blocks + the blocks holding each sample's own generated tokens) and with the
 unshared footprint n x blocks(P + G).
 
+**DeepConf.** `deepconf_task.PlanModel`, a stub on the CPU whose answers and confidences are
+known, votes n paths plainly and with `self_consistency(..., confidence=...)` (offline, online,
+online without the consensus stop, online eta 90); rows report tokens generated and saved and
+whether the answers agree (see benchmarks/README.md).
+
     python benchmarks/bench_reasoning.py                 # GPU: llama-3.1-8b-random, batch 1 and 4, k 2/4/8
     python benchmarks/bench_reasoning.py --quick         # GPU: batch 1 only, shorter text
     python benchmarks/bench_reasoning.py --quantization int4
@@ -39,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
+import deepconf_task
 
 FAMILY = "reasoning"
 KI = 1024
@@ -57,7 +64,9 @@ ROW_KEYS = ("section", "text", "batch", "method", "k", "status", "reason", "prom
             "decode_s", "tokens_per_s", "speedup", "spec_steps", "proposed", "accepted", "acceptance_rate",
             "mean_accepted_per_step", "tokens_per_forward", "forwards", "matches_plain", "reference_match",
             "n", "generate", "block_size", "prompt_blocks", "own_blocks", "bound_blocks", "peak_blocks",
-            "unshared_blocks", "ratio_vs_bound", "ratio_vs_unshared", "bound_status")
+            "unshared_blocks", "ratio_vs_bound", "ratio_vs_unshared", "bound_status",
+            "mode", "eta", "seed", "window", "answer", "full_answer", "agrees", "correct", "full_correct",
+            "full_tokens", "saved_tokens", "saved_fraction", "estimated_saved", "threshold", "voters", "stopped_low")
 
 
 def _ints(text: str) -> list[int]:
@@ -80,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefix-generate", type=int, default=None, help="tokens per sample in the prefix rows (default 128)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per speculative row; median (default 1)")
     p.add_argument("--no-free", action="store_true", help="skip the free (not teacher-forced) rows")
+    p.add_argument("--deepconf-n", type=int, default=None, help="paths per DeepConf vote (default 64; smoke 24)")
+    p.add_argument("--deepconf-seeds", default=None, help="comma list of seeds of the DeepConf rows (default 0,1; "
+                   "smoke 0)")
+    p.add_argument("--no-deepconf", action="store_true", help="skip the DeepConf rows")
     p.add_argument("--quick", action="store_true", help="GPU subset: batch 1, 1024 generated tokens")
     p.add_argument("--smoke", action="store_true", help="tiny-random on CPU, seconds; speed targets not judged")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
@@ -493,6 +506,29 @@ def format_prefix(rows: list[dict]) -> str:
     return common.format_table(headers, table)
 
 
+def _yes(value) -> str:
+    return "yes" if value else "no"
+
+
+def format_deepconf(rows: list[dict]) -> str:
+    fmt = common.fmt
+    table = []
+    for r in rows:
+        if r["section"] != "deepconf":
+            continue
+        if r["status"] == "error":
+            table.append([r["text"], str(r["seed"]), r["method"], "error"] + [""] * 7)
+            continue
+        correct = f"{_yes(r['correct'])} / {_yes(r['full_correct'])}"
+        table.append([r["text"], str(r["seed"]), r["method"] + ("!" if r["status"] == "wrong" else ""), str(r["n"]),
+                      str(r["full_tokens"]), str(r["generated_tokens"]), fmt(r["saved_fraction"], ".1%"),
+                      f"{r['answer']} / {r['full_answer']}", _yes(r["agrees"]), correct,
+                      f"{r['voters']} / {r['stopped_low']}"])
+    headers = ["task", "seed", "deepconf", "paths", "full tok", "deepconf tok", "saved", "answer / full", "agree",
+               "correct / full", "voted / stopped"]
+    return common.format_table(headers, table)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = common.pick_device(args.device, smoke=args.smoke)
@@ -511,6 +547,10 @@ def main(argv=None) -> int:
           f"{bench.load_s:.1f} s; reference CoT text {len(bench.ref)} tokens; block size {BLOCK_SIZE}")
 
     rows = bench.speculative_rows() + bench.prefix_rows()
+    if not args.no_deepconf:
+        print("deepconf (synthetic task, CPU)", file=sys.stderr, flush=True)
+        rows += deepconf_task.deepconf_rows(n=args.deepconf_n or (24 if args.smoke else 64),
+                                            seeds=_ints(args.deepconf_seeds or ("0" if args.smoke else "0,1")))
     targets = judge_targets(rows, cpu=common.is_cpu(env))
 
     print()
@@ -526,6 +566,14 @@ def main(argv=None) -> int:
     print(f"Prefix sharing: n samples of one prompt (temperature 0.8), peak KV blocks in use; bound = "
           f"{PREFIX_BOUND} x prompt blocks + blocks of each sample's own generated tokens")
     print(format_prefix(rows))
+    if not args.no_deepconf:
+        print()
+        print("DeepConf on a synthetic task with known answers and confidences (a stub model on the CPU, "
+              "benchmarks/deepconf_task.py): each vote against the plain majority of the same number of full paths")
+        print(format_deepconf(rows))
+        print("full/deepconf: tokens generated by the full vote and by DeepConf; saved: measured (full - deepconf); "
+              "agree: the same answer as the full vote; correct: the known answer (the confident plan). "
+              "agree tasks: the confident answer is also the majority; trap: an unsure wrong answer is.")
     print()
     for t in targets["results"]:
         where = " ".join(f"{k}={t[k]}" for k in ("batch", "k", "n") if t.get(k) is not None)

@@ -32,6 +32,8 @@ import signal
 import sys
 import time
 
+from fastcot.reasoning.thinking import REASONING_EFFORT_BUDGETS
+
 DEFAULT_MAX_TOKENS = 8192
 FALLBACK_SAMPLING = {"temperature": 0.6, "top_p": 0.95}
 CHECKPOINT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens")
@@ -72,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     s.add_argument("--ignore-eos", action="store_true")
     s.add_argument("--thinking-budget", type=int, default=None,
                    help="reasoning models: most thinking tokens before the answer is forced")
+    s.add_argument("--reasoning-effort", choices=tuple(REASONING_EFFORT_BUDGETS), default=None,
+                   help="reasoning models: a thinking budget of " + "/".join(map(str, REASONING_EFFORT_BUDGETS.values()))
+                   + " tokens (low/medium/high); --thinking-budget takes precedence")
     s.add_argument("--min-thinking-tokens", type=int, default=0,
                    help="reasoning models: an earlier end of thinking is replaced by 'Wait'")
     if chat:
@@ -107,6 +112,8 @@ def sampling_kwargs(args, checkpoint: dict) -> tuple[dict, list[str]]:
             kwargs[name] = getattr(args, name)
     kwargs.update(n=args.n, stop=args.stop, seed=args.seed, ignore_eos=args.ignore_eos,
                   thinking_budget=args.thinking_budget, min_thinking_tokens=args.min_thinking_tokens)
+    if getattr(args, "reasoning_effort", None) is not None:
+        kwargs["reasoning_effort"] = args.reasoning_effort
     return kwargs, from_checkpoint
 
 
@@ -152,7 +159,7 @@ def build(args):
         raise UsageError(str(err)) from err
     kwargs, from_checkpoint = sampling_kwargs(args, sampling_defaults(config))
     sampling_params(kwargs)  # the flags' errors, before the weights load
-    if args.thinking_budget is not None or args.min_thinking_tokens:
+    if args.thinking_budget is not None or args.min_thinking_tokens or getattr(args, "reasoning_effort", None):
         _check_thinking_delimiters(args)
     speculative = None
     if args.speculative_tokens:
@@ -178,7 +185,8 @@ def _check_thinking_delimiters(args) -> None:
     from fastcot.models import load_tokenizer
     from fastcot.reasoning import find_thinking_delimiters
 
-    flag = "--thinking-budget" if args.thinking_budget is not None else "--min-thinking-tokens"
+    flag = "--thinking-budget" if args.thinking_budget is not None else \
+        "--reasoning-effort" if getattr(args, "reasoning_effort", None) else "--min-thinking-tokens"
     try:
         found = find_thinking_delimiters(load_tokenizer(args.model), *(args.thinking_delimiters or ()))
     except (OSError, ValueError, TypeError, ImportError) as err:

@@ -30,6 +30,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_prints_tables(smoke_run):
     proc, _ = smoke_run
     assert "tok/s" in proc.stdout and "accept" in proc.stdout and "peak/bound" in proc.stdout
+    assert "DeepConf on a synthetic task" in proc.stdout and "voted / stopped" in proc.stdout
     assert "targets: not judged" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("wrote ")
 
@@ -70,6 +71,16 @@ def test_smoke_json_schema(smoke_run):
         assert r["bound_status"] == "PASS", r
         assert r["prompt_blocks"] <= r["peak_blocks"] <= r["bound_blocks"] < r["unshared_blocks"]
         assert r["generated_tokens"] == r["n"] * plan["prefix_generate"]
+
+    deepconf = [r for r in rows if r["section"] == "deepconf"]
+    methods = [label for label, _, _ in import_benchmark("deepconf_task").MODES]
+    assert [(r["text"], r["method"]) for r in deepconf] == [(t, m) for t in ("agree", "trap") for m in methods]
+    for r in deepconf:
+        assert r["n"] == 24 and r["full_tokens"] > 0 and r["saved_tokens"] == r["full_tokens"] - r["generated_tokens"]
+        if r["mode"] == "offline":  # the same seed draws the full vote's very paths
+            assert r["saved_tokens"] == 0 and r["voters"] <= 3  # ceil(10% of 24)
+        if r["method"] == "online eta=10 all":
+            assert r["stopped_low"] > 0 and r["saved_tokens"] > 0
 
     targets = doc["targets"]
     assert targets["judged"] is True

@@ -98,6 +98,7 @@ class EngineSteps:
                     seq.logprobs.append(self.logprob_entry(token, score))
                     seq.cumulative_logprob += score[0]
         outs, finished = self._outs, Status.FINISHED
+        confidence = self.runner.last_confidence
         replaced = []
         for i, (seq, token) in enumerate(zip(rows, tokens)):
             if seq.status is finished:
@@ -112,6 +113,10 @@ class EngineSteps:
             except Exception as exc:  # noqa: BLE001 - the request's own failure ends it alone
                 self._fail(seq, exc, touched)
                 continue
+            if confidence is not None and confidence[i] is not None:
+                seq.confidence = confidence[i]
+                if confidence[i].stop_index is not None and seq.status is not finished:
+                    out.finish("low_confidence", confidence[i].stop_index)  # below the request's threshold
             if seq.status is finished:
                 self._seq_finished(self.requests[seq.request_id], seq)
                 touched[seq.request_id] = None
@@ -133,6 +138,8 @@ class EngineSteps:
         seqs = batch.seqs
         if len(seqs) > self.speculator.config.max_batch_size:
             return None
+        if any(s.params.tracks_confidence for s in seqs):
+            return None  # one confidence per emitted token: the device state advances by one per step
         if any(s.params.repetition_penalty != 1.0 or s.params.output_penalties or s.params.logprobs is not None
                for s in seqs):
             return None

@@ -12,7 +12,7 @@ from fastcot.engine.inputs import apply_chat_template, as_conversations, as_prom
 from fastcot.engine.llm_engine import LLMEngine
 from fastcot.engine.sampling import SamplingParams
 from fastcot.engine.sequence import RequestOutput
-from fastcot.reasoning import COT_SYSTEM_PROMPT, split_cot_answer
+from fastcot.reasoning import COT_SYSTEM_PROMPT, PathConfidence, split_cot_answer
 
 
 class StreamDelta(NamedTuple):
@@ -23,6 +23,7 @@ class StreamDelta(NamedTuple):
     text: str
     kind: str = "answer"  # "reasoning" (inside a thinking section) or "answer"
     finish_reason: str | None = None  # set on the sample's last delta
+    confidence: PathConfidence | None = None  # on the last delta, with SamplingParams.confidence_window
 
 
 class LLM:
@@ -159,7 +160,8 @@ class LLM:
                         kinds[rid, c.index] = "answer"
                         yield StreamDelta(rid, c.index, c.delta_text, "answer")
                     if c.finished_this_step:
-                        yield StreamDelta(rid, c.index, "", kinds.get((rid, c.index), "answer"), c.finish_reason)
+                        yield StreamDelta(rid, c.index, "", kinds.get((rid, c.index), "answer"), c.finish_reason,
+                                          c.confidence)
         finally:
             self._abandon(ids)
 

@@ -246,8 +246,10 @@ class LLMEngine(EngineSteps):
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams or None, got {type(params).__name__}")
         params = dataclasses.replace(params)  # our own copy, validated again (fields may have been set since)
-        if self.thinking is None and (params.thinking_budget is not None or params.min_thinking_tokens):
-            field = "thinking_budget" if params.thinking_budget is not None else "min_thinking_tokens"
+        if self.thinking is None and (params.thinking_budget is not None or params.min_thinking_tokens
+                                      or params.reasoning_effort is not None):
+            field = "thinking_budget" if params.thinking_budget is not None else \
+                "reasoning_effort" if params.reasoning_effort is not None else "min_thinking_tokens"
             raise ValueError(f"SamplingParams.{field} needs a reasoning model, but this model's tokenizer has no known "
                              "thinking delimiters; give them as LLM(..., thinking_delimiters=(start, end))")
         bound = min(self.max_logprobs, self.config.vocab_size)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from fastcot.engine.block_manager import BlockManager
+from fastcot.engine.confidence import ConfidenceRows
 from fastcot.engine.sampling import (
     Sampler,
     SamplingTensors,
@@ -49,6 +50,7 @@ class _DecodeState:
     max_len: int
     tensors: SamplingTensors | None = None  # reused, advanced, while no row suppresses ids
     num_logprobs: int | None = None  # most top log-probabilities any row asks for
+    confidence: tuple[int, int] | None = None  # (largest top-k, read interval) when a row tracks confidence
     next_ids: torch.Tensor | None = None  # [B] int64, the ids sampled by that step
 
 
@@ -120,6 +122,10 @@ class ModelRunner:
         # (presence in prompt and output) and presence/frequency penalties (output counts).
         self.presence = _TokenRows(torch.bool, _presence, record_tokens_)
         self.counts = _TokenRows(torch.int32, _counts, count_tokens_)
+        # Per-slot path confidence (SamplingParams.confidence_window); `last_confidence` holds
+        # what the last step read of it, per row (None where not read or not tracked).
+        self.confidence = ConfidenceRows(capacity, device)
+        self.last_confidence: list | None = None
         self.rows: dict[int, int] = {}  # seq_id -> slot
         self.owner: list[int | None] = [None] * capacity  # slot -> seq_id
         self.free_slots = list(range(capacity - 1, -1, -1))  # lowest last
@@ -153,6 +159,7 @@ class ModelRunner:
         self.width = 0
         self.presence.ok.clear()
         self.counts.ok.clear()
+        self.confidence.reset()
         self._decode = None
         self.last_logprobs = self.last_prompt_logprobs = None
         self.blocks.pop_table_changes()
@@ -160,6 +167,7 @@ class ModelRunner:
     def release(self, seq: Sequence) -> None:
         """Forget a finished or preempted sequence's slot."""
         slot = self.rows.pop(seq.seq_id, None)
+        self.confidence.release(seq, slot)
         if slot is not None:
             self.owner[slot] = None
             self.free_slots.append(slot)
@@ -182,6 +190,7 @@ class ModelRunner:
         self.tables = torch.cat([self.tables, torch.zeros_like(self.tables)])
         self.presence.grow()
         self.counts.grow()
+        self.confidence.grow()
         self.owner += [None] * capacity
         self.free_slots = list(range(2 * capacity - 1, capacity - 1, -1)) + self.free_slots
 
@@ -222,6 +231,7 @@ class ModelRunner:
         self.tables[:n, : self.width] = self.tables[index, : self.width]
         self.presence.permute(index)
         self.counts.permute(index)
+        self.confidence.permute(index)
         owners = [self.owner[p] for p in perm]
         for slot, seq_id in enumerate(owners):
             self.rows[seq_id] = slot
@@ -286,7 +296,7 @@ class ModelRunner:
                 seqs=list(seqs), row={s.seq_id: i for i, s in enumerate(seqs)},
                 positions=pack("q", positions, torch.int64, self.device),
                 seq_lens=ints[0], slot_mapping=ints[1], max_len=max(lens),
-                num_logprobs=_num_logprobs(seqs),
+                num_logprobs=_num_logprobs(seqs), confidence=_confidence(seqs),
             )
             input_ids = pack("q", [s.token_ids[-1] for s in seqs], torch.int64, self.device)
         metadata = AttentionMetadata(
@@ -332,6 +342,7 @@ class ModelRunner:
         for seq in batch.preempted:
             self.release(seq)
         self.last_logprobs = self.last_prompt_logprobs = None
+        self.last_confidence = None
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self.prepare(batch)
         logits = None
@@ -367,6 +378,8 @@ class ModelRunner:
                 token_rows.record(view, sampled)
         tensors.advance_()
         d.next_ids = sampled
+        if d.confidence is not None:  # queued behind the draw; read every few steps only
+            self.last_confidence = self.confidence.decode(batch.seqs, logits, *d.confidence)
         tokens = sampled.tolist()
         if d.num_logprobs is not None:
             self.last_logprobs = _logprobs(logits, sampled, batch.seqs, d.num_logprobs)
@@ -409,6 +422,8 @@ class ModelRunner:
         presence = _presence(rows, vocab_size, self.device) if tensors.do_penalty else None
         counts = _counts(rows, vocab_size, self.device) if tensors.do_output_penalty else None
         sampled = self.sampler(logits, tensors, presence, output_counts=counts)
+        if any(s.params.tracks_confidence for s in rows):
+            self.last_confidence = self.confidence.prefill(rows, logits)
         tokens = sampled.tolist()
         num_logprobs = _num_logprobs(rows)
         if num_logprobs is not None:
@@ -434,6 +449,14 @@ class ModelRunner:
 
 def _num_logprobs(rows: list[Sequence]) -> int | None:
     return max((s.params.logprobs for s in rows if s.params.logprobs is not None), default=None)
+
+
+def _confidence(rows: list[Sequence]) -> tuple[int, int] | None:
+    """(largest top-k, smallest read interval) of the rows tracking confidence, or None."""
+    tracked = [s.params for s in rows if s.params.tracks_confidence]
+    if not tracked:
+        return None
+    return max(p.confidence_top_k for p in tracked), min(p.confidence_interval for p in tracked)
 
 
 def _scores(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int) -> list[tuple]:

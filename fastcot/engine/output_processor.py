@@ -34,7 +34,7 @@ class _Thinking:
         p = seq.params
         self.end_id = delimiters.end_ids[0]
         self.state = ThinkingState(delimiters, starts_in_reasoning=prompt_opens_thinking(seq.token_ids, delimiters))
-        self.budget = p.thinking_budget
+        self.budget = p.effective_thinking_budget  # thinking_budget, or reasoning_effort's
         self.min_tokens = p.min_thinking_tokens
         self.controls = self.budget is not None or self.min_tokens > 0
         encode = functools.partial(tokenizer.encode, add_special_tokens=False)

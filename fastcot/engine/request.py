@@ -84,7 +84,8 @@ class Request:
                 token_ids = self._final_ids[i] = seq.output_token_ids
         return CompletionOutput.make(seq.index, text, token_ids, seq.finish_reason, seq.stop_reason, logprobs,
                                      reasoning_text, counts[0], counts[1], seq.cumulative_logprob, answer,
-                                     reasoning, delta_ids, delta_lp, first_finish, snapshot)
+                                     reasoning, delta_ids, delta_lp, first_finish, snapshot,
+                                     seq.confidence if done else None)
 
     def _final(self, i: int, seq: Sequence) -> CompletionOutput:
         """A sample of a "final_only" request: whole when finished, empty before."""
@@ -94,7 +95,7 @@ class Request:
         self._reported[i] = True
         return CompletionOutput(seq.index, seq.text, seq.output_token_ids, seq.finish_reason, seq.stop_reason,
                                 seq.logprobs, seq.reasoning_text, seq.num_reasoning_tokens, seq.num_delimiter_tokens,
-                                seq.cumulative_logprob, finished_this_step=first_finish)
+                                seq.cumulative_logprob, finished_this_step=first_finish, confidence=seq.confidence)
 
     def _metrics(self) -> RequestMetrics:
         seqs = self.seqs

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastcot.reasoning.thinking import REASONING_EFFORT_BUDGETS, effort_budget
+
 OUTPUT_KINDS = ("cumulative", "delta", "final_only")
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -63,9 +65,22 @@ class SamplingParams:
     `min_thinking_tokens=M`: while fewer than M thinking tokens have been generated, an
     end-of-thinking delimiter the model samples is replaced by the tokens of
     `thinking_continuation` (s1's budget forcing). Both count within `max_tokens`.
+    `reasoning_effort` ("low", "medium" or "high") sets the thinking budget to 1024, 2048 or
+    8192 tokens (`fastcot.reasoning.REASONING_EFFORT_BUDGETS`, lowered to `max_tokens`) with the
+    same `answer_lead_in`; an explicit `thinking_budget` takes precedence over it
+    (`effective_thinking_budget` is the one that applies).
     `repetition_guard=True` ends a completion whose tail has become a degenerate loop (the
     same span repeated back to back; `fastcot.reasoning.RepetitionGuard`'s defaults) with
     `finish_reason="repetition"`.
+
+    Path confidence (`fastcot.reasoning.confidence`, DeepConf): `confidence_window=W` makes
+    the engine score every output token on the device (minus the mean log-probability of the
+    `confidence_top_k` most likely tokens of the raw distribution) and keep each sample's
+    group confidence (the mean of its last W token confidences) and its lowest value over
+    full windows, read by the host every `confidence_interval` decode steps and when the
+    sample ends (`CompletionOutput.confidence`). With `confidence_threshold=s` as well, a
+    sample whose group confidence over a full window falls below s ends at the next read with
+    `finish_reason="low_confidence"` (its blocks freed). Such rows decode without speculation.
     Invalid values raise ValueError naming the field.
     """
 
@@ -93,6 +108,11 @@ class SamplingParams:
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = None
     output_kind: str = "cumulative"
+    reasoning_effort: str | None = None
+    confidence_window: int | None = None
+    confidence_top_k: int = 20
+    confidence_threshold: float | None = None
+    confidence_interval: int = 8
 
     def __post_init__(self):
         _check_int("n", self.n, low=1)
@@ -136,10 +156,19 @@ class SamplingParams:
             if self.max_tokens is not None and self.thinking_budget > self.max_tokens:
                 raise ValueError(f"SamplingParams.thinking_budget must be <= max_tokens ({self.max_tokens}), "
                                  f"got {self.thinking_budget}")
+        if self.reasoning_effort is not None and (not isinstance(self.reasoning_effort, str)
+                                                 or self.reasoning_effort not in REASONING_EFFORT_BUDGETS):
+            raise ValueError(f"SamplingParams.reasoning_effort must be one of {list(REASONING_EFFORT_BUDGETS)} "
+                             f"or None, got {self.reasoning_effort!r}")
         _check_int("min_thinking_tokens", self.min_thinking_tokens, low=0)
-        limit = self.max_tokens if self.thinking_budget is None else self.thinking_budget
+        budget = self.effective_thinking_budget
+        limit = self.max_tokens if budget is None else budget
         if limit is not None and self.min_thinking_tokens > limit:
-            raise ValueError(f"SamplingParams.min_thinking_tokens must be <= {'thinking_budget' if self.thinking_budget is not None else 'max_tokens'} ({limit}), got {self.min_thinking_tokens}")
+            what = "max_tokens" if budget is None else \
+                "thinking_budget" if self.thinking_budget is not None else f"the {self.reasoning_effort} effort budget"
+            raise ValueError(f"SamplingParams.min_thinking_tokens must be <= {what} ({limit}), "
+                             f"got {self.min_thinking_tokens}")
+        self._check_confidence()
         for name in ("answer_lead_in", "thinking_continuation"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"SamplingParams.{name} must be a str, got {getattr(self, name)!r}")
@@ -148,6 +177,29 @@ class SamplingParams:
         for name in ("repetition_guard", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SamplingParams.{name} must be a bool, got {getattr(self, name)!r}")
+
+    def _check_confidence(self) -> None:
+        if self.confidence_window is not None:
+            _check_int("confidence_window", self.confidence_window, low=1, hint=" (or None: off)")
+        _check_int("confidence_top_k", self.confidence_top_k, low=1)
+        _check_int("confidence_interval", self.confidence_interval, low=1)
+        if self.confidence_threshold is not None:
+            self.confidence_threshold = _check_float("confidence_threshold", self.confidence_threshold,
+                                                     "a finite number or None", lambda v: True)
+            if self.confidence_window is None:
+                raise ValueError("SamplingParams.confidence_threshold needs confidence_window (the group size)")
+
+    @property
+    def effective_thinking_budget(self) -> int | None:
+        """The thinking budget that applies: `thinking_budget` if given, else the budget of
+        `reasoning_effort` (at most `max_tokens`), else None."""
+        if self.thinking_budget is not None or self.reasoning_effort is None:
+            return self.thinking_budget
+        return effort_budget(self.reasoning_effort, self.max_tokens)
+
+    @property
+    def tracks_confidence(self) -> bool:
+        return self.confidence_window is not None
 
     @property
     def greedy(self) -> bool:
@@ -514,3 +566,15 @@ def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int
         return token_logprobs, top_ids, top_logprobs
     token_ranks = (logprobs > token_logprobs.unsqueeze(1)).sum(dim=1) + 1
     return token_logprobs, token_ranks, top_ids, top_logprobs
+
+
+def token_confidence(logits: torch.Tensor, top_k: torch.Tensor, max_k: int) -> torch.Tensor:
+    """`[B]` float32 token confidences (DeepConf): minus the mean log-probability of row b's
+    `top_k[b]` most likely tokens under the raw distribution of `logits` `[B, V]`.
+
+    `max_k` (a host int, >= every `top_k[b]`, <= V) fixes the shape, so nothing is read back
+    from the device: the sampler's step runs it next to the draw, graph-safe."""
+    logprobs = logits.float().log_softmax(dim=1)
+    top = logprobs.topk(max_k, dim=1).values
+    keep = torch.arange(max_k, device=logits.device).unsqueeze(0) < top_k.unsqueeze(1)
+    return -torch.where(keep, top, 0.0).sum(dim=1) / top_k.to(torch.float32)

@@ -49,6 +49,7 @@ class Sequence:
         # Per output token {token id: Logprob}, and their sum, when params.logprobs is set.
         self.logprobs: list[dict] | None = None if params.logprobs is None else []
         self.cumulative_logprob: float | None = None if params.logprobs is None else 0.0
+        self.confidence = None  # PathConfidence, last read (params.confidence_window)
         self.arrival_time = time.perf_counter()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
@@ -103,7 +104,9 @@ class CompletionOutput:
     None while it runs), `stop_reason` (the stop string or token id that ended it), `logprobs`
     (with `SamplingParams(logprobs=k)`: per output token a `{token id: Logprob}` dict of the
     k most likely tokens and the sampled one), `cumulative_logprob` (the sum of the sampled
-    tokens' log-probabilities, when logprobs were asked for). For a reasoning model,
+    tokens' log-probabilities, when logprobs were asked for), `confidence` (with
+    `SamplingParams(confidence_window=W)`: a `fastcot.reasoning.PathConfidence`, set when the
+    sample finishes; "low_confidence" is then a finish reason too). For a reasoning model,
     `reasoning_text` is the thinking section and `text` the answer (the delimiters in neither),
     with `num_reasoning_tokens`, `num_delimiter_tokens` and `num_answer_tokens` counting the
     output tokens of each (set when the sample finishes).
@@ -122,15 +125,17 @@ class CompletionOutput:
 
     __slots__ = ("index", "_text", "_token_ids", "finish_reason", "stop_reason", "_logprobs", "_reasoning_text",
                  "num_reasoning_tokens", "num_delimiter_tokens", "cumulative_logprob", "delta_text",
-                 "delta_reasoning_text", "delta_token_ids", "delta_logprobs", "finished_this_step", "_snapshot")
+                 "delta_reasoning_text", "delta_token_ids", "delta_logprobs", "finished_this_step", "_snapshot",
+                 "confidence")
 
     def __init__(self, index: int, text: str, token_ids: list[int], finish_reason: str | None, stop_reason=None,
                  logprobs: list[dict[int, Logprob]] | None = None, reasoning_text: str = "",
                  num_reasoning_tokens: int = 0, num_delimiter_tokens: int = 0,
                  cumulative_logprob: float | None = None, *, delta_text: str = "", delta_reasoning_text: str = "",
                  delta_token_ids: list[int] | None = None, delta_logprobs: list[dict[int, Logprob]] | None = None,
-                 finished_this_step: bool = False, snapshot=None):
+                 finished_this_step: bool = False, snapshot=None, confidence=None):
         self.index = index
+        self.confidence = confidence
         self._text, self._token_ids, self._logprobs, self._reasoning_text = text, token_ids, logprobs, reasoning_text
         self.finish_reason = finish_reason
         self.stop_reason = stop_reason
@@ -148,7 +153,7 @@ class CompletionOutput:
     @classmethod
     def make(cls, index, text, token_ids, finish_reason, stop_reason, logprobs, reasoning_text, num_reasoning_tokens,
              num_delimiter_tokens, cumulative_logprob, delta_text, delta_reasoning_text, delta_token_ids,
-             delta_logprobs, finished_this_step, snapshot) -> CompletionOutput:
+             delta_logprobs, finished_this_step, snapshot, confidence=None) -> CompletionOutput:
         """Every field positionally, without the constructor's argument handling (the engine
         builds one per running sample per step)."""
         self = cls.__new__(cls)
@@ -159,6 +164,7 @@ class CompletionOutput:
             delta_reasoning_text
         self.delta_token_ids, self.delta_logprobs = delta_token_ids, delta_logprobs
         self.finished_this_step, self._snapshot = finished_this_step, snapshot
+        self.confidence = confidence
         return self
 
     def _resolve(self) -> None:

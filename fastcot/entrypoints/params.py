@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 
 from fastcot.entrypoints.errors import bad_request
-from fastcot.entrypoints.protocol import REASONING_EFFORT_BUDGETS, ChatCompletionRequest, CompletionRequest
+from fastcot.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
+from fastcot.reasoning.thinking import effort_budget
 
 # SamplingParams field -> request field, for error messages.
 _API_NAMES = {"thinking_budget": "thinking_token_budget", "logprobs": "top_logprobs"}
@@ -135,7 +136,7 @@ def _thinking(request, max_tokens: int, reasoning_model: bool) -> dict:
         return {}
     effort = getattr(request, "reasoning_effort", None)
     if budget is None and effort is not None:
-        budget = REASONING_EFFORT_BUDGETS[effort]
+        budget = effort_budget(effort)
     out = {"min_thinking_tokens": request.min_thinking_tokens}
     if budget is not None:
         out["thinking_budget"] = min(budget, max_tokens)

@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# reasoning_effort -> thinking-token budget (the values discussed for vLLM's thinking budget).
-REASONING_EFFORT_BUDGETS = {"low": 1024, "medium": 2048, "high": 8192}
+# reasoning_effort -> thinking-token budget: one table, shared with SamplingParams and the CLI.
+from fastcot.reasoning.thinking import REASONING_EFFORT_BUDGETS  # noqa: F401
+
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound for chat top_logprobs
 
 # Fields clients send that change nothing here; accepted silently.

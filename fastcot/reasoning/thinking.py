@@ -19,6 +19,21 @@ from dataclasses import dataclass
 
 from fastcot.reasoning.answers import FINAL_ANSWER_MARKER
 
+# reasoning_effort -> thinking-token budget: the values discussed for vLLM's thinking budget
+# (vllm PR #20859). The one table `SamplingParams(reasoning_effort=...)`, the CLI's
+# --reasoning-effort and the server's `reasoning_effort` read.
+REASONING_EFFORT_BUDGETS = {"low": 1024, "medium": 2048, "high": 8192}
+
+
+def effort_budget(effort: str, max_tokens: int | None = None) -> int:
+    """The thinking budget of a reasoning effort ("low", "medium", "high"), lowered to
+    `max_tokens` (a budget above it could never bind)."""
+    if not isinstance(effort, str) or effort not in REASONING_EFFORT_BUDGETS:
+        raise ValueError(f"reasoning_effort must be one of {list(REASONING_EFFORT_BUDGETS)}, got {effort!r}")
+    budget = REASONING_EFFORT_BUDGETS[effort]
+    return budget if max_tokens is None else min(budget, max_tokens)
+
+
 # Pairs known from open reasoning models, most common first.
 KNOWN_DELIMITERS = (
     ("<think>", "</think>"),

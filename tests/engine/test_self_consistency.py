@@ -3,12 +3,15 @@ requests mid-stream, KV-block accounting of n samples, chain-of-thought chat, ba
 
 import collections
 import dataclasses
+import math
 
 import pytest
 import torch
+from helpers import import_benchmark
 
 import fastcot
 import fastcot.models
+import fastcot.reasoning.confidence
 from fastcot import LLM, SamplingParams
 from fastcot.reasoning import COT_SYSTEM_PROMPT, extract_answer, vote_is_decided
 
@@ -144,3 +147,91 @@ def test_bad_inputs():
         fastcot.self_consistency(llm, PROMPT, 0)
     with pytest.raises(TypeError, match="extract"):
         fastcot.self_consistency(llm, PROMPT, 2, extract="last line")
+
+
+# ---- DeepConf (confidence=...) on a task whose answers and confidences are known -------------
+
+deepconf_task = import_benchmark("deepconf_task")
+FULL = {"1": deepconf_task.completion_length(True), "2": deepconf_task.completion_length(False),
+        "3": deepconf_task.completion_length(False)}  # by plan
+TASK_PARAMS = SamplingParams(temperature=1.0, seed=5, max_tokens=200)
+
+
+def test_deepconf_offline_keeps_the_top_eta_and_weighs_votes():
+    llm, prompt = deepconf_task.make_llm("trap")
+    result = fastcot.self_consistency(llm, prompt, 40, TASK_PARAMS, confidence=dict(mode="offline", eta=30, window=8),
+                                      use_tqdm=False)
+    samples = result.samples
+    assert all(s.finish_reason == "stop" and s.num_tokens == s.confidence.num_tokens == FULL[s.text[0]]
+               for s in samples)
+    lowest = [s.confidence.lowest for s in samples]
+    kept = sorted(range(40), key=lambda i: (-lowest[i], i))[:12]  # ceil(30% of 40)
+    assert [s.index for s in samples if s.voted] == sorted(i for i in kept if samples[i].answer is not None)
+    totals = {}
+    for i in sorted(kept):
+        totals[samples[i].answer] = totals.get(samples[i].answer, 0.0) + lowest[i]
+    assert result.weights == pytest.approx(totals)
+    assert result.answer == max(totals, key=totals.get) == deepconf_task.CORRECT
+    plain, _ = fastcot.reasoning.majority_vote([s.answer for s in samples])
+    assert plain == "2"  # the trap: the unsure answer is the plain majority
+    assert (result.num_tokens, result.num_saved_tokens, result.stopped_early) == \
+        (sum(FULL[s.text[0]] for s in samples), 0, False)
+    # Unsure plans are flat over 20 letters: their lowest group confidence is log 20.
+    for s in samples:
+        if s.text[0] in "23":
+            assert s.confidence.lowest == pytest.approx(math.log(20), abs=1e-4)
+
+
+def test_deepconf_online_stops_unsure_paths_and_frees_their_blocks():
+    llm, prompt = deepconf_task.make_llm("agree")
+    before = llm.engine.stats().generation_tokens
+    config = dict(mode="online", warmup=16, window=8, interval=1)
+    result = fastcot.self_consistency(llm, prompt, 48, TASK_PARAMS, confidence=config, early_stop=False,
+                                      use_tqdm=False)
+    warm, later = result.samples[:16], result.samples[16:]
+    assert all(s.finish_reason == "stop" for s in warm)
+    assert result.threshold == pytest.approx(fastcot.reasoning.confidence.confidence_threshold(
+        [s.confidence.lowest for s in warm], 10))
+    for s in warm:
+        assert s.voted == (s.answer is not None and s.confidence.lowest >= result.threshold)
+    stopped = [s for s in later if s.finish_reason == "low_confidence"]
+    assert stopped and all(s.text[0] == "1" for s in later if s.finish_reason != "low_confidence")
+    for s in later:
+        if s.finish_reason == "low_confidence":
+            assert s.confidence.stop_index == s.num_tokens < FULL[s.text[0]] and not s.voted  # at that very token
+        else:
+            assert s.finish_reason == "stop" and s.confidence.lowest >= result.threshold and s.voted
+    for s in later:
+        if s.text[0] in "23":  # every unsure path stops at its first full window of tail
+            assert s.finish_reason == "low_confidence" and s.num_tokens == 9
+    assert result.answer == deepconf_task.CORRECT and not result.stopped_early
+    assert result.num_tokens == sum(s.num_tokens for s in result.samples) == \
+        llm.engine.stats().generation_tokens - before
+    mean_full = sum(s.num_tokens for s in result.samples if s.finish_reason == "stop") / sum(
+        s.finish_reason == "stop" for s in result.samples)
+    assert result.num_saved_tokens == round(sum(mean_full - s.num_tokens for s in stopped))
+    assert llm.block_manager.num_free_blocks == llm.block_manager.num_blocks and not llm.runner.rows
+    assert not llm.runner.confidence.stash
+
+
+@pytest.mark.parametrize("config", [dict(window=8), dict(window=8, warmup=8, eta=90, consensus=0.6)])
+def test_deepconf_online_vote_stops_at_consensus(config):
+    """Defaults: the warm-up paths above the threshold agree, nothing more runs. A looser
+    threshold lets every path vote: the later request is aborted once "1" holds 60%."""
+    llm, prompt = deepconf_task.make_llm("agree")
+    result = fastcot.self_consistency(llm, prompt, 64, TASK_PARAMS, use_tqdm=False, confidence=config)
+    assert result.stopped_early and result.answer == "1"
+    assert result.weights["1"] >= config.get("consensus", 0.95) * sum(result.weights.values())
+    unfinished = [s for s in result.samples if s.finish_reason in (None, "abort")]
+    assert len(result.samples) == 64 and unfinished and all(not s.voted for s in unfinished)
+    assert all(s.num_tokens < FULL[s.text[0]] for s in unfinished if s.text)  # cut short (or never started)
+    assert result.num_tokens == sum(s.num_tokens for s in result.samples)
+    assert llm.block_manager.num_free_blocks == llm.block_manager.num_blocks
+
+
+def test_deepconf_bad_settings():
+    llm, prompt = deepconf_task.make_llm("agree")
+    with pytest.raises(ValueError, match="eta"):
+        fastcot.self_consistency(llm, prompt, 4, TASK_PARAMS, confidence={"eta": 0})
+    with pytest.raises(TypeError, match="confidence"):
+        fastcot.self_consistency(llm, prompt, 4, TASK_PARAMS, confidence=0.5)
