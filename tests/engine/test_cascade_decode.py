@@ -1,0 +1,102 @@
+"""Shared-prefix (cascade) decode in the engine: the groups it finds, and token ids equal with
+it forced on and off (n samples of a request, prefix-cache hits)."""
+
+import pytest
+import torch
+
+import fastcot
+from fastcot import LLM, SamplingParams
+from fastcot.engine.metadata import shared_prefix_groups, shared_prefix_tensors
+from fastcot.engine.model_runner import cascade_settings
+from fastcot.ops import _backend
+
+pytest.importorskip("transformers")
+
+
+def test_groups_take_whole_common_blocks_only():
+    tables = [[7, 8, 9, 20], [5, 6], [7, 8, 9, 21], [7, 8, 30], [5, 40]]
+    lens = [60, 20, 55, 40, 30]
+    groups = shared_prefix_groups(tables, lens, 16, min_shared_tokens=1)
+    assert groups == [(32, [7, 8], [0, 2, 3]), (16, [5], [1, 4])]
+    # Capped by the shortest row; too little sharing drops the group.
+    assert shared_prefix_groups([[1, 2], [1, 2]], [20, 17], 16, min_shared_tokens=1) == [(17, [1, 2], [0, 1])]
+    assert shared_prefix_groups(tables, lens, 16, min_shared_tokens=17) == [(32, [7, 8], [0, 2, 3])]
+    assert shared_prefix_groups([[1], [2], []], [5, 5, 0], 16, min_shared_tokens=1) == []
+
+
+def test_big_groups_split_into_near_equal_parts_of_two_or_more():
+    rows = 37
+    groups = shared_prefix_groups([[3, 4, r + 10] for r in range(rows)], [40] * rows, 16, min_shared_tokens=1,
+                                  max_rows=16)
+    assert [len(g[2]) for g in groups] == [13, 12, 12]
+    assert sorted(r for g in groups for r in g[2]) == list(range(rows))
+    t = shared_prefix_tensors(groups, rows + 2, "cpu")
+    assert t.group_rows.shape == (3, 13) and int((t.group_rows >= 0).sum()) == rows
+    assert t.row_groups[-2:].tolist() == [-1, -1] and t.shared_lens.tolist() == [32] * 3
+
+
+def test_settings(monkeypatch):
+    monkeypatch.delenv("FASTCOT_CASCADE_DECODE", raising=False)
+    monkeypatch.delenv("FASTCOT_CASCADE_MIN_SHARED_TOKENS", raising=False)
+    assert cascade_settings(torch.device("cpu"), None, None) == (False, 512)
+    assert cascade_settings(torch.device("cuda"), None, 3) == (True, 3)
+    monkeypatch.setenv("FASTCOT_CASCADE_DECODE", "1")
+    monkeypatch.setenv("FASTCOT_CASCADE_MIN_SHARED_TOKENS", "16")
+    assert cascade_settings(torch.device("cpu"), None, None) == (True, 16)
+    assert cascade_settings(torch.device("cpu"), False, None) == (False, 16)
+    monkeypatch.setenv("FASTCOT_CASCADE_DECODE", "yes")
+    with pytest.raises(ValueError, match="FASTCOT_CASCADE_DECODE"):
+        cascade_settings(torch.device("cpu"), None, None)
+    with pytest.raises(ValueError, match="cascade_min_shared_tokens"):
+        cascade_settings(torch.device("cpu"), True, -1)
+
+
+def _generate(path, batches, params, monkeypatch, *, cascade: bool, cascade_backend: str = "torch"):
+    """Token ids of each request of `batches` (lists of prompts, generated one after the
+    other), and per cascade call the number of rows in a group. The cascade op runs on
+    `cascade_backend`, every other op on the default (torch on CPU)."""
+    monkeypatch.setenv("FASTCOT_CASCADE_DECODE", "1" if cascade else "0")
+    monkeypatch.setenv("FASTCOT_CASCADE_MIN_SHARED_TOKENS", "1")
+    calls = []
+    real = fastcot.ops.cascade_decode_attention
+
+    def counting(*args, **kwargs):
+        calls.append(int((kwargs.get("row_groups", args[8] if len(args) > 8 else None) >= 0).sum()))
+        with fastcot.backend(cascade_backend):
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastcot.ops, "cascade_decode_attention", counting)
+    llm = LLM(str(path), device="cpu", num_kv_blocks=64)
+    outs = [o for prompts in batches for o in llm.generate(prompts, params, use_tqdm=False)]
+    return [[c.token_ids for c in o.outputs] for o in outs], calls
+
+
+BACKENDS = ["torch"] + (["triton"] if _backend.triton_interpreter_enabled() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forked_samples_equal_with_cascade_on_and_off(llama_checkpoint, backend, monkeypatch):
+    path, _ = llama_checkpoint
+    gen = torch.Generator().manual_seed(5)
+    prompt = torch.randint(3, 256, (37,), generator=gen).tolist()  # 2 whole blocks of 16 shared, 1 partial
+    other = torch.randint(3, 256, (9,), generator=gen).tolist()
+    params = [SamplingParams(n=4, temperature=1.0, max_tokens=4, seed=11, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)]
+    on, calls = _generate(path, [[prompt, other]], params, monkeypatch, cascade=True, cascade_backend=backend)
+    off, none = _generate(path, [[prompt, other]], params, monkeypatch, cascade=False)
+    assert on == off and len({tuple(t) for t in on[0]}) > 1
+    assert calls and max(calls) == 4 and not none  # the 4 samples decoded as one group, the other alone
+
+
+def test_prefix_cache_hits_share_with_cascade(llama_checkpoint, monkeypatch):
+    path, _ = llama_checkpoint
+    gen = torch.Generator().manual_seed(6)
+    system = torch.randint(3, 256, (48,), generator=gen).tolist()
+    prompts = [system + torch.randint(3, 256, (n,), generator=gen).tolist() for n in (3, 11, 20)]
+    greedy = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    # The first request computes the shared blocks; the next two hit them in the prefix cache.
+    batches = [prompts[:1], prompts[1:]]
+    on, calls = _generate(path, batches, greedy, monkeypatch, cascade=True)
+    off, _ = _generate(path, batches, greedy, monkeypatch, cascade=False)
+    assert on == off
+    assert calls and max(calls) == 2
