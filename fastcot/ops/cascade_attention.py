@@ -280,3 +280,63 @@ def cascade_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, group_row
         HEAD_DIM=head_dim, BLOCK_D=block_d, PREFIX_SPLITS=prefix_splits, NUM_SLOTS=slots,
         SLOTS_PAD=max(2, _pow2(slots)), num_warps=4,
     )
+
+
+def aot_specs():
+    """The prefix pass at full tiles (M = 64) for GQA 1/4/8 and head sizes 64/128, 16-bit and
+    float8 caches; the suffix pass; the merge."""
+    from fastcot.kernels.aot import KernelSpec
+    from fastcot.kernels.triton.cascade_attention import (
+        _cascade_merge_kernel,
+        _cascade_prefix_kernel,
+        _cascade_suffix_kernel,
+    )
+
+    pointers = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "part_out_ptr", "part_lse_ptr")
+    strides = ("stride_q_h", "stride_block", "stride_slot", "stride_head")
+    scalars = {"stride_q_b": "i32", "stride_q_h": "i32", "stride_block": "i64", "stride_slot": "i32",
+               "stride_head": "i32", "qk_scale": "fp32", "v_scale": "fp32"}
+
+    def consts(dtype, cache, head_dim, group, prefix_splits, slots):
+        block_d = max(16, _pow2(head_dim))
+        fp8 = cache == "fp8e4nv"
+        return dict(NUM_HEADS=8 * group, HEAD_DIM=head_dim, GROUP=group, BLOCK_D=block_d,
+                    BLOCK_N=64 if block_d <= 128 else 32, BLOCK_SIZE=16, NUM_SLOTS=slots,
+                    PREFIX_SPLITS=prefix_splits, IEEE_FP32=False, KV_FP8=fp8, K_BF16=fp8 and dtype == "bf16")
+
+    def kv(dtype, cache):
+        return {"q_ptr": f"*{dtype}", "k_cache_ptr": "*u8" if cache == "fp8e4nv" else f"*{cache}",
+                "v_cache_ptr": "*u8" if cache == "fp8e4nv" else f"*{cache}", "part_out_ptr": "*fp32",
+                "part_lse_ptr": "*fp32"}
+
+    specs = []
+    for dtype, cache, head_dim, group in [("fp16", "fp16", 128, 4), ("bf16", "bf16", 128, 8), ("fp16", "fp16", 64, 1),
+                                          ("bf16", "fp8e4nv", 128, 4)]:
+        rows, tile_m = prefix_tile(group, 32)
+        specs.append(KernelSpec(
+            name=f"cascade_prefix {dtype} cache={cache} d{head_dim} gqa{group} rows={rows}",
+            fn=_cascade_prefix_kernel, num_warps=4 if tile_m <= 32 else 8, num_stages=2,
+            signature=kv(dtype, cache) | {"group_rows_ptr": "*i32", "shared_lens_ptr": "*i32",
+                                          "shared_tables_ptr": "*i32", "stride_group_rows": "i32",
+                                          "stride_shared_table": "i32"} | scalars,
+            constexprs=consts(dtype, cache, head_dim, group, 16, 32) | dict(MAX_ROWS=32, ROWS=rows, M=tile_m),
+            aligned=pointers + strides + ("group_rows_ptr", "shared_lens_ptr", "shared_tables_ptr"),
+        ))
+        specs.append(KernelSpec(
+            name=f"cascade_suffix {dtype} cache={cache} d{head_dim} gqa{group}",
+            fn=_cascade_suffix_kernel, num_warps=4, num_stages=2,
+            signature=kv(dtype, cache) | {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
+                                          "row_groups_ptr": "*i32", "shared_lens_ptr": "*i32",
+                                          "stride_table_b": "i32"} | scalars,
+            constexprs=consts(dtype, cache, head_dim, group, 16, 32) | dict(M=max(16, _pow2(group)),
+                                                                            SUFFIX_SPLITS=16),
+            aligned=pointers + strides + ("block_tables_ptr", "seq_lens_ptr", "row_groups_ptr", "shared_lens_ptr"),
+        ))
+    specs.append(KernelSpec(
+        name="cascade_merge fp16 d128 slots=32", fn=_cascade_merge_kernel, num_warps=4, num_stages=1,
+        signature={"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "row_groups_ptr": "*i32", "out_ptr": "*fp16",
+                   "stride_out_b": "i32", "stride_out_h": "i32"},
+        constexprs=dict(HEAD_DIM=128, BLOCK_D=128, PREFIX_SPLITS=16, NUM_SLOTS=32, SLOTS_PAD=32),
+        aligned=("part_out_ptr", "part_lse_ptr", "row_groups_ptr", "out_ptr", "stride_out_b", "stride_out_h"),
+    ))
+    return specs
