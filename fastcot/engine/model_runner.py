@@ -463,14 +463,15 @@ def cascade_settings(device: torch.device, cascade_decode: bool | None,
                      min_shared_tokens: int | None) -> tuple[bool, int]:
     """(on, fewest shared tokens) for shared-prefix decode. `cascade_decode` None reads
     `FASTCOT_CASCADE_DECODE` (`auto`, `1`, `0`; default `auto`): auto is on where the decode
-    kernels run compiled (CUDA), off on CPU, where Triton only interprets (the `1` setting
-    forces it anywhere, through the selected backend). `min_shared_tokens` None reads
+    kernels run compiled (CUDA) and the selected backend has a `cascade_decode_attention`
+    kernel (`cuda` has none), off on CPU, where Triton only interprets (the `1` setting forces
+    it anywhere, through the selected backend). `min_shared_tokens` None reads
     `FASTCOT_CASCADE_MIN_SHARED_TOKENS`, default CASCADE_MIN_SHARED_TOKENS."""
     if cascade_decode is None:
         mode = os.environ.get("FASTCOT_CASCADE_DECODE", "auto").strip().lower() or "auto"
         if mode not in ("auto", "1", "0"):
             raise ValueError(f"FASTCOT_CASCADE_DECODE must be auto, 1 or 0, got {mode!r}")
-        cascade_decode = device.type == "cuda" if mode == "auto" else mode == "1"
+        cascade_decode = mode == "1" or (mode == "auto" and device.type == "cuda" and _has_cascade_kernel(device))
     elif not isinstance(cascade_decode, bool):
         raise TypeError(f"cascade_decode must be a bool or None, got {cascade_decode!r}")
     if min_shared_tokens is None:
@@ -481,6 +482,16 @@ def cascade_settings(device: torch.device, cascade_decode: bool | None,
     elif isinstance(min_shared_tokens, bool) or not isinstance(min_shared_tokens, int) or min_shared_tokens < 0:
         raise ValueError(f"cascade_min_shared_tokens must be a non-negative int, got {min_shared_tokens!r}")
     return cascade_decode, min_shared_tokens
+
+
+def _has_cascade_kernel(device: torch.device) -> bool:
+    from fastcot import ops
+
+    try:
+        ops.resolve("cascade_decode_attention", device)
+    except ops.BackendError:
+        return False
+    return True
 
 
 def _num_logprobs(rows: list[Sequence]) -> int | None:

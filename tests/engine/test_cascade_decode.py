@@ -40,6 +40,8 @@ def test_settings(monkeypatch):
     monkeypatch.delenv("FASTCOT_CASCADE_MIN_SHARED_TOKENS", raising=False)
     assert cascade_settings(torch.device("cpu"), None, None) == (False, 512)
     assert cascade_settings(torch.device("cuda"), None, 3) == (True, 3)
+    with fastcot.backend("cuda"):  # no cuda kernel for it: auto stays off
+        assert cascade_settings(torch.device("cuda"), None, 3) == (False, 3)
     monkeypatch.setenv("FASTCOT_CASCADE_DECODE", "1")
     monkeypatch.setenv("FASTCOT_CASCADE_MIN_SHARED_TOKENS", "16")
     assert cascade_settings(torch.device("cpu"), None, None) == (True, 16)

@@ -240,3 +240,12 @@ def test_split_rule_reads_only_shapes():
     assert prefix_tile(group=8, max_rows=32) == (8, 64)
     assert prefix_tile(group=4, max_rows=3) == (3, 16)
     assert prefix_tile(group=1, max_rows=100) == (64, 64)
+
+
+def test_registered_op_passes_opcheck(device):
+    """Schema, fake (meta) implementation and mutation of `out` as torch.library checks them."""
+    q, k, v, tables, seq_lens, g = _valid(device)
+    out = torch.empty_like(q)
+    args = (q, k, v, tables, seq_lens, g["group_rows"], g["shared_lens"], g["shared_block_tables"],
+            g["row_groups"], out, 0.125, 1.0, 1.0, "torch")
+    torch.library.opcheck(torch.ops.fastcot.cascade_decode_attention.default, args)
