@@ -102,3 +102,40 @@ def test_prefix_cache_hits_share_with_cascade(llama_checkpoint, monkeypatch):
     off, _ = _generate(path, batches, greedy, monkeypatch, cascade=False)
     assert on == off
     assert calls and max(calls) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_graph_buffers_pad_groups_without_changing_results(backend):
+    """The CUDA-graph path's fixed-shape group buffers (built on CPU here: no replay), filled
+    for a step of 5 rows in the bucket of 8, give the same attention as the step's own groups."""
+    from fastcot.engine.cuda_graphs import DecodeGraphs
+
+    graphs = DecodeGraphs(None, None, max_batch=8, max_blocks_per_seq=6, device=torch.device("cpu"), cascade=True)
+    bs, hkv, d = 8, 2, 64
+    gen = torch.Generator().manual_seed(1)
+    tables = [[0, 1, 2, 3], [0, 1, 2, 4], [5, 6], [0, 1, 7], [8, 9, 10]]
+    lens = [30, 27, 10, 20, 17]
+    groups = shared_prefix_groups(tables, lens, bs, min_shared_tokens=1)
+    assert groups == [(16, [0, 1], [0, 1, 3])]
+    own = shared_prefix_tensors(groups, 5, "cpu")
+    graphs._copy_groups(8, 5, own)
+    padded = graphs._group_views(8)
+    assert padded.group_rows.shape == (4, 8) and padded.row_groups.shape == (8,)
+    assert padded.group_rows[1:].eq(-1).all() and padded.shared_lens[1:].eq(0).all()
+    assert padded.row_groups.tolist() == [0, 0, -1, 0, -1, -1, -1, -1]
+    k = torch.randn(11, bs, hkv, d, generator=gen)
+    v = torch.randn(11, bs, hkv, d, generator=gen)
+    q = torch.randn(8, 4 * hkv, d, generator=gen)
+    block_tables = torch.zeros(8, 6, dtype=torch.int32)
+    for row, t in enumerate(tables):
+        block_tables[row, : len(t)] = torch.tensor(t, dtype=torch.int32)
+    seq_lens = torch.tensor(lens + [0, 0, 0], dtype=torch.int32)  # padding rows: length 0
+    with fastcot.backend(backend):
+        want = fastcot.ops.cascade_decode_attention(q[:5], k, v, block_tables[:5], seq_lens[:5], own.group_rows,
+                                                    own.shared_lens, own.shared_block_tables, own.row_groups)
+        got = fastcot.ops.cascade_decode_attention(q, k, v, block_tables, seq_lens, padded.group_rows,
+                                                   padded.shared_lens, padded.shared_block_tables, padded.row_groups)
+    torch.testing.assert_close(got[:5], want, rtol=1e-5, atol=1e-5)
+    assert got[5:].eq(0).all()
+    plain = fastcot.ops.paged_decode_attention(q[:5], k, v, block_tables[:5], seq_lens[:5])
+    torch.testing.assert_close(want, plain, rtol=1e-5, atol=1e-5)
