@@ -120,13 +120,12 @@ def measure(ctx, tiny: bool, bench) -> list[dict]:
                         impl=impl, backend=backend, kv_bytes=kv_bytes, partial_bytes=partial,
                         bytes_vs_plain=(kv_bytes + partial) / counted["plain_kv"])
 
-                    def call(_, impl=impl, backend=backend):
+                    def call(_, impl=impl, backend=backend, args=(q, k, v, tables, seq_lens), g=g):
                         with fastcot.backend(backend):
                             if impl == "plain":
-                                return fastcot.ops.paged_decode_attention(q, k, v, tables, seq_lens)
+                                return fastcot.ops.paged_decode_attention(*args)
                             return fastcot.ops.cascade_decode_attention(
-                                q, k, v, tables, seq_lens, g.group_rows, g.shared_lens, g.shared_block_tables,
-                                g.row_groups)
+                                *args, g.group_rows, g.shared_lens, g.shared_block_tables, g.row_groups)
                     try:
                         err = (call(0).float() - ref).abs().max().item()
                         row |= {"max_abs_err": err, "tol": tol, "status": "ok" if err <= tol else "wrong"}
