@@ -105,6 +105,7 @@ def run(backend, q, k, v, tables, seq_lens, groups, **kw):
 
 # (block_size, gqa, head_dim, groups [(shared_len, row lengths)], rows in no group)
 CASES = [
+    pytest.param(16, 4, 64, [], [5, 0, 33], id="no-groups"),
     pytest.param(16, 4, 64, [(0, [5, 17, 1])], [9], id="shared-0-blocks"),
     pytest.param(16, 4, 64, [(16, [16, 17, 40])], [], id="shared-1-block-empty-suffix"),
     pytest.param(8, 1, 64, [(61, [61, 70, 99, 64, 62])], [13, 0], id="shared-many-partial-gqa1"),
