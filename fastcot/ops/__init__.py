@@ -16,6 +16,7 @@ from fastcot.ops.rotary import rope_inv_freq, rotary_embedding
 
 OPS = (
     "int4_matmul", "int4_dequantize", "write_kv_cache", "paged_decode_attention", "paged_prefill_attention",
+    "cascade_decode_attention",
     "rms_norm", "rotary_embedding", "silu_and_mul",
 )
 
