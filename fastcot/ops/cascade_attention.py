@@ -119,43 +119,66 @@ def _check_groups(group_rows, shared_lens, shared_block_tables, row_groups, seq_
                          f"got {shared_block_tables.shape[0]}")
     if row_groups.shape[0] != batch:
         raise ValueError(f"row_groups must have {batch} entries (one per row of q), got {row_groups.shape[0]}")
-    if batch == 0 or groups == 0 or not index_checks_enabled(device):
-        if batch > 0 and groups == 0 and index_checks_enabled(device) and bool((row_groups != -1).any()):
+    if batch > 0 and index_checks_enabled(device):
+        _check_group_values(group_rows, shared_lens, shared_block_tables, row_groups, seq_lens, num_blocks,
+                            block_size)
+
+
+def _check_group_values(group_rows, shared_lens, shared_block_tables, row_groups, seq_lens, num_blocks,
+                        block_size) -> None:
+    """Index values, with one device read when all is well (every gather clamped, so a bad
+    value cannot fault); the first violation is then explained."""
+    groups, batch, device = group_rows.shape[0], row_groups.shape[0], row_groups.device
+    if groups == 0:
+        if bool((row_groups != -1).any()):
             raise ValueError("row_groups must be all -1 when there are no groups (group_rows has 0 rows)")
         return
-    if bool(((row_groups < -1) | (row_groups >= groups)).any()):
-        raise ValueError(f"row_groups entries must be -1 or a group in [0, {groups}), got {row_groups.tolist()[:16]}")
-    if bool(((group_rows < -1) | (group_rows >= batch)).any()):
-        raise ValueError(f"group_rows entries must be -1 or a row in [0, {batch}), got {group_rows.tolist()[:4]}...")
+    row_groups, group_rows, shared_lens = row_groups.long(), group_rows.long(), shared_lens.long()
     listed = group_rows >= 0
-    members = group_rows.long().clamp(min=0)
     owner = torch.arange(groups, device=device)[:, None].expand_as(group_rows)
-    if bool((listed & (row_groups.long()[members] != owner)).any()):
-        g, i = (int(x) for x in (listed & (row_groups.long()[members] != owner)).nonzero()[0])
+    group_of_listed = row_groups[group_rows.clamp(0, batch - 1)]
+    in_group = row_groups >= 0
+    counts = torch.zeros(groups, dtype=torch.long, device=device).index_add_(
+        0, row_groups.clamp(0, groups - 1), in_group.long())
+    row_shared = torch.where(in_group, shared_lens[row_groups.clamp(0, groups - 1)], 0)
+    needed = (shared_lens.clamp(min=0) + block_size - 1) // block_size
+    used = torch.arange(shared_block_tables.shape[1], device=device)[None, :] < needed[:, None]
+    bad_block = used & ((shared_block_tables < 0) | (shared_block_tables >= num_blocks))
+    capacity = shared_block_tables.shape[1] * block_size
+    flags = torch.stack([
+        ((row_groups < -1) | (row_groups >= groups)).any(),
+        ((group_rows < -1) | (group_rows >= batch)).any(),
+        (listed & (group_of_listed != owner)).any(),
+        (counts != listed.sum(dim=1)).any(),
+        (shared_lens < 0).any(),
+        (shared_lens > capacity).any(),
+        (row_shared > seq_lens.long()).any(),
+        bad_block.any(),
+    ]).tolist()
+    if not any(flags):
+        return
+    if flags[0]:
+        raise ValueError(f"row_groups entries must be -1 or a group in [0, {groups}), got {row_groups.tolist()[:16]}")
+    if flags[1]:
+        raise ValueError(f"group_rows entries must be -1 or a row in [0, {batch}), got {group_rows.tolist()[:4]}...")
+    if flags[2]:
+        g, i = (int(x) for x in (listed & (group_of_listed != owner)).nonzero()[0])
         raise ValueError(f"group_rows[{g}, {i}] = {int(group_rows[g, i])} but row_groups of that row is "
                          f"{int(row_groups[group_rows[g, i]])}")
-    counts = torch.bincount(row_groups.long()[row_groups >= 0], minlength=groups)
-    if not torch.equal(counts, listed.sum(dim=1)):
+    if flags[3]:
         raise ValueError("every row with row_groups[b] = g >= 0 must appear exactly once in group_rows[g]")
-    lo = int(shared_lens.min())
-    if lo < 0:
-        raise ValueError(f"shared_lens must be >= 0, got {lo}")
-    capacity = shared_block_tables.shape[1] * block_size
-    if int(shared_lens.max()) > capacity:
+    if flags[4]:
+        raise ValueError(f"shared_lens must be >= 0, got {int(shared_lens.min())}")
+    if flags[5]:
         raise ValueError(f"shared_block_tables are too short: {shared_block_tables.shape[1]} blocks of {block_size} "
                          f"hold {capacity} tokens but shared_lens has {int(shared_lens.max())}")
-    row_shared = torch.where(row_groups >= 0, shared_lens.long()[row_groups.long().clamp(min=0)], 0)
-    if bool((row_shared > seq_lens.long()).any()):
+    if flags[6]:
         b = int((row_shared > seq_lens.long()).nonzero()[0])
         raise ValueError(f"row {b} is in group {int(row_groups[b])} whose shared_lens is {int(row_shared[b])}, "
                          f"more than seq_lens[{b}] = {int(seq_lens[b])}")
-    needed = (shared_lens.long() + block_size - 1) // block_size
-    used = torch.arange(shared_block_tables.shape[1], device=device)[None, :] < needed[:, None]
-    bad = used & ((shared_block_tables < 0) | (shared_block_tables >= num_blocks))
-    if bool(bad.any()):
-        g, col = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"shared_block_tables[{g}, {col}] = {int(shared_block_tables[g, col])} is not a block of "
-                         f"this cache (num_blocks={num_blocks})")
+    g, col = (int(i) for i in bad_block.nonzero()[0])
+    raise ValueError(f"shared_block_tables[{g}, {col}] = {int(shared_block_tables[g, col])} is not a block of "
+                     f"this cache (num_blocks={num_blocks})")
 
 
 # --- registered op ---------------------------------------------------------------------------
