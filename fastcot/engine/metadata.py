@@ -34,10 +34,13 @@ def shared_prefix_groups(tables: list[list[int]], seq_lens: list[int], block_siz
     """Groups of rows whose block tables start with the same physical blocks.
 
     Rows are grouped by their first block; a group's shared length is its common run of
-    blocks in tokens, at most the shortest row's length. Only whole shared blocks count: a
-    fork's partly filled block is copied on its first write, so it is each row's own (read by
-    its suffix). Groups of one row, or sharing fewer than `min_shared_tokens`, are dropped;
-    groups of more than `max_rows` rows are split into near-equal parts.
+    blocks in tokens, at most the shortest row's length. A group splits where its rows'
+    tables diverge (say, two requests with 8 samples each behind one cached system prompt)
+    when the parts together save more token reads than the whole: a group of r rows sharing s
+    tokens saves (r - 1) x s. Only whole shared blocks count: a fork's partly filled block is
+    copied on its first write, so it is each row's own (read by its suffix). Groups of one row,
+    or sharing fewer than `min_shared_tokens`, are dropped; groups of more than `max_rows` rows
+    are split into near-equal parts.
 
     Returns `(shared_len, shared_blocks, rows)` per group, rows in batch order.
     """
@@ -47,23 +50,39 @@ def shared_prefix_groups(tables: list[list[int]], seq_lens: list[int], block_siz
             by_first.setdefault(table[0], []).append(row)
     groups = []
     for rows in by_first.values():
-        if len(rows) < 2:
-            continue
-        first = tables[rows[0]]
-        common = len(first)
-        for row in rows[1:]:
-            common = _common_prefix(first, tables[row], common)
-        shared = min(common * block_size, min(seq_lens[r] for r in rows))
-        if shared < max(1, min_shared_tokens):
-            continue
-        parts = -(-len(rows) // max_rows)
-        size, extra = divmod(len(rows), parts)
-        start = 0
-        for p in range(parts):
-            end = start + size + (p < extra)
-            groups.append((shared, first[: -(-shared // block_size)], rows[start:end]))
-            start = end
+        for shared, members in _best_groups(rows, tables, seq_lens, block_size):
+            if shared < max(1, min_shared_tokens):
+                continue
+            blocks = tables[members[0]][: -(-shared // block_size)]
+            parts = -(-len(members) // max_rows)
+            size, extra = divmod(len(members), parts)
+            start = 0
+            for p in range(parts):
+                end = start + size + (p < extra)
+                groups.append((shared, blocks, members[start:end]))
+                start = end
     return groups
+
+
+def _best_groups(rows, tables, seq_lens, block_size) -> list[tuple[int, list[int]]]:
+    """(shared tokens, rows) groups of `rows` (whose tables agree on their first block) that
+    save the most token reads: all of them, or the best groups within each set of rows that
+    agree on the block where they first diverge."""
+    if len(rows) < 2:
+        return []
+    first = tables[rows[0]]
+    common = len(first)
+    for row in rows[1:]:
+        common = _common_prefix(first, tables[row], common)
+    whole = [(min(common * block_size, min(seq_lens[r] for r in rows)), rows)]
+    by_next: dict[int, list[int]] = {}
+    for row in rows:
+        if len(tables[row]) > common:
+            by_next.setdefault(tables[row][common], []).append(row)
+    # Each part is a strict subset (common is the longest agreement), so the recursion ends.
+    parts = [g for part in by_next.values() for g in _best_groups(part, tables, seq_lens, block_size)]
+    saved = lambda groups: sum((len(members) - 1) * shared for shared, members in groups)  # noqa: E731
+    return parts if saved(parts) > saved(whole) else whole
 
 
 def shared_prefix_tensors(groups, batch: int, device, *, num_groups: int | None = None,

@@ -24,6 +24,18 @@ def test_groups_take_whole_common_blocks_only():
     assert shared_prefix_groups([[1], [2], []], [5, 5, 0], 16, min_shared_tokens=1) == []
 
 
+def test_groups_split_where_requests_diverge_when_that_saves_more():
+    # Two requests of 3 samples behind one cached 2-block system prompt: each request's own
+    # 2 prompt blocks are shared by its samples only.
+    tables = [[1, 2, 10, 11, 30 + i] for i in range(3)] + [[1, 2, 20, 21, 40 + i] for i in range(3)]
+    groups = shared_prefix_groups(tables, [70] * 6, 16, min_shared_tokens=1)
+    assert groups == [(64, [1, 2, 10, 11], [0, 1, 2]), (64, [1, 2, 20, 21], [3, 4, 5])]
+    # Pairs diverging one block later: all four save 3 x 32 token reads, the pairs 2 x 48; a tie
+    # keeps the whole group.
+    tables = [[1, 2, 10, 30], [1, 2, 10, 31], [1, 2, 20, 40], [1, 2, 20, 41]]
+    assert shared_prefix_groups(tables, [60] * 4, 16, min_shared_tokens=1) == [(32, [1, 2], [0, 1, 2, 3])]
+
+
 def test_big_groups_split_into_near_equal_parts_of_two_or_more():
     rows = 37
     groups = shared_prefix_groups([[3, 4, r + 10] for r in range(rows)], [40] * rows, 16, min_shared_tokens=1,
