@@ -151,3 +151,50 @@ def test_graph_buffers_pad_groups_without_changing_results(backend):
     assert got[5:].eq(0).all()
     plain = fastcot.ops.paged_decode_attention(q[:5], k, v, block_tables[:5], seq_lens[:5])
     torch.testing.assert_close(want, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_randomized_groups_are_valid_and_change_no_attention():
+    """Random forests of forks (requests, their samples, cached prefixes): every group's rows
+    hold its shared blocks, no row is in two groups, and attention with the groups equals
+    plain decode (torch reference)."""
+    import random
+
+    from fastcot.kernels import reference
+
+    rng = random.Random(17)
+    bs, hkv, d = 8, 1, 16
+    formed = 0
+    for _ in range(20):
+        next_block = iter(range(10**6))
+        tables, lens = [], []
+        for _ in range(rng.randint(1, 4)):  # a cached prefix, then requests behind it, then samples
+            prefix = [next(next_block) for _ in range(rng.randint(0, 3))]
+            for _ in range(rng.randint(1, 3)):
+                prompt = prefix + [next(next_block) for _ in range(rng.randint(0, 3))]
+                for _ in range(rng.randint(1, 5)):
+                    own = [next(next_block) for _ in range(rng.randint(1, 3))]
+                    tables.append(prompt + own)
+                    lens.append(len(prompt) * bs + rng.randint(1, len(own) * bs))
+        order = list(range(len(tables)))
+        rng.shuffle(order)
+        tables, lens = [tables[i] for i in order], [lens[i] for i in order]
+        groups = shared_prefix_groups(tables, lens, bs, min_shared_tokens=rng.choice([1, 8, 24]), max_rows=4)
+        seen = set()
+        formed += len(groups)
+        for shared, blocks, rows in groups:
+            assert 2 <= len(rows) <= 4 and not seen & set(rows)
+            seen |= set(rows)
+            assert shared <= min(lens[r] for r in rows) and len(blocks) == -(-shared // bs)
+            assert all(tables[r][: len(blocks)] == blocks for r in rows)
+        num_blocks = max(b for t in tables for b in t) + 1
+        k, v = torch.randn(num_blocks, bs, hkv, d), torch.randn(num_blocks, bs, hkv, d)
+        width = max(len(t) for t in tables)
+        block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        seq_lens = torch.tensor(lens, dtype=torch.int32)
+        q = torch.randn(len(tables), 4 * hkv, d)
+        g = shared_prefix_tensors(groups, len(tables), "cpu")
+        got = fastcot.ops.cascade_decode_attention(q, k, v, block_tables, seq_lens, g.group_rows, g.shared_lens,
+                                                   g.shared_block_tables, g.row_groups)
+        want = reference.paged_decode_attention(q, k, v, block_tables, seq_lens)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert formed >= 20  # the draws do share
