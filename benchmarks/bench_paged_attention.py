@@ -5,6 +5,9 @@ per backend (triton; cuda, the csrc kernel, when fastcot._C loaded and a GPU is 
 `F.scaled_dot_product_attention` on a contiguous `[B, Hkv, L, D]` cache holding the same
 numbers. Every fastcot row is first checked against SDPA in float32 on a few sequences.
 `--prefill` adds chunked prefill (2k new tokens onto 0 or 8k cached) against causal SDPA.
+Shared-prefix rows (`_shared_prefix.py`; `--no-shared-prefix` skips them) decode n = 8, 16, 32
+forked samples of a 4k and a 32k prompt with plain and with shared-prefix (cascade) decode,
+with the bytes each reads per step.
 Without a GPU (or with --smoke) it runs tiny shapes on CPU so the script cannot rot.
 
     python benchmarks/bench_paged_attention.py                  # everything that fits (budget ~8 min on an H100)
