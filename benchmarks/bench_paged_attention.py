@@ -5,6 +5,9 @@ per backend (triton; cuda, the csrc kernel, when fastcot._C loaded and a GPU is 
 `F.scaled_dot_product_attention` on a contiguous `[B, Hkv, L, D]` cache holding the same
 numbers. Every fastcot row is first checked against SDPA in float32 on a few sequences.
 `--prefill` adds chunked prefill (2k new tokens onto 0 or 8k cached) against causal SDPA.
+Shared-prefix rows (`_shared_prefix.py`; `--no-shared-prefix` skips them) decode n = 8, 16, 32
+forked samples of a 4k and a 32k prompt with plain and with shared-prefix (cascade) decode,
+with the bytes each reads per step.
 Without a GPU (or with --smoke) it runs tiny shapes on CPU so the script cannot rot.
 
     python benchmarks/bench_paged_attention.py                  # everything that fits (budget ~8 min on an H100)
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
+import _shared_prefix as shared_prefix
 
 FAMILY = "paged_attention"
 KI = 1024
@@ -72,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", default=None, help="Hq/Hkv/D, e.g. 32/8/128 (GPU default); CPU 8/2/32")
     p.add_argument("--quick", action="store_true", help="GPU subset: B=1,64 x 8k,32k,128k, block 16, fp16 and fp8")
     p.add_argument("--prefill", action="store_true", help="also time chunked prefill: 2k new tokens onto 0/8k cached")
+    p.add_argument("--no-shared-prefix", action="store_true",
+                   help="skip the shared-prefix decode rows (n = 8, 16, 32 samples on a 4k/32k prompt)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU shapes even when a GPU is present")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     p.add_argument("--reps", type=int, default=None, help="timed samples (default 15; 3 when interpreted)")
@@ -684,6 +690,7 @@ def main(argv=None) -> int:
             print(f"prefill {p['new_tokens']} new onto {_ctx_label(cached)} cached", file=sys.stderr, flush=True)
             rows += measure_prefill(ctx, cached, p["new_tokens"], plan["block_size"][0])
     add_speedups(rows)
+    shared_rows = [] if args.no_shared_prefix else shared_prefix.measure(ctx, tiny, sys.modules[__name__])
 
     print()
     print(format_section(rows, "decode"))
@@ -694,6 +701,9 @@ def main(argv=None) -> int:
     if args.prefill:
         print()
         print(format_section(rows, "prefill"))
+    if shared_rows:
+        print()
+        print(shared_prefix.format_rows(shared_rows))
     failed = [r for r in rows if r["status"] in ("wrong", "error")]
     for r in failed:
         print(f"{r['status'].upper()}: {r['impl']} {r['section']} B={r['batch']} {_ctx_label(r['context'])} "
@@ -701,15 +711,22 @@ def main(argv=None) -> int:
               + (r["reason"] or f"max abs err {r['max_abs_err']:.3g} > tol {r['tol']:.3g}"))
     for s in ctx.skipped:
         print(f"skipped (memory): {s}")
-    bad = [r for r in failed if r["impl"].startswith("fastcot_")]
+    shared_failed = [r for r in shared_rows if r["status"] in ("wrong", "error")]
+    for r in shared_failed:
+        print(f"{r['status'].upper()}: {r['impl']} ({r['backend']}) n={r['n']} prompt {r['prompt']}: "
+              + (r["reason"] or f"max abs err {r['max_abs_err']:.3g} > tol {r['tol']:.3g}"))
+    bad = [r for r in failed if r["impl"].startswith("fastcot_")] + shared_failed
     print()
     if tiny:
         targets = {"judged": False, "why": "tiny CPU/smoke run: " + common.CPU_LABEL}
         print(f"targets: not judged ({targets['why']})")
     else:
         results = judge_targets(rows, ctx.heads)
-        targets = {"judged": True, "results": results}
+        targets = {"judged": True, "results": results, "shared_prefix": shared_prefix.judge(shared_rows)}
         print(format_targets(results))
+        for t in targets["shared_prefix"]:
+            print(f"{t['status']}: {t['target']} ({t['backend']}, prompt {t['prompt']}): "
+                  f"x{common.fmt(t['speedup_vs_plain'], '.2f')}")
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config |= {"run_plan": plan, "heads": vars(ctx.heads), "tiny": tiny, "fp8_scales": FP8_SCALES,
@@ -719,7 +736,8 @@ def main(argv=None) -> int:
             "(the values before fp8 rounding): SDPA has no fp8 KV", "layout": "[B, Hkv, L, D] contiguous"}
     path = common.write_results(family=FAMILY, env=env, rows=rows, out_dir=args.out_dir,
                                 extra={"config": config, "implementations": availability, "peer": peer,
-                                       "skipped": ctx.skipped, "targets": targets})
+                                       "skipped": ctx.skipped, "targets": targets,
+                                       "shared_prefix_rows": shared_rows})
     print(f"\nwrote {path}")
     return 1 if bad else 0
 

@@ -183,3 +183,27 @@ def test_cuda_column_only_for_ops_with_a_cuda_kernel():
     assert bench._has_kernel(fastcot, "paged_decode_attention", "cuda")
     assert not bench._has_kernel(fastcot, "paged_prefill_attention", "cuda")
     assert bench._has_kernel(fastcot, "paged_prefill_attention", "triton")
+
+
+def test_smoke_shared_prefix_rows(smoke_run):
+    """Plain and shared-prefix decode of n forked samples: both checked, timed, and the bytes
+    each reads per step computed (the shared blocks once per group instead of once per row)."""
+    proc, doc = smoke_run
+    bench = import_benchmark("bench_paged_attention")
+    plan, heads = bench.shared_prefix.CPU, bench.CPU["heads"]
+    assert "shared-prefix decode" in proc.stdout
+    rows = doc["shared_prefix_rows"]
+    assert {(r["n"], r["prompt"], r["impl"], r["backend"]) for r in rows} == {
+        (n, p, impl, "torch") for n in plan["n"] for p in plan["prompt"] for impl in ("plain", "shared_prefix")}
+    token = 2 * heads[1] * heads[2] * 4  # K and V of one fp32 token
+    for r in rows:
+        assert list(r) == list(bench.shared_prefix.ROW_KEYS)
+        assert r["status"] == "ok" and r["max_abs_err"] <= r["tol"] and r["median_us"] > 0, r
+        n, prompt, own = r["n"], r["prompt"], r["suffix"]
+        plain = sum(prompt + own + i for i in range(n)) * token
+        shared = prompt // 16 * 16
+        if r["impl"] == "plain":
+            assert r["kv_bytes"] == plain and r["partial_bytes"] == 0
+        else:  # one group, one tile at this size: the shared blocks are read once
+            assert r["kv_bytes"] == plain - (n - 1) * shared * token and r["partial_bytes"] > 0
+            assert r["bytes_vs_plain"] < 1 and r["speedup_vs_plain"] > 0

@@ -5,6 +5,12 @@ width (the split-KV decode kernel picks its split count from that width), paddin
 length 0 (attention returns zeros) and slot -1 (nothing is written). Each step copies its
 inputs into static buffers and replays the graph of the smallest bucket that holds it, so the
 host cost of launching dozens of kernels per layer disappears. Sampling runs after the graph.
+
+With shared-prefix (cascade) decode each bucket of b rows also has a graph that calls
+`cascade_decode_attention` on fixed-shape group buffers: `max(1, b // 2)` groups (every group
+has at least 2 rows) of at most `GROUP_ROWS` rows, shared tables at the full table width.
+Unused groups are padding (all rows -1, shared length 0: their programs exit at once) and
+padding rows are in no group. A step whose batch shares no blocks replays the plain graph.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import time
 
 import torch
 
-from fastcot.layers.attention import AttentionMetadata
+from fastcot.engine.metadata import GROUP_ROWS
+from fastcot.layers.attention import AttentionMetadata, SharedPrefixGroups
 
 logger = logging.getLogger("fastcot")
 
@@ -25,7 +32,8 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model, kv_caches, *, max_batch: int, max_blocks_per_seq: int, device: torch.device):
+    def __init__(self, model, kv_caches, *, max_batch: int, max_blocks_per_seq: int, device: torch.device,
+                 cascade: bool = False):
         self.model = model
         self.kv_caches = kv_caches
         self.buckets = batch_buckets(max_batch)
@@ -35,12 +43,27 @@ class DecodeGraphs:
         self.slot_mapping = torch.full((b,), -1, dtype=torch.int32, device=device)
         self.seq_lens = torch.zeros(b, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((b, max_blocks_per_seq), dtype=torch.int32, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
+        self.cascade = cascade
+        if cascade:
+            groups = max(1, b // 2)
+            self.group_rows = torch.full((groups, GROUP_ROWS), -1, dtype=torch.int32, device=device)
+            self.shared_lens = torch.zeros(groups, dtype=torch.int32, device=device)
+            self.shared_block_tables = torch.zeros((groups, max_blocks_per_seq), dtype=torch.int32, device=device)
+            self.row_groups = torch.full((b,), -1, dtype=torch.int32, device=device)
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self.logits: dict[tuple[int, bool], torch.Tensor] = {}
 
-    def _forward(self, b: int) -> torch.Tensor:
+    def _group_views(self, b: int) -> SharedPrefixGroups:
+        groups = max(1, b // 2)
+        return SharedPrefixGroups(group_rows=self.group_rows[:groups, : min(b, GROUP_ROWS)],
+                                  shared_lens=self.shared_lens[:groups],
+                                  shared_block_tables=self.shared_block_tables[:groups],
+                                  row_groups=self.row_groups[:b])
+
+    def _forward(self, b: int, cascade: bool = False) -> torch.Tensor:
         metadata = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b], seq_lens=self.seq_lens[:b]
+            slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b], seq_lens=self.seq_lens[:b],
+            shared_prefix=self._group_views(b) if cascade else None,
         )
         hidden = self.model(self.input_ids[:b], self.positions[:b], self.kv_caches, metadata)
         return self.model.compute_logits(hidden)
@@ -51,23 +74,27 @@ class DecodeGraphs:
         warm-up runs (outside capture) also autotune kernels and build rope tables."""
         start = time.perf_counter()
         pool = None
-        for b in reversed(self.buckets):
+        variants = (False, True) if self.cascade else (False,)
+        for key in [(b, cascade) for b in reversed(self.buckets) for cascade in variants]:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._forward(b)
+                self._forward(*key)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits[b] = self._forward(b)
+                self.logits[key] = self._forward(*key)
             pool = graph.pool()
-            self.graphs[b] = graph
+            self.graphs[key] = graph
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs of decode steps for %d batch sizes (1 to %d) in %.1f s",
                     len(self.buckets), self.buckets[-1], time.perf_counter() - start)
 
-    def run(self, input_ids, positions, slot_mapping, seq_lens, block_tables) -> torch.Tensor | None:
-        """Logits `[B, V]` of one decode step, or None when B exceeds the largest bucket."""
+    def run(self, input_ids, positions, slot_mapping, seq_lens, block_tables,
+            shared_prefix: SharedPrefixGroups | None = None) -> torch.Tensor | None:
+        """Logits `[B, V]` of one decode step, or None when B exceeds the largest bucket.
+        `shared_prefix` (from `shared_prefix_tensors`, rows of at most GROUP_ROWS) selects the
+        bucket's cascade graph."""
         n = input_ids.shape[0]
         b = next((b for b in self.buckets if b >= n), None)
         if b is None:
@@ -81,5 +108,25 @@ class DecodeGraphs:
         self.seq_lens[:n].copy_(seq_lens)
         self.seq_lens[n:b].fill_(0)
         self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables)
-        self.graphs[b].replay()
-        return self.logits[b][:n]
+        key = (b, shared_prefix is not None)
+        if shared_prefix is not None:
+            self._copy_groups(b, n, shared_prefix)
+        self.graphs[key].replay()
+        return self.logits[key][:n]
+
+    def _copy_groups(self, b: int, n: int, groups: SharedPrefixGroups) -> None:
+        if not self.cascade:
+            raise RuntimeError("shared_prefix given to DecodeGraphs built without cascade=True")
+        views = self._group_views(b)
+        count, rows = groups.group_rows.shape
+        width = groups.shared_block_tables.shape[1]
+        if count > views.group_rows.shape[0] or rows > views.group_rows.shape[1]:
+            raise ValueError(f"{count} groups of up to {rows} rows do not fit bucket {b}'s "
+                             f"{list(views.group_rows.shape)} group buffers")
+        views.group_rows.fill_(-1)
+        views.group_rows[:count, :rows].copy_(groups.group_rows)
+        views.shared_lens.zero_()
+        views.shared_lens[:count].copy_(groups.shared_lens)
+        views.shared_block_tables[:count, :width].copy_(groups.shared_block_tables)
+        views.row_groups.fill_(-1)
+        views.row_groups[:n].copy_(groups.row_groups)

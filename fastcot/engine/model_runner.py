@@ -12,17 +12,24 @@ sampled, positions, lengths and cache slots move on by one, only the table entri
 sequences that entered a new block are written, and the sampling tensors (and the
 repetition-penalty presence mask) are reused. Any other batch rebuilds them from the
 sequences.
+
+Rows that share leading KV blocks (the `n` samples of a request, prefix-cache hits) decode
+with shared-prefix (cascade) attention when `cascade_decode` is on: the groups are found when
+a decode batch is rebuilt (`fastcot.engine.metadata.shared_prefix_groups`) and kept while it
+advances in place, since new blocks are private; a copy-on-write recomputes them.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 
 import torch
 
 from fastcot.engine.block_manager import BlockManager
 from fastcot.engine.confidence import ConfidenceRows
+from fastcot.engine.metadata import shared_prefix_groups, shared_prefix_tensors
 from fastcot.engine.sampling import (
     Sampler,
     SamplingTensors,
@@ -35,7 +42,11 @@ from fastcot.engine.sampling import (
 )
 from fastcot.engine.scheduler import Batch
 from fastcot.engine.sequence import Sequence
-from fastcot.layers.attention import AttentionMetadata
+from fastcot.layers.attention import AttentionMetadata, SharedPrefixGroups
+
+# Shared-prefix decode needs at least this many shared tokens by default: below it, the extra
+# pass and merge cost more than the reads they save (untuned, unmeasured).
+CASCADE_MIN_SHARED_TOKENS = 512
 
 
 @dataclass
@@ -52,6 +63,7 @@ class _DecodeState:
     num_logprobs: int | None = None  # most top log-probabilities any row asks for
     confidence: tuple[int, int] | None = None  # (largest top-k, read interval) when a row tracks confidence
     next_ids: torch.Tensor | None = None  # [B] int64, the ids sampled by that step
+    shared_prefix: SharedPrefixGroups | None = None  # rows sharing leading blocks, with cascade decode
 
 
 class _TokenRows:
@@ -102,7 +114,8 @@ class ModelRunner:
     """
 
     def __init__(self, model, *, block_manager: BlockManager, kv_cache_dtype: torch.dtype, device: torch.device,
-                 max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True):
+                 max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True,
+                 cascade_decode: bool | None = None, cascade_min_shared_tokens: int | None = None):
         config = model.config
         self.model = model
         self.config = config
@@ -137,12 +150,15 @@ class ModelRunner:
         # Per prefill sequence asking for prompt logprobs: (sequence, index of the first prompt
         # token scored, and per scored token the same tuple as `last_logprobs`).
         self.last_prompt_logprobs: list[tuple] | None = None
+        self.cascade_decode, self.cascade_min_shared_tokens = cascade_settings(
+            device, cascade_decode, cascade_min_shared_tokens)
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(model, self.kv_caches, max_batch=max_num_seqs,
-                                       max_blocks_per_seq=max_blocks_per_seq, device=device)
+                                       max_blocks_per_seq=max_blocks_per_seq, device=device,
+                                       cascade=self.cascade_decode)
 
     # ---- slots and block tables ------------------------------------------------------------
 
@@ -285,6 +301,8 @@ class ModelRunner:
                 _put(d.slot_mapping, rows, slots, self.device)
             input_ids = d.next_ids
             d.next_ids = None
+            if self.cascade_decode and batch.block_copies:  # a shared block was copied
+                d.shared_prefix = self._shared_prefix(seqs)
         else:
             self._sync_tables(seqs)
             self._arrange(seqs)
@@ -298,13 +316,22 @@ class ModelRunner:
                 seq_lens=ints[0], slot_mapping=ints[1], max_len=max(lens),
                 num_logprobs=_num_logprobs(seqs), confidence=_confidence(seqs),
             )
+            if self.cascade_decode:
+                d.shared_prefix = self._shared_prefix(seqs)
             input_ids = pack("q", [s.token_ids[-1] for s in seqs], torch.int64, self.device)
         metadata = AttentionMetadata(
             slot_mapping=d.slot_mapping,
             block_tables=self.tables[: len(seqs), : -(-d.max_len // bs)],
             seq_lens=d.seq_lens,
+            shared_prefix=d.shared_prefix,
         )
         return input_ids, d.positions, metadata
+
+    def _shared_prefix(self, seqs: list[Sequence]) -> SharedPrefixGroups | None:
+        """Groups of this decode batch's rows that share leading blocks, or None if none do."""
+        groups = shared_prefix_groups([s.block_table for s in seqs], [len(s) for s in seqs], self.block_size,
+                                      min_shared_tokens=self.cascade_min_shared_tokens)
+        return shared_prefix_tensors(groups, len(seqs), self.device) if groups else None
 
     def _sampling_tensors(self, rows: list[Sequence]) -> SamplingTensors:
         return SamplingTensors.from_params(
@@ -348,7 +375,7 @@ class ModelRunner:
         logits = None
         if self.graphs is not None and not batch.is_prefill:
             logits = self.graphs.run(input_ids, positions, metadata.slot_mapping, metadata.seq_lens,
-                                     metadata.block_tables)
+                                     metadata.block_tables, shared_prefix=metadata.shared_prefix)
         if logits is None:
             hidden = self.model(input_ids, positions, self.kv_caches, metadata)
             if batch.is_prefill:
@@ -445,6 +472,41 @@ class ModelRunner:
                 out.append((seq, first + 1, scores))
             start += count
         return out
+
+
+def cascade_settings(device: torch.device, cascade_decode: bool | None,
+                     min_shared_tokens: int | None) -> tuple[bool, int]:
+    """(on, fewest shared tokens) for shared-prefix decode. `cascade_decode` None reads
+    `FASTCOT_CASCADE_DECODE` (`auto`, `1`, `0`; default `auto`): auto is on where the decode
+    kernels run compiled (CUDA) and the selected backend has a `cascade_decode_attention`
+    kernel (`cuda` has none), off on CPU, where Triton only interprets (the `1` setting forces
+    it anywhere, through the selected backend). `min_shared_tokens` None reads
+    `FASTCOT_CASCADE_MIN_SHARED_TOKENS`, default CASCADE_MIN_SHARED_TOKENS."""
+    if cascade_decode is None:
+        mode = os.environ.get("FASTCOT_CASCADE_DECODE", "auto").strip().lower() or "auto"
+        if mode not in ("auto", "1", "0"):
+            raise ValueError(f"FASTCOT_CASCADE_DECODE must be auto, 1 or 0, got {mode!r}")
+        cascade_decode = mode == "1" or (mode == "auto" and device.type == "cuda" and _has_cascade_kernel(device))
+    elif not isinstance(cascade_decode, bool):
+        raise TypeError(f"cascade_decode must be a bool or None, got {cascade_decode!r}")
+    if min_shared_tokens is None:
+        raw = os.environ.get("FASTCOT_CASCADE_MIN_SHARED_TOKENS", str(CASCADE_MIN_SHARED_TOKENS))
+        if not raw.strip().isdigit():
+            raise ValueError(f"FASTCOT_CASCADE_MIN_SHARED_TOKENS must be a non-negative integer, got {raw!r}")
+        min_shared_tokens = int(raw)
+    elif isinstance(min_shared_tokens, bool) or not isinstance(min_shared_tokens, int) or min_shared_tokens < 0:
+        raise ValueError(f"cascade_min_shared_tokens must be a non-negative int, got {min_shared_tokens!r}")
+    return cascade_decode, min_shared_tokens
+
+
+def _has_cascade_kernel(device: torch.device) -> bool:
+    from fastcot import ops
+
+    try:
+        ops.resolve("cascade_decode_attention", device)
+    except ops.BackendError:
+        return False
+    return True
 
 
 def _num_logprobs(rows: list[Sequence]) -> int | None:

@@ -136,6 +136,7 @@ SPEC_MODULES = (
     "fastcot.ops._int4_configs",
     "fastcot.ops.kv_cache",
     "fastcot.ops.paged_attention",
+    "fastcot.ops.cascade_attention",
     "fastcot.ops.norm",
     "fastcot.ops.rotary",
     "fastcot.ops.activation",

@@ -157,6 +157,35 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     return out.to(q.dtype)
 
 
+def cascade_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, group_rows, shared_lens,
+                             shared_block_tables, row_groups, scale=None, k_scale=1.0, v_scale=1.0,
+                             compute_dtype=torch.float32):
+    """Shared-prefix decode: row b in group g = `row_groups[b]` (>= 0) reads its first
+    `shared_lens[g]` positions through `shared_block_tables[g]` and positions
+    `[shared_lens[g], seq_lens[b])` through `block_tables[b]`; a row with group -1 reads all of
+    `[0, seq_lens[b])` through its own table, as `paged_decode_attention`. `group_rows` lists
+    each group's rows (the kernels use it; here `row_groups` says the same). Returns
+    `[B, Hq, D]` in q's dtype; length 0 gives zeros."""
+    b, hq, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    out = torch.zeros(b, hq, d, dtype=compute_dtype, device=q.device)
+    block_size = k_cache.shape[1]
+    for i in range(b):
+        n, g = int(seq_lens[i]), int(row_groups[i])
+        shared = min(int(shared_lens[g]), n) if g >= 0 else 0
+        if n == 0:
+            continue
+        positions = torch.arange(n, device=q.device)
+        own = block_tables[i].long()[positions // block_size]
+        if shared > 0:
+            own[:shared] = shared_block_tables[g].long()[positions[:shared] // block_size]
+        blocks, offsets = own, positions % block_size
+        k = k_cache[blocks, offsets].to(compute_dtype) * k_scale
+        v = v_cache[blocks, offsets].to(compute_dtype) * v_scale
+        out[i] = _attend(q[i : i + 1].to(compute_dtype), k, v, scale)[0]
+    return out.to(q.dtype)
+
+
 def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale=None, causal=True,
                             k_scale=1.0, v_scale=1.0, compute_dtype=torch.float32):
     """Packed new tokens q `[T, Hq, D]`: sequence b's `cu_seqlens_q[b+1] - cu_seqlens_q[b]` tokens

@@ -13,6 +13,24 @@ from fastcot import ops
 
 
 @dataclass
+class SharedPrefixGroups:
+    """Rows of a decode step that share their leading KV blocks (`cascade_decode_attention`).
+
+    Attributes:
+        group_rows: `[G, R]` int32 rows of each group, -1 padded (a group of more rows than R
+            is split into several groups with the same shared blocks).
+        shared_lens: `[G]` int32 tokens the group's rows share (0 for a padding group).
+        shared_block_tables: `[G, max_shared_blocks]` int32 the shared blocks.
+        row_groups: `[B]` int32 group of each row, -1 for a row in no group.
+    """
+
+    group_rows: torch.Tensor
+    shared_lens: torch.Tensor
+    shared_block_tables: torch.Tensor
+    row_groups: torch.Tensor
+
+
+@dataclass
 class AttentionMetadata:
     """What every attention layer needs to know about the tokens of one forward step.
 
@@ -26,6 +44,8 @@ class AttentionMetadata:
         seq_lens: `[B]` int32 tokens in the cache for each sequence, this step's included.
         cu_seqlens_q: `[B+1]` int32 offsets of each sequence's new tokens, or None for decode.
         max_query_len: upper bound on any sequence's new tokens (sizes the prefill launch).
+        shared_prefix: decode only: groups of rows that share leading blocks, read once per
+            group by `cascade_decode_attention`; None for plain decode.
     """
 
     slot_mapping: torch.Tensor
@@ -33,6 +53,7 @@ class AttentionMetadata:
     seq_lens: torch.Tensor
     cu_seqlens_q: torch.Tensor | None = None
     max_query_len: int = 1
+    shared_prefix: SharedPrefixGroups | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -60,6 +81,12 @@ class PagedAttention(nn.Module):
         k_cache, v_cache = kv_cache
         scales = dict(k_scale=self.k_scale, v_scale=self.v_scale)
         ops.write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping, **scales)
+        if metadata.is_decode and metadata.shared_prefix is not None:
+            groups = metadata.shared_prefix
+            return ops.cascade_decode_attention(
+                q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens, groups.group_rows,
+                groups.shared_lens, groups.shared_block_tables, groups.row_groups, scale=self.scale, **scales,
+            )
         if metadata.is_decode:
             return ops.paged_decode_attention(
                 q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens, scale=self.scale, **scales

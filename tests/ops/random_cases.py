@@ -257,6 +257,53 @@ def case_paged_decode_attention(d: Draw, backend: str) -> None:
             q, bad, torch.empty_like(bad), *args[3:], **scalars))
 
 
+def case_cascade_decode_attention(d: Draw, backend: str) -> None:
+    """Random groups of rows with random shared lengths (at most each member's length) and
+    shared tables over random blocks: the reference defines what each row reads."""
+    batch = d.randint("batch", 1, 6)
+    lens = [0 if d.rng.random() < 0.15 else d.rng.randint(1, 70) for _ in range(batch)]
+    d.drawn["seq_lens"] = lens
+    tensors, scalars, hq, hd, dtype = _paged_setup(d, lens)
+    num_blocks, block_size = tensors["k_cache"].shape[:2]
+    rows = list(range(batch))
+    d.rng.shuffle(rows)
+    groups, pad_groups = [], d.randint("pad_groups", 0, 2)
+    while rows and d.coin("another_group", 0.7):
+        size = d.rng.randint(1, 4)
+        members, rows = rows[:size], rows[size:]
+        shared = d.rng.randint(0, min(lens[r] for r in members))
+        groups.append((shared, members))
+    d.drawn["groups"] = groups
+    max_rows = d.randint("max_rows_extra", 0, 2) + max((len(m) for _, m in groups), default=1)
+    width = max((-(-s // block_size) for s, _ in groups), default=0) + d.randint("shared_spare", 0, 2) + 1
+    group_rows = torch.full((len(groups) + pad_groups, max_rows), -1, dtype=torch.int32)
+    shared_lens = torch.zeros(len(groups) + pad_groups, dtype=torch.int32)
+    shared_tables = torch.randint(0, num_blocks, (len(groups) + pad_groups, width), dtype=torch.int32)
+    row_groups = torch.full((batch,), -1, dtype=torch.int32)
+    for g, (shared, members) in enumerate(groups):
+        group_rows[g, : len(members)] = torch.tensor(members, dtype=torch.int32)
+        shared_lens[g] = shared
+        row_groups[members] = g
+    q = d.layout("q", d.randn((batch, hq, hd), dtype))
+    seq_lens = d.layout("seq_lens", torch.tensor(lens, dtype=torch.int32, device=d.device))
+    group_args = dict(group_rows=d.layout("group_rows", group_rows.to(d.device), fill=2**30),
+                      shared_lens=d.layout("shared_lens", shared_lens.to(d.device), fill=2**30),
+                      shared_block_tables=d.layout("shared_block_tables", shared_tables.to(d.device), fill=2**30),
+                      row_groups=d.layout("row_groups", row_groups.to(d.device), fill=2**30))
+    out = d.poisoned_out("out", q.shape, dtype)
+    untouched = Untouched(d, q=q, seq_lens=seq_lens, **tensors, **group_args)
+    args = (q, tensors["k_cache"], tensors["v_cache"], tensors["block_tables"], seq_lens)
+    with fastcot.backend(backend):
+        y = fastcot.ops.cascade_decode_attention(*args, **group_args, **scalars, out=out)
+    assert out is None or y is out, "cascade_decode_attention did not return its out="
+    untouched.check()
+    expected = reference.cascade_decode_attention(q.to(F64), *args[1:], **group_args, **scalars, compute_dtype=F64)
+    check_close(d, "cascade_decode_attention", y, expected, dtype)
+    with fastcot.backend(backend):
+        _refuses_non_contiguous(d, "out", y, lambda bad: fastcot.ops.cascade_decode_attention(
+            *args, **group_args, **scalars, out=bad))
+
+
 def case_paged_prefill_attention(d: Draw, backend: str) -> None:
     batch = d.randint("batch", 1, 3)
     q_lens = [0 if d.rng.random() < 0.2 else d.rng.randint(1, 12) for _ in range(batch)]
@@ -372,6 +419,7 @@ CASES = {
     "write_kv_cache": case_write_kv_cache,
     "paged_decode_attention": case_paged_decode_attention,
     "paged_prefill_attention": case_paged_prefill_attention,
+    "cascade_decode_attention": case_cascade_decode_attention,
     "rms_norm": case_rms_norm,
     "rotary_embedding": case_rotary_embedding,
     "silu_and_mul": case_silu_and_mul,

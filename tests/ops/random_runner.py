@@ -28,13 +28,13 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 OPS = ("int4_matmul", "int4_dequantize", "write_kv_cache", "paged_decode_attention", "paged_prefill_attention",
-       "rms_norm", "rotary_embedding", "silu_and_mul")
+       "cascade_decode_attention", "rms_norm", "rotary_embedding", "silu_and_mul")
 # Cases per op and backend by default, sized so that the whole file takes about a minute on two
 # CPU cores with Triton interpreted (prefill cases cost the most). FASTCOT_RANDOM_CASES=N runs N
 # per op instead.
 DEFAULT_CASES = {
     "int4_matmul": 40, "int4_dequantize": 24, "write_kv_cache": 32, "paged_decode_attention": 24,
-    "paged_prefill_attention": 16, "rms_norm": 32, "rotary_embedding": 32, "silu_and_mul": 24,
+    "paged_prefill_attention": 16, "cascade_decode_attention": 12, "rms_norm": 32, "rotary_embedding": 32, "silu_and_mul": 24,
 }
 CASE_TIMEOUT_S = float(os.environ.get("FASTCOT_RANDOM_CASE_TIMEOUT", "120"))
 
