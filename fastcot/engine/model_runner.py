@@ -318,6 +318,8 @@ class ModelRunner:
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         if not pairs:
             return
+        if hasattr(self.model, "copy_blocks"):  # tensor parallelism: the other ranks copy theirs
+            self.model.copy_blocks(pairs)
         src = self._tensor([s for s, _ in pairs], torch.int64)
         dst = self._tensor([d for _, d in pairs], torch.int64)
         for k_cache, v_cache in self.kv_caches:
