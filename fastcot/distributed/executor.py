@@ -35,6 +35,7 @@ from torch import nn
 
 from fastcot.distributed import protocol
 from fastcot.distributed.groups import TPGroup
+from fastcot.distributed.loader import check_int4_split
 from fastcot.distributed.sharding import ShardPlan
 
 logger = logging.getLogger("fastcot")
@@ -66,6 +67,7 @@ def load_parallel_model(model, tensor_parallel_size: int, *, dtype="auto", devic
     device = resolve_device(device)
     config = load_config(model)
     plan = ShardPlan.create(config, tensor_parallel_size, 0)  # head counts checked before anything starts
+    check_int4_split(config, plan, quantization)
     if device.type == "cuda" and device.index + tensor_parallel_size > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={tensor_parallel_size} needs GPUs {device.index}.."
                          f"{device.index + tensor_parallel_size - 1}, but {torch.cuda.device_count()} are visible")
@@ -193,8 +195,10 @@ class TensorParallelModel(nn.Module):
         if self._failure is not None:
             return self._failure
         alive = [p for p in self.procs if p.exitcode is None]
-        if alive and wait_s > 0:
-            wait([p.sentinel for p in alive], timeout=wait_s)
+        ended = set(wait([p.sentinel for p in alive], timeout=wait_s)) if alive else set()
+        for proc in alive:
+            if proc.sentinel in ended:
+                proc.join(JOIN_TIMEOUT_S)  # its pipe closes a moment before it can be reaped
         for rank, (proc, conn) in enumerate(zip(self.procs, self.conns), start=1):
             if proc.exitcode is not None:
                 return _describe_exit(rank, proc, _error_text(conn))
@@ -212,9 +216,10 @@ class TensorParallelModel(nn.Module):
         while not self._closed and sentinels:
             for ready in wait(list(sentinels), timeout=1.0):
                 sentinels.pop(ready)
-                if not self._closed and self._failure is None:
-                    self._failure = self._find_failure(wait_s=0.0)
-                    logger.error("tensor parallelism stopped: %s", self._failure)
+                failure = None if self._closed else self._find_failure(wait_s=0.0)
+                if failure is not None and self._failure is None:
+                    self._failure = failure
+                    logger.error("tensor parallelism stopped: %s", failure)
 
     # ---- starting and stopping ----------------------------------------------------------------
 

@@ -53,6 +53,20 @@ def load_rank_model(name_or_path, plan: ShardPlan, group: TPGroup, *, dtype="aut
     return model.eval()
 
 
+def check_int4_split(config, plan: ShardPlan, quantization) -> None:
+    """Refuse quantize-on-load when a row-parallel layer's one-rank group size does not divide
+    its K per rank (before any rank starts)."""
+    if quantization != "int4" or config.quantization_config is not None or plan.size == 1:
+        return
+    for name, k in (("o_proj", config.q_size), ("down_proj", config.intermediate_size)):
+        gs, k_rank = int4_group_size(k), k // plan.size
+        if gs == -1 or k_rank % gs:
+            raise ValueError(
+                f"cannot quantize {name} to int4 across ranks: its K={k} takes group size {gs} on one rank, "
+                f"which does not divide K per rank ({k_rank}); use a smaller tensor_parallel_size"
+            )
+
+
 class ShardedCheckpointLoader(_CheckpointLoader):
     """`_CheckpointLoader` reading one rank's slices; headers are checked against the whole model."""
 

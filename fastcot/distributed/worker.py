@@ -124,6 +124,9 @@ def worker_main(rank: int, world_size: int, init_method: str, spec: dict, conn) 
         sys.stderr.write(f"fastcot tensor-parallel rank {rank} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()
         os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # stopped by rank 0: skip the interpreter's slow teardown of torch
 
 
 def _die_with_parent() -> None:
