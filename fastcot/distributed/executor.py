@@ -73,7 +73,9 @@ def load_parallel_model(model, tensor_parallel_size: int, *, dtype="auto", devic
                          f"{device.index + tensor_parallel_size - 1}, but {torch.cuda.device_count()} are visible")
     spec = dict(model=str(model), dtype=dtype, quantization=quantization, device_type=device.type,
                 base_index=device.index or 0,
-                num_threads=max(1, torch.get_num_threads() // tensor_parallel_size) if device.type == "cpu" else 1)
+                num_threads=max(1, torch.get_num_threads() // tensor_parallel_size) if device.type == "cpu" else 1,
+                # PR_SET_PDEATHSIG fires when the spawning *thread* ends: only tie ranks to the main thread.
+                die_with_parent=threading.current_thread() is threading.main_thread())
     rank = torchrun_rank(tensor_parallel_size)
     if rank is not None and rank > 0:
         from fastcot.distributed.worker import rank_device, serve_rank

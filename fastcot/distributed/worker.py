@@ -111,7 +111,8 @@ def serve_rank(spec: dict, rank: int, world_size: int, init_method: str | None, 
 
 def worker_main(rank: int, world_size: int, init_method: str, spec: dict, conn) -> None:
     """Entry point of a spawned rank (see `fastcot.distributed.executor`)."""
-    _die_with_parent()
+    if spec.get("die_with_parent", True):
+        _die_with_parent()
     try:
         torch.set_num_threads(spec["num_threads"])
         device = rank_device(spec["device_type"], rank, spec["base_index"])

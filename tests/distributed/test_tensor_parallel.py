@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from helpers import import_benchmark
 
 import fastcot
 from fastcot.distributed import ShardPlan, TensorParallelError
@@ -134,3 +135,34 @@ def test_bad_int4_split_is_refused(tp_checkpoints):
     # K=64 for o_proj takes group size 64 on one rank; 2 ranks would hold 32 input channels each.
     with pytest.raises(ValueError, match="cannot quantize .*o_proj.* across ranks"):
         _llm(tp_checkpoints["llama"], 2, quantization="int4")
+
+
+# ---- sizing, command lines (no processes) -----------------------------------------------------------
+
+def test_sizing_counts_llama31_exactly():
+    from fastcot.distributed import sizing
+
+    config = sizing.llama31("8B")
+    one = ShardPlan.create(config, 1)
+    assert sizing.rank_weight_bytes(config, one, int4=False) == 2 * 8_030_261_248  # Llama-3.1-8B's parameters
+    eight = sizing.sizing(config, 8, int4=False)
+    assert eight["kv_bytes_per_token"] == 2 * 32 * 1 * 128 * 2  # one KV head per rank, K and V, bf16
+    big = sizing.llama31("405B")
+    assert not sizing.sizing(big, 2, int4=True)["fits"] and sizing.sizing(big, 8, int4=True)["fits"]
+    assert "| 405B | int4 | 8 |" in sizing.table()
+
+
+def test_command_lines_take_tensor_parallel_size(capsys):
+    from fastcot import cli
+
+    for command in ("generate", "chat", "serve"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert "--tensor-parallel-size" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="refusal without GPUs")
+def test_bench_e2e_tp_refuses_without_gpus(capsys):
+    bench = import_benchmark("bench_e2e")
+    assert bench.main(["--tp", "2"]) == 2
+    assert "--tp 2 needs 2 GPUs" in capsys.readouterr().err
