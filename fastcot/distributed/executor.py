@@ -125,13 +125,24 @@ class TensorParallelModel(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.local.lm_head_weight
 
+    def ensure_allocated(self, kv_caches) -> None:
+        """Have the other ranks allocate caches like rank 0's `kv_caches` (once per cache)."""
+        if kv_caches is not self._kv_caches:
+            k_cache = kv_caches[0][0]
+            self._announce(protocol.ALLOCATE, k_cache.shape[0], k_cache.shape[1],
+                           protocol.KV_DTYPES.index(k_cache.dtype))
+            self._kv_caches = kv_caches
+
+    def decode_graphs(self, kv_caches, *, max_batch: int, max_blocks_per_seq: int, device):
+        """The engine's decode CUDA graphs, captured and replayed on every rank together."""
+        from fastcot.distributed.graphs import ParallelDecodeGraphs
+
+        return ParallelDecodeGraphs(self, kv_caches, max_batch=max_batch, max_blocks_per_seq=max_blocks_per_seq,
+                                    device=device)
+
     def forward(self, input_ids, positions, kv_caches, metadata) -> torch.Tensor:
         def step():
-            if kv_caches is not self._kv_caches:
-                k_cache = kv_caches[0][0]
-                self._announce(protocol.ALLOCATE, k_cache.shape[0], k_cache.shape[1],
-                               protocol.KV_DTYPES.index(k_cache.dtype))
-                self._kv_caches = kv_caches
+            self.ensure_allocated(kv_caches)
             values, payload = protocol.pack_forward(input_ids, positions, metadata)
             self._announce(protocol.FORWARD, *values, payload=payload)
             self._hidden = self.local(input_ids, positions, kv_caches, metadata)

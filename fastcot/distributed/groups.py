@@ -83,6 +83,9 @@ class TPGroup:
         """Every rank's `tensor` concatenated along the last dim on rank 0; None elsewhere."""
         if self.world_size == 1:
             return tensor
+        if self.device.type == "cuda":  # all-gather: a collective that CUDA graphs capture
+            gathered = self.all_gather(tensor)
+            return gathered if self.rank == 0 else None
         tensor = tensor.contiguous()
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)] if self.rank == 0 else None
         dist.gather(tensor, parts, dst=0, group=self.group)

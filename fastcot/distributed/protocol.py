@@ -9,6 +9,8 @@ No Python object is pickled per step.
 | `COPY_BLOCKS` | pairs P | src [P], dst [P] |
 | `ALLOCATE` | num_blocks, block_size, KV dtype code | none |
 | `STOP` | | none |
+| `CAPTURE` | max batch, max blocks per sequence | none (every rank captures its decode CUDA graphs) |
+| `GRAPH_STEP` | as `FORWARD` (a decode step) | as `FORWARD`; every rank replays its graph |
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from fastcot.layers.attention import AttentionMetadata
 
 HEADER_LEN = 8
-FORWARD, LOGITS, COPY_BLOCKS, ALLOCATE, STOP = 1, 2, 3, 4, 5
+FORWARD, LOGITS, COPY_BLOCKS, ALLOCATE, STOP, CAPTURE, GRAPH_STEP = 1, 2, 3, 4, 5, 6, 7
 ALL_ROWS, ROW_RANGE, HIDDEN_ROWS = 0, 1, 2
 KV_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn)
 

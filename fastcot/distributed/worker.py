@@ -29,6 +29,7 @@ class StepMirror:
         self.device = group.device
         self.kv_caches: list | None = None
         self.hidden: torch.Tensor | None = None
+        self.graphs = None  # decode CUDA graphs, when rank 0 captures its own
 
     @torch.inference_mode()
     def serve(self) -> None:
@@ -45,6 +46,10 @@ class StepMirror:
                 self._logits(*values[:3])
             elif command == protocol.COPY_BLOCKS:
                 self._copy_blocks(values[0])
+            elif command == protocol.CAPTURE:
+                self._capture(*values[:2])
+            elif command == protocol.GRAPH_STEP:
+                self._graph_step(*values[:5])
             else:
                 raise RuntimeError(f"unknown tensor-parallel command {command}")
 
@@ -73,6 +78,18 @@ class StepMirror:
             size = self.hidden.shape[1]
             hidden = self._recv(rows * size, self.hidden.dtype).view(rows, size)
         self.model.compute_logits(hidden)
+
+    def _capture(self, max_batch: int, max_blocks_per_seq: int) -> None:
+        from fastcot.engine.cuda_graphs import DecodeGraphs
+
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch=max_batch,
+                                   max_blocks_per_seq=max_blocks_per_seq, device=self.device)
+        self.graphs.capture()
+
+    def _graph_step(self, tokens: int, seqs: int, width: int, prefill: int, max_query_len: int) -> None:
+        payload = self._recv(protocol.payload_len(tokens, seqs, width, prefill))
+        ids, positions, metadata = protocol.unpack_forward(payload, tokens, seqs, width, prefill, max_query_len)
+        self.graphs.run(ids, positions, metadata.slot_mapping, metadata.seq_lens, metadata.block_tables)
 
     def _copy_blocks(self, pairs: int) -> None:
         src, dst = self._recv(2 * pairs).view(2, pairs)

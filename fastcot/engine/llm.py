@@ -64,7 +64,8 @@ class LLM:
             `fastcot.engine.speculative`); greedy and seeded outputs are unchanged by it.
         tensor_parallel_size: split the model over this many devices (GPUs, or CPU processes
             with gloo) with tensor parallelism: rank 0 runs in this process, the others are
-            spawned (or started by torchrun). Checkpoint directories only; decode runs eagerly.
+            spawned (or started by torchrun). Checkpoint directories only; decode runs eagerly
+            unless FASTCOT_TP_CUDA_GRAPHS=1 (unverified on GPUs).
             Call `shutdown()` (or use the LLM as a context manager) to stop the other ranks;
             interpreter exit stops them too. See docs/tensor_parallel.md.
         gc_freeze: after setup, `gc.collect()` then `gc.freeze()`: every object alive then (the

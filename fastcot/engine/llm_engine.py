@@ -103,7 +103,9 @@ class LLMEngine(EngineSteps):
 
             loaded = load_parallel_model(model, tensor_parallel_size, dtype=dtype, device=device,
                                          quantization=quantization)
-            enforce_eager = True  # decode CUDA graphs are captured on one rank only
+            from fastcot.distributed import graphs
+
+            enforce_eager = enforce_eager or not graphs.enabled()  # tensor-parallel graphs are opt-in
         else:
             loaded = load_model(model, dtype=dtype, device=device, quantization=quantization, seed=seed)
         method = quantization or (config.quantization_config or {}).get("quant_method") or "none"

@@ -16,6 +16,7 @@ sequences.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -135,8 +136,11 @@ class ModelRunner:
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(model, self.kv_caches, max_batch=max_num_seqs,
-                                       max_blocks_per_seq=max_blocks_per_seq, device=device)
+            make = getattr(model, "decode_graphs", None)  # tensor parallelism: every rank captures
+            if make is None:
+                make = functools.partial(DecodeGraphs, model)
+            self.graphs = make(self.kv_caches, max_batch=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq,
+                               device=device)
 
     # ---- slots and block tables ------------------------------------------------------------
 
