@@ -190,12 +190,20 @@ class TensorParallelModel(nn.Module):
             self.group.broadcast(payload)
 
     def _guarded(self, step):
+        """Run one announced step. A Ctrl-C in the middle of it is held until the step ends
+        (the other ranks are inside it too); a second one breaks the step off, and the model."""
         if self._closed:
             raise TensorParallelError(self._failure or "the tensor-parallel model was shut down")
         if self._failure is not None:
             raise TensorParallelError(self._failure)
+        held = _held_interrupt()
         try:
-            return step()
+            with held:
+                return step()
+        except KeyboardInterrupt:
+            if not held.step_done:
+                self._fail("interrupted in the middle of a step, so the ranks are out of step")
+            raise
         except Exception as err:
             failure = self._find_failure(wait_s=5.0)
             if failure is None:
@@ -295,6 +303,34 @@ class TensorParallelModel(nn.Module):
         for conn in self.conns:
             conn.close()
         self.conns = []
+
+
+class _held_interrupt:
+    """Hold SIGINT on the main thread until the block ends, then raise KeyboardInterrupt; a
+    second SIGINT raises at once. Other threads (and other handlers) are left alone."""
+
+    def __enter__(self):
+        self.previous, self.step_done = None, False
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.received = False
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+            raise KeyboardInterrupt
+        self.received = True
+
+    def __exit__(self, *exc):
+        self.step_done = exc[0] is None
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            if self.received and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
 
 
 def _shutdown_ref(ref) -> None:

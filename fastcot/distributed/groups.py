@@ -80,12 +80,12 @@ class TPGroup:
         return torch.cat(parts, dim=-1)
 
     def gather_to_first(self, tensor: torch.Tensor) -> torch.Tensor | None:
-        """Every rank's `tensor` concatenated along the last dim on rank 0; None elsewhere."""
+        """Every rank's `tensor` concatenated along the last dim on rank 0; None elsewhere on
+        the CPU. On CUDA every rank gets it: an all-gather, a collective CUDA graphs capture."""
         if self.world_size == 1:
             return tensor
-        if self.device.type == "cuda":  # all-gather: a collective that CUDA graphs capture
-            gathered = self.all_gather(tensor)
-            return gathered if self.rank == 0 else None
+        if self.device.type == "cuda":
+            return self.all_gather(tensor)
         tensor = tensor.contiguous()
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)] if self.rank == 0 else None
         dist.gather(tensor, parts, dst=0, group=self.group)

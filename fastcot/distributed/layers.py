@@ -78,7 +78,7 @@ class ParallelLlamaForCausalLM(LlamaForCausalLM):
     """One rank's shard of a Llama-family model. `config` is the rank's (its heads and MLP
     width: the KV cache it allocates holds only its heads); `full_config` the model's.
     `compute_logits` is collective: every rank must call it on the same rows; rank 0 gets
-    `[N, vocab]` float32 logits, the others None."""
+    `[N, vocab]` float32 logits, the others None (on CUDA, the same logits)."""
 
     def __init__(self, full_config: ModelConfig, plan: ShardPlan, group: TPGroup):
         super().__init__(plan.rank_config(full_config))

@@ -82,8 +82,9 @@ def test_greedy_tokens_equal_one_rank(tp_checkpoints, name, tp, quantization):
 def test_llama_over_two_ranks(tp_checkpoints):
     """On one engine of 2 ranks: greedy tokens, n > 1 (shared prompt blocks, copy-on-write of
     the last one), seeded sampling, prefix-cache hits, logprobs and prompt logprobs (logits
-    gathered from row slices) as on one rank; then a rank killed in the middle of decoding is
-    a clear error within seconds, for that call and every later one."""
+    gathered from row slices) as on one rank; Ctrl-C in the middle of decoding leaves it
+    working; then a rank killed in the middle of decoding is a clear error within seconds, for
+    that call and every later one."""
     path = tp_checkpoints["llama"]
     sampled = fastcot.SamplingParams(n=3, temperature=0.8, seed=11, max_tokens=8, ignore_eos=True)
     scored = fastcot.SamplingParams(temperature=0, max_tokens=4, logprobs=3, prompt_logprobs=2, ignore_eos=True)
@@ -116,6 +117,14 @@ def test_llama_over_two_ranks(tp_checkpoints):
             for ours, theirs in zip(got[key], want[key]):
                 assert [t for t, _ in ours] == [t for t, _ in theirs]
                 torch.testing.assert_close([lp for _, lp in ours], [lp for _, lp in theirs], atol=1e-4, rtol=1e-4)
+
+        # Ctrl-C in the middle of decoding: held until the step ends (the ranks stay in step),
+        # then the call stops; the next call gives the same tokens as one rank.
+        threading.Timer(0.3, signal.raise_signal, (signal.SIGINT,)).start()
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate([PROMPTS[1]] * 4, fastcot.SamplingParams(temperature=0, max_tokens=400, ignore_eos=True),
+                         use_tqdm=False)
+        assert _ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == want["greedy"]
 
         victim = llm.model.procs[0]
         long = fastcot.SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
