@@ -282,12 +282,14 @@ class TensorParallelModel(nn.Module):
         if self._closed:
             return
         self._closed = True
+        stopping = False
         if self._failure is None and self.group.cpu_group is not None:
             try:
                 self.group.broadcast_header(protocol.header(protocol.STOP))
+                stopping = True
             except Exception:  # a rank already gone: it is killed below
                 pass
-        self._stop_workers(graceful=self._failure is None)
+        self._stop_workers(graceful=stopping)  # ranks still loading (a failed start) are killed at once
         try:
             self.group.close()
         except Exception:  # a broken group cannot be torn down cleanly; the ranks are gone

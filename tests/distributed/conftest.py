@@ -3,7 +3,8 @@ rank process outlives a test.
 
 Checkpoints: `llama` (4 query heads, 2 KV heads: 4 ranks replicate KV heads), `qwen2` (qkv
 bias, tied embeddings, two safetensors shards), `mistral`, `gptq-act-order` (the llama
-weights as GPTQ v2 int4 with act-order `g_idx`, group size 32), and `llama-wide` (hidden 256:
+weights as GPTQ v2 int4 with act-order `g_idx`, group size 32), `gptq-64` (in order, group size
+64: o_proj's K=64 cannot be split over 2 ranks in whole groups), and `llama-wide` (hidden 256:
 wide enough that int4 quantize-on-load splits whole groups over 2 ranks).
 """
 
@@ -56,8 +57,9 @@ def _save(model, path: Path, shard=None) -> Path:
     return path
 
 
-def _save_gptq_act_order(hf_model, path: Path, group_size: int = 32) -> Path:
-    """`hf_model` with every decoder linear stored as GPTQ v2 int4, act-order (shuffled g_idx)."""
+def _save_gptq(hf_model, path: Path, group_size: int = 32, act_order: bool = True) -> Path:
+    """`hf_model` with every decoder linear stored as GPTQ v2 int4, act-order (a shuffled
+    g_idx) or in order."""
     from safetensors.torch import save_file
 
     import fastcot
@@ -72,16 +74,18 @@ def _save_gptq_act_order(hf_model, path: Path, group_size: int = 32) -> Path:
         part = prefix.rpartition(".")[2]
         w = state.pop(name)
         key = (prefix.rpartition(".")[0], SHARED_ORDER.get(part, part))
-        perm = orders.setdefault(key, torch.randperm(w.shape[1], generator=gen).to(torch.int32))
+        order = torch.randperm(w.shape[1], generator=gen) if act_order else torch.arange(w.shape[1])
+        perm = orders.setdefault(key, order.to(torch.int32))
         stored = fastcot.quantize_int4(w[:, perm.long()].half(), group_size=group_size)
-        weight = Int4Weight(qweight=stored.qweight, scales=stored.scales, zeros=stored.zeros, perm=perm,
+        weight = Int4Weight(qweight=stored.qweight, scales=stored.scales, zeros=stored.zeros,
+                            perm=perm if act_order else None,
                             group_size=group_size, shape=stored.shape)
         state.update({f"{prefix}.{k}": v for k, v in to_gptq(weight).items()})
     path.mkdir()
     save_file(state, path / "model.safetensors")
     config = hf_model.config.to_dict() | {"architectures": [type(hf_model).__name__], "dtype": "float16"}
     config["quantization_config"] = dict(quant_method="gptq", bits=4, group_size=group_size, sym=False,
-                                         desc_act=True, checkpoint_format="gptq_v2")
+                                         desc_act=act_order, checkpoint_format="gptq_v2")
     (path / "config.json").write_text(json.dumps(config))
     import fastcot.models
 
@@ -99,7 +103,8 @@ def tp_checkpoints(tmp_path_factory) -> dict[str, Path]:
         model = hf.make_hf_model(config_class, **fields)
         out[name] = _save(model, root / name, shard)
         if name == "llama":
-            out["gptq-act-order"] = _save_gptq_act_order(model, root / "gptq-act-order")
+            out["gptq-act-order"] = _save_gptq(model, root / "gptq-act-order")
+            out["gptq-64"] = _save_gptq(model, root / "gptq-64", group_size=64, act_order=False)
     wide = hf.make_hf_model("LlamaConfig", hidden_size=256, intermediate_size=512, tie_word_embeddings=False)
     out["llama-wide"] = _save(wide, root / "llama-wide")
     return out

@@ -140,10 +140,16 @@ def test_llama_over_two_ranks(tp_checkpoints):
     llm.shutdown()  # idempotent
 
 
-def test_bad_int4_split_is_refused(tp_checkpoints):
+def test_int4_splits_that_cut_groups_are_refused(tp_checkpoints):
     # K=64 for o_proj takes group size 64 on one rank; 2 ranks would hold 32 input channels each.
-    with pytest.raises(ValueError, match="cannot quantize .*o_proj.* across ranks"):
-        _llm(tp_checkpoints["llama"], 2, quantization="int4")
+    with pytest.raises(ValueError, match="cannot quantize o_proj to int4 across ranks"):
+        _llm(tp_checkpoints["llama"], 2, quantization="int4")  # refused before any rank starts
+    # A stored in-order GPTQ layer: found while loading; the started rank is stopped at once.
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"o_proj: a row-parallel int4 layer is split along K in whole groups, "
+                                         r"but K per rank \(32\) is not a multiple of group_size=64"):
+        _llm(tp_checkpoints["gptq-64"], 2)
+    assert time.monotonic() - start < 60
 
 
 # ---- sizing, command lines (no processes) -----------------------------------------------------------
