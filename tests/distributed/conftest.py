@@ -5,7 +5,8 @@ Checkpoints: `llama` (4 query heads, 2 KV heads: 4 ranks replicate KV heads), `q
 bias, tied embeddings, two safetensors shards), `mistral`, `gptq-act-order` (the llama
 weights as GPTQ v2 int4 with act-order `g_idx`, group size 32), `gptq-64` (in order, group size
 64: o_proj's K=64 cannot be split over 2 ranks in whole groups), and `llama-wide` (hidden 256:
-wide enough that int4 quantize-on-load splits whole groups over 2 ranks).
+wide enough that int4 quantize-on-load splits whole groups over 2 ranks), `llama-biases`
+(biases on every linear: row-parallel biases are added once, after the all-reduce).
 """
 
 import importlib.util
@@ -98,7 +99,7 @@ def tp_checkpoints(tmp_path_factory) -> dict[str, Path]:
     hf = load_test_module("models/hf_checkpoints.py")
     root = tmp_path_factory.mktemp("tp")
     out = {}
-    for name in ("llama", "qwen2", "mistral"):
+    for name in ("llama", "qwen2", "mistral", "llama-biases"):
         config_class, fields, shard = hf.VARIANTS[name]
         model = hf.make_hf_model(config_class, **fields)
         out[name] = _save(model, root / name, shard)

@@ -28,7 +28,7 @@ GREEDY = fastcot.SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 CASES = [("llama", 4, None), ("qwen2", 2, None), ("mistral", 2, None), ("gptq-act-order", 4, None),
          ("llama-wide", 2, "int4")]
 if os.environ.get("FASTCOT_TEST_TP_FULL"):
-    CASES += [("qwen2", 4, None), ("mistral", 4, None), ("gptq-act-order", 2, None)]
+    CASES += [("qwen2", 4, None), ("mistral", 4, None), ("gptq-act-order", 2, None), ("llama-biases", 2, None)]
 
 def _ids(outputs) -> list[list[int]]:
     return [list(c.token_ids) for o in outputs for c in o.outputs]
@@ -60,6 +60,44 @@ def test_shard_plan_heads_vocab_and_errors(tp_checkpoints):
         ShardPlan.create(config, 0)
     with pytest.raises(ValueError, match="tensor_parallel_size=3 must divide num_attention_heads"):
         _llm(tp_checkpoints["llama"], tp=3)  # refused before any rank starts
+
+
+def test_rank_shards_are_slices_of_the_one_rank_model(tp_checkpoints):
+    """Every rank's weights (loaded in this process: loading does not communicate) are exactly
+    the slices of the one-rank model's that the sharding rules name; int4 compared dequantized."""
+    from fastcot.distributed import TPGroup
+    from fastcot.distributed.loader import load_rank_model
+    from fastcot.models import load_model
+
+    def weight(module):
+        module = getattr(module, "linear", module)
+        return module.weight.dequantize(torch.float32) if isinstance(module, fastcot.Int4Linear) else module.weight
+
+    for name, size in (("llama", 4), ("gptq-act-order", 2)):
+        path = tp_checkpoints[name]
+        one = load_model(path, device="cpu")
+        config = one.config
+        for rank in range(size):
+            plan = ShardPlan.create(config, size, rank)
+            shard = load_rank_model(path, plan, TPGroup(rank, size, torch.device("cpu")), device="cpu")
+            for layer, ref in zip(shard.model.layers, one.model.layers):
+                q, k = plan.out_range("q_proj"), plan.out_range("k_proj")
+                rows = [*range(*q), *(config.q_size + i for i in range(*k)),
+                        *(config.q_size + config.kv_size + i for i in range(*k))]
+                assert torch.equal(weight(layer.self_attn.qkv_proj), weight(ref.self_attn.qkv_proj)[rows])
+                g = plan.out_range("gate_proj")
+                rows = [*range(*g), *(config.intermediate_size + i for i in range(*g))]
+                assert torch.equal(weight(layer.mlp.gate_up_proj), weight(ref.mlp.gate_up_proj)[rows])
+                for ours, theirs, part in ((layer.self_attn.o_proj, ref.self_attn.o_proj, "o_proj"),
+                                           (layer.mlp.down_proj, ref.mlp.down_proj, "down_proj")):
+                    if name.startswith("gptq"):  # act-order: split along N
+                        assert torch.equal(weight(ours), weight(theirs)[slice(*plan.out_range(part))])
+                    else:
+                        assert torch.equal(weight(ours), weight(theirs)[:, slice(*plan.in_range(part))])
+            vocab = shard.model.embed_tokens.weight
+            start, stop = plan.vocab_start, min(plan.vocab_start + plan.vocab_per_rank, config.vocab_size)
+            assert torch.equal(vocab[: stop - start], one.model.embed_tokens.weight[start:stop])
+            assert not vocab[stop - start:].any()
 
 
 # ---- the same tokens as one rank -------------------------------------------------------------------
