@@ -36,7 +36,7 @@ def run(args, common, sizes) -> int:
     import fastcot
 
     device = torch.device("cuda", 0)
-    fastcot_module, env = common.start_run(device, args.seed)
+    _, env = common.start_run(device, args.seed)
     common.print_env(env)
     batches = sizes(args.batch or "1,64")
     context = sizes(args.context or "1k")[0]

@@ -9,7 +9,11 @@ steps rank 0 announces. See docs/tensor_parallel.md.
 - `executor`: rank 0 (`TensorParallelModel`, `load_parallel_model`); `worker`: the other ranks.
 """
 
-from fastcot.distributed.executor import TensorParallelError, TensorParallelModel, load_parallel_model
+from fastcot.distributed.executor import (
+    TensorParallelError,
+    TensorParallelModel,
+    load_parallel_model,
+)
 from fastcot.distributed.groups import TPGroup
 from fastcot.distributed.sharding import ShardPlan
 

@@ -71,11 +71,13 @@ def load_parallel_model(model, tensor_parallel_size: int, *, dtype="auto", devic
     if device.type == "cuda" and device.index + tensor_parallel_size > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={tensor_parallel_size} needs GPUs {device.index}.."
                          f"{device.index + tensor_parallel_size - 1}, but {torch.cuda.device_count()} are visible")
-    spec = dict(model=str(model), dtype=dtype, quantization=quantization, device_type=device.type,
-                base_index=device.index or 0,
-                num_threads=max(1, torch.get_num_threads() // tensor_parallel_size) if device.type == "cpu" else 1,
-                # PR_SET_PDEATHSIG fires when the spawning *thread* ends: only tie ranks to the main thread.
-                die_with_parent=threading.current_thread() is threading.main_thread())
+    spec = {
+        "model": str(model), "dtype": dtype, "quantization": quantization, "device_type": device.type,
+        "base_index": device.index or 0,
+        "num_threads": max(1, torch.get_num_threads() // tensor_parallel_size) if device.type == "cpu" else 1,
+        # PR_SET_PDEATHSIG fires when the spawning *thread* ends: only tie ranks to the main thread.
+        "die_with_parent": threading.current_thread() is threading.main_thread(),
+    }
     rank = torchrun_rank(tensor_parallel_size)
     if rank is not None and rank > 0:
         from fastcot.distributed.worker import rank_device, serve_rank
@@ -287,12 +289,12 @@ class TensorParallelModel(nn.Module):
             try:
                 self.group.broadcast_header(protocol.header(protocol.STOP))
                 stopping = True
-            except Exception:  # a rank already gone: it is killed below
+            except Exception:  # noqa: BLE001, S110 - a rank already gone: it is killed below
                 pass
         self._stop_workers(graceful=stopping)  # ranks still loading (a failed start) are killed at once
         try:
             self.group.close()
-        except Exception:  # a broken group cannot be torn down cleanly; the ranks are gone
+        except Exception:  # noqa: BLE001, S110 - a broken group cannot be torn down cleanly; the ranks are gone
             pass
 
     def _stop_workers(self, graceful: bool) -> None:

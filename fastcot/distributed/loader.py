@@ -20,10 +20,19 @@ from __future__ import annotations
 import torch
 
 from fastcot.distributed.groups import TPGroup
-from fastcot.distributed.layers import GatheredRowParallelLinear, ParallelLlamaForCausalLM, RowParallelLinear
+from fastcot.distributed.layers import (
+    GatheredRowParallelLinear,
+    ParallelLlamaForCausalLM,
+    RowParallelLinear,
+)
 from fastcot.distributed.sharding import COLUMN_PARTS, ROW_PARTS, ShardPlan, part_kind
 from fastcot.layers import Int4Linear
-from fastcot.models.checkpoint import checkpoint_dir, read_headers, require, safetensors_files
+from fastcot.models.checkpoint import (
+    checkpoint_dir,
+    read_headers,
+    require,
+    safetensors_files,
+)
 from fastcot.models.config import load_config
 from fastcot.models.loader import _CheckpointLoader, resolve_device, resolve_dtype
 from fastcot.models.quant_config import int4_group_size, quant_scheme

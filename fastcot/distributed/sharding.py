@@ -36,7 +36,7 @@ class ShardPlan:
     vocab_size: int
 
     @classmethod
-    def create(cls, config: ModelConfig, size: int, rank: int = 0) -> "ShardPlan":
+    def create(cls, config: ModelConfig, size: int, rank: int = 0) -> ShardPlan:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"tensor_parallel_size must be an int >= 1, got {size!r}")
         if not 0 <= rank < size:

@@ -72,9 +72,9 @@ def sizing(config: ModelConfig, size: int, int4: bool, *, kv_dtype=torch.bfloat1
 
 
 def table(models=("8B", "70B", "405B"), sizes=(1, 2, 4, 8)) -> str:
-    lines = ["| model | weights | GPUs | weights per GPU | KV bytes/token per GPU | KV cache per GPU | "
-             "tokens in cache | sequences of 128k |",
-             "|---|---|---|---|---|---|---|---|"]
+    header = ("| model | weights | GPUs | weights per GPU | KV bytes/token per GPU | KV cache per GPU | "
+              "tokens in cache | sequences of 128k |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name in models:
         config = llama31(name)
         for int4 in (False, True):

@@ -134,10 +134,10 @@ def worker_main(rank: int, world_size: int, init_method: str, spec: dict, conn) 
         torch.set_num_threads(spec["num_threads"])
         device = rank_device(spec["device_type"], rank, spec["base_index"])
         serve_rank(spec, rank, world_size, init_method, device, loaded=lambda: conn.send(("loaded", "")))
-    except BaseException:  # reported to rank 0, which raises it for the caller
+    except BaseException:  # noqa: BLE001 - reported to rank 0, which raises it for the caller
         try:
             conn.send(("error", traceback.format_exc()))
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - rank 0 is gone; stderr has the traceback
             pass
         sys.stderr.write(f"fastcot tensor-parallel rank {rank} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()

@@ -85,8 +85,8 @@ def _save_gptq(hf_model, path: Path, group_size: int = 32, act_order: bool = Tru
     path.mkdir()
     save_file(state, path / "model.safetensors")
     config = hf_model.config.to_dict() | {"architectures": [type(hf_model).__name__], "dtype": "float16"}
-    config["quantization_config"] = dict(quant_method="gptq", bits=4, group_size=group_size, sym=False,
-                                         desc_act=act_order, checkpoint_format="gptq_v2")
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "sym": False,
+                                     "desc_act": act_order, "checkpoint_format": "gptq_v2"}
     (path / "config.json").write_text(json.dumps(config))
     import fastcot.models
 
