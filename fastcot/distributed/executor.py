@@ -35,7 +35,7 @@ from torch import nn
 
 from fastcot.distributed import protocol
 from fastcot.distributed.groups import TPGroup
-from fastcot.distributed.loader import check_int4_split
+from fastcot.distributed.loader import check_checkpoint_kind, check_int4_split
 from fastcot.distributed.sharding import ShardPlan
 
 logger = logging.getLogger("fastcot")
@@ -64,6 +64,7 @@ def load_parallel_model(model, tensor_parallel_size: int, *, dtype="auto", devic
     """Rank 0's `TensorParallelModel` over `tensor_parallel_size` ranks (see the module docstring)."""
     from fastcot.models import load_config, resolve_device
 
+    check_checkpoint_kind(model)
     device = resolve_device(device)
     config = load_config(model)
     plan = ShardPlan.create(config, tensor_parallel_size, 0)  # head counts checked before anything starts

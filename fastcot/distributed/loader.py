@@ -44,11 +44,7 @@ _VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 def load_rank_model(name_or_path, plan: ShardPlan, group: TPGroup, *, dtype="auto", device=None,
                     quantization=None) -> ParallelLlamaForCausalLM:
     """Rank `plan.rank`'s `ParallelLlamaForCausalLM` from a checkpoint directory, in eval mode."""
-    from fastcot.models import gguf, presets
-
-    if presets.is_preset(name_or_path) or gguf.find_gguf(name_or_path) is not None:
-        raise ValueError(f"tensor_parallel_size > 1 loads Hugging Face checkpoint directories (safetensors); "
-                         f"{str(name_or_path)!r} is a preset or a GGUF file: use tensor_parallel_size=1")
+    check_checkpoint_kind(name_or_path)
     device = resolve_device(device)
     path = checkpoint_dir(name_or_path)
     config = load_config(path)
@@ -60,6 +56,15 @@ def load_rank_model(name_or_path, plan: ShardPlan, group: TPGroup, *, dtype="aut
         model = ParallelLlamaForCausalLM(config, plan, group)
     ShardedCheckpointLoader(model, config, plan, scheme, dtype, device, headers).load()
     return model.eval()
+
+
+def check_checkpoint_kind(name_or_path) -> None:
+    """Tensor parallelism reads safetensors directories: refuse presets and GGUF files."""
+    from fastcot.models import gguf, presets
+
+    if presets.is_preset(name_or_path) or gguf.find_gguf(name_or_path) is not None:
+        raise ValueError(f"tensor_parallel_size > 1 loads Hugging Face checkpoint directories (safetensors); "
+                         f"{str(name_or_path)!r} is a preset or a GGUF file: use tensor_parallel_size=1")
 
 
 def check_int4_split(config, plan: ShardPlan, quantization) -> None:

@@ -60,6 +60,8 @@ def test_shard_plan_heads_vocab_and_errors(tp_checkpoints):
         ShardPlan.create(config, 0)
     with pytest.raises(ValueError, match="tensor_parallel_size=3 must divide num_attention_heads"):
         _llm(tp_checkpoints["llama"], tp=3)  # refused before any rank starts
+    with pytest.raises(ValueError, match="loads Hugging Face checkpoint directories"):
+        _llm("tiny-random", tp=2)
 
 
 def test_rank_shards_are_slices_of_the_one_rank_model(tp_checkpoints):
