@@ -4,7 +4,8 @@ rank process outlives a test.
 Checkpoints: `llama` (4 query heads, 2 KV heads: 4 ranks replicate KV heads), `qwen2` (qkv
 bias, tied embeddings, two safetensors shards), `mistral`, `gptq-act-order` (the llama
 weights as GPTQ v2 int4 with act-order `g_idx`, group size 32), `gptq-64` (in order, group size
-64: o_proj's K=64 cannot be split over 2 ranks in whole groups), and `llama-wide` (hidden 256:
+64: o_proj's K=64 cannot be split over 2 ranks in whole groups), `awq` (AutoAWQ GEMM, group
+size 32), and `llama-wide` (hidden 256:
 wide enough that int4 quantize-on-load splits whole groups over 2 ranks), `llama-biases`
 (biases on every linear: row-parallel biases are added once, after the all-reduce).
 """
@@ -94,6 +95,32 @@ def _save_gptq(hf_model, path: Path, group_size: int = 32, act_order: bool = Tru
     return path
 
 
+def _save_awq(hf_model, path: Path, group_size: int = 32) -> Path:
+    """`hf_model` with every decoder linear stored as AutoAWQ GEMM int4."""
+    from safetensors.torch import save_file
+
+    import fastcot
+    import fastcot.models
+    from fastcot.kernels import reference
+
+    formats = load_test_module("quant/formats.py")
+    state = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
+    for name in [n for n in state if n.endswith(tuple(f"{p}.weight" for p in LINEARS))]:
+        prefix = name.removesuffix(".weight")
+        stored = fastcot.quantize_int4(state.pop(name).half(), group_size=group_size)
+        q = reference.unpack_int4_rows(stored.qweight)
+        qweight, qzeros = formats.pack_awq(q, stored.zeros.round().int())
+        state.update({f"{prefix}.qweight": qweight, f"{prefix}.qzeros": qzeros, f"{prefix}.scales": stored.scales})
+    path.mkdir()
+    save_file(state, path / "model.safetensors")
+    config = hf_model.config.to_dict() | {"architectures": [type(hf_model).__name__], "dtype": "float16"}
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": group_size,
+                                     "zero_point": True, "version": "gemm"}
+    (path / "config.json").write_text(json.dumps(config))
+    fastcot.models.load_tokenizer("tiny-random").save_pretrained(str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tp_checkpoints(tmp_path_factory) -> dict[str, Path]:
     hf = load_test_module("models/hf_checkpoints.py")
@@ -106,6 +133,7 @@ def tp_checkpoints(tmp_path_factory) -> dict[str, Path]:
         if name == "llama":
             out["gptq-act-order"] = _save_gptq(model, root / "gptq-act-order")
             out["gptq-64"] = _save_gptq(model, root / "gptq-64", group_size=64, act_order=False)
+            out["awq"] = _save_awq(model, root / "awq")
     wide = hf.make_hf_model("LlamaConfig", hidden_size=256, intermediate_size=512, tie_word_embeddings=False)
     out["llama-wide"] = _save(wide, root / "llama-wide")
     return out

@@ -66,7 +66,8 @@ def test_shard_plan_heads_vocab_and_errors(tp_checkpoints):
 
 def test_rank_shards_are_slices_of_the_one_rank_model(tp_checkpoints):
     """Every rank's weights (loaded in this process: loading does not communicate) are exactly
-    the slices of the one-rank model's that the sharding rules name; int4 compared dequantized."""
+    the slices of the one-rank model's that the sharding rules name (float at 4 ranks, act-order
+    GPTQ and AWQ at 2); int4 compared dequantized."""
     from fastcot.distributed import TPGroup
     from fastcot.distributed.loader import load_rank_model
     from fastcot.models import load_model
@@ -75,7 +76,7 @@ def test_rank_shards_are_slices_of_the_one_rank_model(tp_checkpoints):
         module = getattr(module, "linear", module)
         return module.weight.dequantize(torch.float32) if isinstance(module, fastcot.Int4Linear) else module.weight
 
-    for name, size in (("llama", 4), ("gptq-act-order", 2)):
+    for name, size in (("llama", 4), ("gptq-act-order", 2), ("awq", 2)):
         path = tp_checkpoints[name]
         one = load_model(path, device="cpu")
         config = one.config
@@ -92,7 +93,7 @@ def test_rank_shards_are_slices_of_the_one_rank_model(tp_checkpoints):
                 assert torch.equal(weight(layer.mlp.gate_up_proj), weight(ref.mlp.gate_up_proj)[rows])
                 for ours, theirs, part in ((layer.self_attn.o_proj, ref.self_attn.o_proj, "o_proj"),
                                            (layer.mlp.down_proj, ref.mlp.down_proj, "down_proj")):
-                    if name.startswith("gptq"):  # act-order: split along N
+                    if name == "gptq-act-order":  # split along N
                         assert torch.equal(weight(ours), weight(theirs)[slice(*plan.out_range(part))])
                     else:
                         assert torch.equal(weight(ours), weight(theirs)[:, slice(*plan.in_range(part))])
