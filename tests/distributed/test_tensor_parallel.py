@@ -28,7 +28,8 @@ GREEDY = fastcot.SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 CASES = [("llama", 4, None), ("qwen2", 2, None), ("mistral", 2, None), ("gptq-act-order", 4, None),
          ("llama-wide", 2, "int4")]
 if os.environ.get("FASTCOT_TEST_TP_FULL"):
-    CASES += [("qwen2", 4, None), ("mistral", 4, None), ("gptq-act-order", 2, None), ("llama-biases", 2, None)]
+    CASES += [("qwen2", 4, None), ("mistral", 4, None), ("gptq-act-order", 2, None), ("llama-biases", 2, None),
+              ("awq", 2, None)]
 
 def _ids(outputs) -> list[list[int]]:
     return [list(c.token_ids) for o in outputs for c in o.outputs]
