@@ -105,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds; rows that would start later are skipped and listed (GPU default 540, CPU none)")
     p.add_argument("--out-dir", type=Path, default=common.DEFAULT_OUT_DIR, help="where the JSON/CSV go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks (GPUs): runs only the engine over --tp-model, see e2e_tp.py")
+    p.add_argument("--tp-model", type=Path, default=None, help="checkpoint directory for --tp")
     return p.parse_args(argv)
 
 
@@ -608,6 +611,10 @@ def run_hf(ctx, model_name, model, weights, shapes) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.tp != 1:
+        import e2e_tp
+
+        return e2e_tp.run(args, common, _sizes)
     device = common.pick_device(args.device, smoke=args.smoke)
     tiny = device.type == "cpu" or args.smoke  # `--smoke --device cuda`: the tiny plan on the GPU
     plan = run_plan(args, tiny)

@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     m.add_argument("--device", default=None)
     m.add_argument("--max-model-len", type=int, default=None)
     m.add_argument("--num-kv-blocks", type=int, default=None)
+    m.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="split the model over this many GPUs (CPU: processes); see docs/tensor_parallel.md")
     m.add_argument("--thinking-delimiters", nargs=2, metavar=("START", "END"), default=None,
                    help="a reasoning model's thinking delimiters, when its tokenizer's are not detected")
     m.add_argument("--speculative-tokens", type=int, default=0,
@@ -168,6 +170,7 @@ def build(args):
         llm = fastcot.LLM(args.model, quantization=args.quantization, dtype=args.dtype,
                           kv_cache_dtype=args.kv_cache_dtype, device=args.device, max_model_len=args.max_model_len,
                           num_kv_blocks=args.num_kv_blocks, speculative_config=speculative,
+                          tensor_parallel_size=args.tensor_parallel_size,
                           thinking_delimiters=tuple(args.thinking_delimiters) if args.thinking_delimiters else None)
     except (OSError, ValueError, TypeError, ImportError) as err:
         raise UsageError(str(err)) from err

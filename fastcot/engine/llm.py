@@ -63,6 +63,12 @@ class LLM:
         speculative_config: None, or `{"method": "ngram", "num_speculative_tokens": k, ...}`
             for n-gram speculative decoding of small decode batches (see
             `fastcot.engine.speculative`); greedy and seeded outputs are unchanged by it.
+        tensor_parallel_size: split the model over this many devices (GPUs, or CPU processes
+            with gloo) with tensor parallelism: rank 0 runs in this process, the others are
+            spawned (or started by torchrun). Checkpoint directories only; decode runs eagerly
+            unless FASTCOT_TP_CUDA_GRAPHS=1 (unverified on GPUs).
+            Call `shutdown()` (or use the LLM as a context manager) to stop the other ranks;
+            interpreter exit stops them too. See docs/tensor_parallel.md.
         gc_freeze: after setup, `gc.collect()` then `gc.freeze()`: every object alive then (the
             model, the tokenizer, imported modules, and the caller's) moves to the collector's
             permanent generation, where refcounting still frees it but cycle collection no
@@ -110,6 +116,16 @@ class LLM:
 
     def get_tokenizer(self):
         return self.engine.tokenizer
+
+    def shutdown(self) -> None:
+        """Stop what outlives this object (tensor-parallel ranks). Idempotent."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
     def get_default_sampling_params(self) -> SamplingParams:
         """What a call given no SamplingParams uses (the checkpoint's generation defaults

@@ -89,7 +89,7 @@ class LLMEngine(EngineSteps):
                  device=None, max_model_len=None, max_num_seqs=256, block_size=16, gpu_memory_utilization=0.9,
                  num_kv_blocks=None, enforce_eager=False, seed=0, max_num_batched_tokens=8192,
                  enable_prefix_caching=True, max_logprobs=20, generation_config="auto", thinking_delimiters=None,
-                 speculative_config=None, gc_freeze=True):
+                 speculative_config=None, gc_freeze=True, tensor_parallel_size=1):
         from fastcot.models import load_config, load_model, load_tokenizer, resolve_device
 
         if kv_cache_dtype not in KV_CACHE_DTYPES:  # fail before loading the weights
@@ -98,18 +98,33 @@ class LLMEngine(EngineSteps):
         config = load_config(model)
         device = resolve_device(device)
         start = time.perf_counter()
-        loaded = load_model(model, dtype=dtype, device=device, quantization=quantization, seed=seed)
+        if tensor_parallel_size != 1:
+            from fastcot.distributed import load_parallel_model
+
+            loaded = load_parallel_model(model, tensor_parallel_size, dtype=dtype, device=device,
+                                         quantization=quantization)
+            from fastcot.distributed import graphs
+
+            enforce_eager = enforce_eager or not graphs.enabled()  # tensor-parallel graphs are opt-in
+        else:
+            loaded = load_model(model, dtype=dtype, device=device, quantization=quantization, seed=seed)
         method = quantization or (config.quantization_config or {}).get("quant_method") or "none"
         logger.info("loaded %s in %.1f s: %.3f GiB of weights, dtype %s, quantization %s, on %s", model,
                     time.perf_counter() - start, capacity.model_bytes(loaded) / capacity.GiB,
                     str(loaded.lm_head_weight.dtype).removeprefix("torch."), method, device)
-        self._setup(loaded, load_tokenizer(tokenizer if tokenizer is not None else model), config=config,
-                    device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
-                    max_num_seqs=max_num_seqs, block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                    num_kv_blocks=num_kv_blocks, enforce_eager=enforce_eager, seed=seed,
-                    max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=enable_prefix_caching,
-                    max_logprobs=max_logprobs, generation_defaults=defaults, thinking_delimiters=thinking_delimiters,
-                    speculative_config=speculative_config, gc_freeze=gc_freeze)
+        try:
+            self._setup(loaded, load_tokenizer(tokenizer if tokenizer is not None else model), config=config,
+                        device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+                        max_num_seqs=max_num_seqs, block_size=block_size,
+                        gpu_memory_utilization=gpu_memory_utilization, num_kv_blocks=num_kv_blocks,
+                        enforce_eager=enforce_eager, seed=seed, max_num_batched_tokens=max_num_batched_tokens,
+                        enable_prefix_caching=enable_prefix_caching, max_logprobs=max_logprobs,
+                        generation_defaults=defaults, thinking_delimiters=thinking_delimiters,
+                        speculative_config=speculative_config, gc_freeze=gc_freeze)
+        except BaseException:
+            self.model = loaded
+            self.shutdown()  # tensor-parallel ranks already started
+            raise
 
     @classmethod
     def from_args(cls, model: str, **engine_args) -> LLMEngine:
@@ -166,8 +181,8 @@ class LLMEngine(EngineSteps):
         spec = SpeculativeConfig.from_user(speculative_config)
         self.speculator = None if spec is None else NgramSpeculator(spec)
         kv_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or model.lm_head_weight.dtype
-        num_kv_blocks = capacity.num_kv_blocks(
-            config, device=device, block_size=block_size, kv_dtype=kv_dtype, max_model_len=max_model_len,
+        num_kv_blocks = capacity.num_kv_blocks(  # model.config: a tensor-parallel rank's shard
+            model.config, device=device, block_size=block_size, kv_dtype=kv_dtype, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization, num_blocks=num_kv_blocks)
         self.block_manager = BlockManager(num_kv_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
@@ -189,6 +204,13 @@ class LLMEngine(EngineSteps):
             # of objects in the middle of decode steps (vLLM and SGLang do the same).
             gc.collect()
             gc.freeze()
+
+    def shutdown(self) -> None:
+        """Release what outlives the engine object: with tensor parallelism, stop every other
+        rank. Idempotent; a step after it raises."""
+        stop = getattr(getattr(self, "model", None), "shutdown", None)
+        if stop is not None:
+            stop()
 
     # ---- requests ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ advances in place, since new blocks are private; a copy-on-write recomputes them
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from dataclasses import dataclass
@@ -152,13 +153,22 @@ class ModelRunner:
         self.last_prompt_logprobs: list[tuple] | None = None
         self.cascade_decode, self.cascade_min_shared_tokens = cascade_settings(
             device, cascade_decode, cascade_min_shared_tokens)
+        if getattr(model, "decode_graphs", None) is not None:
+            # Tensor parallelism: the other ranks receive plain decode metadata (no groups), and
+            # every rank must capture the same graphs, so shared-prefix decode stays off.
+            if cascade_decode:
+                raise ValueError("cascade_decode=True is not supported with tensor parallelism "
+                                 "(tensor_parallel_size > 1); leave it None or False")
+            self.cascade_decode = False
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(model, self.kv_caches, max_batch=max_num_seqs,
-                                       max_blocks_per_seq=max_blocks_per_seq, device=device,
-                                       cascade=self.cascade_decode)
+            make = getattr(model, "decode_graphs", None)  # tensor parallelism: every rank captures
+            if make is None:
+                make = functools.partial(DecodeGraphs, model, cascade=self.cascade_decode)
+            self.graphs = make(self.kv_caches, max_batch=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq,
+                               device=device)
 
     # ---- slots and block tables ------------------------------------------------------------
 
@@ -355,6 +365,8 @@ class ModelRunner:
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         if not pairs:
             return
+        if hasattr(self.model, "copy_blocks"):  # tensor parallelism: the other ranks copy theirs
+            self.model.copy_blocks(pairs)
         src = self._tensor([s for s, _ in pairs], torch.int64)
         dst = self._tensor([d for _, d in pairs], torch.int64)
         for k_cache, v_cache in self.kv_caches:

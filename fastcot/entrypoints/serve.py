@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-num-batched-tokens", type=int, default=8192)
     engine.add_argument("--block-size", type=int, default=16)
     engine.add_argument("--num-kv-blocks", type=int, default=None)
+    engine.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                        help="split the model over this many GPUs (CPU: processes); see docs/tensor_parallel.md")
     engine.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                         help="fraction of GPU memory for weights and KV cache (default 0.9)")
     engine.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
@@ -67,7 +69,8 @@ def engine_kwargs(args) -> dict:
                   max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
                   num_kv_blocks=args.num_kv_blocks, enforce_eager=args.enforce_eager, seed=args.seed,
                   gpu_memory_utilization=args.gpu_memory_utilization,
-                  enable_prefix_caching=args.enable_prefix_caching, generation_config=args.generation_config)
+                  enable_prefix_caching=args.enable_prefix_caching, generation_config=args.generation_config,
+                  tensor_parallel_size=args.tensor_parallel_size)
     if args.thinking_delimiters is not None:
         kwargs["thinking_delimiters"] = tuple(args.thinking_delimiters)
     if args.speculative_tokens:

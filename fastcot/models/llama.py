@@ -120,7 +120,7 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, kv_caches: list[KVCache], metadata: AttentionMetadata):
         # A fresh tensor: the first layer adopts it as the residual stream, updated in place.
-        hidden = F.embedding(input_ids, self.embed_tokens.weight)
+        hidden = self.embed_tokens(input_ids)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, kv_cache, metadata)

@@ -275,13 +275,17 @@ class _CheckpointLoader:
         for file, names in by_file.items():
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for name in names:
-                    self._add(name, f.get_tensor(name))
+                    self._add(name, self._read(f, name))
         unfinished = sorted(self.pending)
         if unfinished:  # unreachable after the header check; kept as the invariant's guard
             raise ValueError(f"incomplete linear layer {unfinished[0]!r}")
         for name, param in list(self.model.named_parameters()) + list(self.model.named_buffers()):
             if param is not None and param.is_meta and self.device.type != "meta":
                 raise ValueError(f"no checkpoint tensor for parameter {name!r}")
+
+    def _read(self, file, name: str) -> torch.Tensor:
+        """Tensor `name` from an open safetensors file (a tensor-parallel loader reads its slice)."""
+        return file.get_tensor(name)
 
     def _to_device(self, tensor: torch.Tensor, convert: bool = True) -> torch.Tensor:
         if convert and tensor.is_floating_point():
