@@ -63,6 +63,11 @@ def _tokens(name: str, token_ids: Iterable[int]) -> list[int]:
         raise TypeError(f"{name} must be an iterable of ints (token ids)") from None
 
 
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an int >= 0, got {k!r}")
+
+
 def _budget(match_len: int, k: int, factor: float, offset: float) -> int:
     return max(0, min(k, int(match_len * factor + offset + 1e-9)))
 
@@ -250,6 +255,8 @@ class SuffixIndex:
     def propose(self, k: int, *, max_spec_factor: float = 1.0, max_spec_offset: float = 0.0,
                 min_token_prob: float = 0.1, cache: SuffixCache | None = None) -> Draft:
         """The best draft of at most `k` tokens from this request's tokens and the cache."""
+        _check_k(k)
+        _check_params(self.automaton.max_depth, max_spec_factor, max_spec_offset, min_token_prob)
         a = self.automaton
         best = Draft([])
         if k <= 0 or not self.tokens:
@@ -281,6 +288,7 @@ class SuffixCache:
         _check_params(max_depth, 1.0, 0.0, 0.0)
         self.max_tokens, self.max_depth = max_tokens, max_depth
         self.entries: OrderedDict[int, list[int]] = OrderedDict()  # id -> tokens, least recently used first
+        self.evicted: list[list[int]] = []  # evicted outputs still in the automaton (until a rebuild)
         self.num_live_tokens = self.num_dead_tokens = 0
         self.generation = 0  # bumped at each change: indexes match their last tokens again
         self._next_id = 1
@@ -300,6 +308,7 @@ class SuffixCache:
         self.automaton.extend(tokens)
         while self.num_live_tokens > self.max_tokens:
             _, old = self.entries.popitem(last=False)
+            self.evicted.append(old)
             self.num_live_tokens -= len(old)
             self.num_dead_tokens += len(old)
         if self.num_dead_tokens > self.num_live_tokens:
@@ -312,6 +321,7 @@ class SuffixCache:
             self.automaton.start(entry)
             self.automaton.extend(tokens)
         self.num_dead_tokens = 0
+        self.evicted = []
 
     def touch(self, state: int) -> None:
         """Mark the output that created `state` as recently used."""
@@ -341,6 +351,8 @@ def propose_from(token_ids: Sequence[int], k: int, *, cached: Sequence[Sequence[
     each drafted token and keep their last `max_depth` tokens. Best score wins; the
     request's own candidates beat the cache's on ties, longer contexts beat shorter ones.
     """
+    _check_k(k)
+    _check_params(max_depth, max_spec_factor, max_spec_offset, min_token_prob)
     tokens = _tokens("token_ids", token_ids)
     depth = max_depth
 
