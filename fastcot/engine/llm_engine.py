@@ -36,7 +36,7 @@ from fastcot.engine.request import Request
 from fastcot.engine.sampling import SamplingParams, request_key
 from fastcot.engine.scheduler import Scheduler
 from fastcot.engine.sequence import RequestOutput, Sequence
-from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
+from fastcot.engine.speculative import SpeculativeConfig, make_speculator
 
 logger = logging.getLogger("fastcot")
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -164,7 +164,7 @@ class LLMEngine(EngineSteps):
         SamplingParams(**generation_defaults)  # a bad generation_config.json fails here, naming the field
         self.thinking = capacity.thinking_delimiters(tokenizer, thinking_delimiters)
         spec = SpeculativeConfig.from_user(speculative_config)
-        self.speculator = None if spec is None else NgramSpeculator(spec)
+        self.speculator = None if spec is None else make_speculator(spec)
         kv_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or model.lm_head_weight.dtype
         num_kv_blocks = capacity.num_kv_blocks(
             config, device=device, block_size=block_size, kv_dtype=kv_dtype, max_model_len=max_model_len,

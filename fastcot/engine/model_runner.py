@@ -91,6 +91,39 @@ def _counts(seqs, vocab_size, device):
     return output_counts([s.token_ids[s.prompt_len:] for s in seqs], vocab_size, device)
 
 
+def _draft_token_rows(batch: Batch, vocab_size: int, device, *, presence: bool, counts: bool):
+    """The penalty state plain decoding has at each position a speculative step samples, one
+    row per position: `[R, V]` presence of the prompt and output tokens before it and `[R, V]`
+    counts of the output ones (drafts before the position included), or None where unused."""
+    if not (presence or counts):
+        return None, None
+    seqs = batch.seqs
+    n = [end - s.num_computed for s, end in zip(seqs, batch.chunk_ends)]
+    repeats = torch.tensor(n, dtype=torch.int64)
+    rows, tokens, at = [], [], 0  # (row, draft token) pairs: position j sees the drafts before it
+    for seq, count in zip(seqs, n):
+        drafts = seq.token_ids[seq.num_computed + 1: seq.num_computed + count]
+        for j in range(1, count):
+            rows += [at + j] * j
+            tokens += drafts[:j]
+        at += count
+    index = (torch.tensor(rows, dtype=torch.int64), torch.tensor(tokens, dtype=torch.int64))
+    present = counted = None
+    if presence:
+        present = presence_mask([s.token_ids[: s.num_computed + 1] for s in seqs], vocab_size)
+        present = present.repeat_interleave(repeats, dim=0)
+        if rows:
+            present[index] = True
+        present = present.to(device)
+    if counts:
+        counted = output_counts([s.token_ids[s.prompt_len: s.num_computed + 1] for s in seqs], vocab_size)
+        counted = counted.repeat_interleave(repeats, dim=0)
+        if rows:
+            counted.index_put_(index, torch.ones(len(rows), dtype=counted.dtype), accumulate=True)
+        counted = counted.to(device)
+    return present, counted
+
+
 class ModelRunner:
     """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps.
 
@@ -131,6 +164,7 @@ class ModelRunner:
         # Per prefill sequence asking for prompt logprobs: (sequence, index of the first prompt
         # token scored, and per scored token the same tuple as `last_logprobs`).
         self.last_prompt_logprobs: list[tuple] | None = None
+        self.last_verify_logprobs: list[list[tuple | None]] | None = None  # see `verify`
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
@@ -376,8 +410,10 @@ class ModelRunner:
     def verify(self, batch: Batch) -> list[list[int]]:
         """A speculative step: `batch` is a prefill-shaped batch whose sequences end with their
         draft tokens (`chunk_ends[i] = len(seq)`, computing from the last accepted token on).
-        Samples every position as plain decoding would sample that output token; returns
-        each sequence's sampled tokens, one per computed position."""
+        Samples every position as plain decoding would sample that output token (penalties
+        over the tokens before it, drafts included); returns each sequence's sampled tokens,
+        one per computed position. `last_verify_logprobs` then holds, per sequence and
+        position, what `last_logprobs` holds for a plain step (None if no row asked)."""
         for seq in batch.preempted:
             self.release(seq)
         self.last_logprobs = None
@@ -393,11 +429,19 @@ class ModelRunner:
             [s.params for s in rows], output_lens=output_lens, keys=[s.noise_key for s in rows],
             eos_token_ids=self.config.eos_token_ids, device=self.device,
         )
-        sampled = self.sampler(logits, tensors, None, output_counts=None).tolist()
+        presence, counts = _draft_token_rows(batch, logits.shape[1], self.device, presence=tensors.do_penalty,
+                                             counts=tensors.do_output_penalty)
+        sampled_ids = self.sampler(logits, tensors, presence, output_counts=counts)
+        sampled = sampled_ids.tolist()
+        num_logprobs = _num_logprobs(rows)
+        scores = None if num_logprobs is None else _logprobs(logits, sampled_ids, rows, num_logprobs)
         out, at = [], 0
+        self.last_verify_logprobs = None if scores is None else []
         for seq, end in zip(batch.seqs, batch.chunk_ends):
             n = end - seq.num_computed
             out.append(sampled[at: at + n])
+            if scores is not None:
+                self.last_verify_logprobs.append(scores[at: at + n])
             at += n
         return out
 
