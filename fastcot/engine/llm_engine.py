@@ -173,7 +173,9 @@ class LLMEngine(EngineSteps):
         self.block_manager = BlockManager(num_kv_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
         self.runner = ModelRunner(model, block_manager=self.block_manager, kv_cache_dtype=kv_dtype, device=device,
                                   max_blocks_per_seq=-(-max_model_len // block_size), max_num_seqs=max_num_seqs,
-                                  enforce_eager=enforce_eager)
+                                  enforce_eager=enforce_eager,
+                                  speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
+                                  speculative_batch=0 if spec is None else spec.max_batch_size)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens)
         self.requests: dict[str, Request] = {}  # unfinished, by id

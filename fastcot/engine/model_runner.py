@@ -1,7 +1,7 @@
 """Turns a scheduled batch into model inputs and attention metadata, runs it, and samples.
 
-Prefill steps run eagerly; on a GPU decode steps replay CUDA graphs (`cuda_graphs.py`)
-unless `enforce_eager`.
+Prefill steps run eagerly; on a GPU decode steps and small speculative verification steps
+replay CUDA graphs (`cuda_graphs.py`) unless `enforce_eager`.
 
 A decode step's host work is kept flat in the sequences' lengths and small in the batch
 size. Block tables live on the device, one row ("slot") per live sequence, and a decode
@@ -133,7 +133,8 @@ class ModelRunner:
     """
 
     def __init__(self, model, *, block_manager: BlockManager, kv_cache_dtype: torch.dtype, device: torch.device,
-                 max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True):
+                 max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True,
+                 speculative_tokens: int = 0, speculative_batch: int = 0):
         config = model.config
         self.model = model
         self.config = config
@@ -171,6 +172,13 @@ class ModelRunner:
 
             self.graphs = DecodeGraphs(model, self.kv_caches, max_batch=max_num_seqs,
                                        max_blocks_per_seq=max_blocks_per_seq, device=device)
+        self.verify_graphs = None  # small speculative verification steps, `speculative_tokens` drafts at most
+        if self.graphs is not None and speculative_tokens:
+            from fastcot.engine.cuda_graphs import VerifyGraphs
+
+            self.verify_graphs = VerifyGraphs(model, self.kv_caches, max_batch=min(speculative_batch, max_num_seqs),
+                                              tokens_per_seq=speculative_tokens + 1,
+                                              max_blocks_per_seq=max_blocks_per_seq, device=device)
 
     # ---- slots and block tables ------------------------------------------------------------
 
@@ -419,7 +427,11 @@ class ModelRunner:
         self.last_logprobs = None
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self._prepare_prefill(batch)
-        logits = self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, metadata))
+        logits = None
+        if self.verify_graphs is not None:
+            logits = self.verify_graphs.run(input_ids, positions, metadata)
+        if logits is None:
+            logits = self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, metadata))
         rows, output_lens = [], []
         for seq, end in zip(batch.seqs, batch.chunk_ends):
             first = seq.num_computed + 1 - seq.prompt_len  # output index sampled at the first position

@@ -278,3 +278,45 @@ def test_penalties_see_the_drafts_before_each_position(penalty):
     got = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
     assert got == want and want[:5] == [10, 20, 21, 22, 122]
     assert llm.speculator.num_accepted >= 3
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 8])
+def test_padded_verification_layout_equals_plain_decoding(real_checkpoint, max_batch):
+    # The inputs CUDA graphs of verification steps replay (each step's sequences, then one
+    # dummy sequence filling the bucket, then empty ones), run eagerly: the same tokens.
+    from fastcot.engine.cuda_graphs import VerifyGraphs
+
+    path = real_checkpoint
+    ps = [[159, 166, 236] * 3, [125, 116, 224, 136] * 4, *prompts(3, seed=7)]
+    params = [SamplingParams(temperature=0.9 if i % 2 else 0, seed=i, max_tokens=16 + 10 * i, ignore_eos=True,
+                             logprobs=1, repetition_penalty=1.02 if i == 2 else 1.0) for i in range(5)]
+    plain = LLM(str(path), device="cpu", num_kv_blocks=64, block_size=8)
+    llm = LLM(str(path), device="cpu", num_kv_blocks=64, block_size=8, max_num_seqs=max(max_batch, 2),
+              speculative_config=SUFFIX | {"max_batch_size": max_batch, "suffix_decoding_max_spec_offset": 4.0})
+    runner = llm.runner
+    graphs = VerifyGraphs(runner.model, runner.kv_caches, max_batch=max_batch, tokens_per_seq=6,
+                          max_blocks_per_seq=runner.max_blocks_per_seq, device=torch.device("cpu"), capture=False)
+    runs, run = [], graphs.run
+    graphs.run = lambda *a: runs.append(a[0].shape[0]) or run(*a)
+    runner.verify_graphs = graphs
+    got, want = llm.generate(ps, params, use_tqdm=False), plain.generate(ps, params, use_tqdm=False)
+    s = llm.speculator
+    assert ids(got) == ids(want) and runs and max(runs) > 2 * min(max_batch, 2) and s.num_proposed > s.num_accepted
+    assert s.num_accepted > 0 or max_batch == 1
+    assert [[list(e) for e in c.logprobs] for o in got for c in o.outputs] == \
+        [[list(e) for e in c.logprobs] for o in want for c in o.outputs]
+
+
+@pytest.mark.gpu
+def test_cuda_graph_verification_equals_eager():
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    prompts_ = ["1 2 3 1 2 3 1 2 3", "abcabcabcabc", "Once upon a time"]
+    outs = []
+    for eager in (True, False):
+        llm = LLM("tiny-random", device="cuda", num_kv_blocks=256, max_num_seqs=8, enforce_eager=eager,
+                  speculative_config=SUFFIX)
+        outs.append([o.outputs[0].token_ids for o in llm.generate(prompts_, params, use_tqdm=False)])
+        if not eager:
+            assert llm.runner.verify_graphs is not None and llm.runner.verify_graphs.graphs
+            assert llm.speculator.num_steps > 0
+    assert outs[0] == outs[1]
