@@ -15,6 +15,9 @@ sample's penalties and noise; batch shapes change float32 rounding), where the c
 that sample stops. Over the run, drafts must have crossed block boundaries both fully
 accepted and rejected.
 
+On a teacher-forced multi-turn trace whose outputs repeat earlier turns' outputs, suffix
+decoding accepts far more drafts than n-gram lookup.
+
 `FASTCOT_SUFFIX_EXAMPLES=N` runs N examples (default 8), `FASTCOT_DIFF_SEED=S` shifts the seeds.
 """
 
@@ -182,3 +185,50 @@ def test_suffix_decoding_equals_plain_decoding(llama_checkpoint):
         accepted += engine.speculator.num_accepted
     if EXAMPLES >= 4:  # the run covered what it is for
         assert accepted and crossed_accepted and crossed_rejected, (accepted, crossed_accepted, crossed_rejected)
+
+
+class Forced(torch.nn.Module):
+    """No attention: the next token is `ref[position + 1]` (a teacher-forced text)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.lm_head_weight = config, torch.zeros(1)
+        self.ref = torch.zeros(1, dtype=torch.int64)
+
+    def forward(self, input_ids, positions, kv_caches, metadata):
+        return positions.to(torch.float64)[:, None]
+
+    def compute_logits(self, hidden):
+        target = self.ref[(hidden[:, 0].long() + 1).clamp(max=self.ref.shape[0] - 1)]
+        return torch.nn.functional.one_hot(target, self.config.vocab_size).float() * 10.0
+
+
+def test_suffix_accepts_more_than_ngram_on_a_repetitive_multi_turn_trace():
+    # Each turn is its own request; its output strings together phrases that earlier turns'
+    # outputs used (tool calls, quoted code), its prompt holds other text: only the cache of
+    # finished outputs knows them, and n-gram lookup only sees the turn's own tokens.
+    import fastcot.models
+    from fastcot import LLM
+
+    rng = random.Random(0)
+    phrases = [[rng.randrange(3, 256) for _ in range(rng.randint(6, 16))] for _ in range(6)]
+    turns = [([rng.randrange(3, 256) for _ in range(12)], sum((rng.choice(phrases) for _ in range(6)), []))
+             for _ in range(10)]
+    config = dataclasses.replace(fastcot.models.load_config("tiny-random"), num_hidden_layers=1)
+    rates = {}
+    for method in ("ngram", "suffix"):
+        model = Forced(config)
+        llm = LLM.from_model(model, fastcot.models.load_tokenizer("tiny-random"), device="cpu", num_kv_blocks=128,
+                             block_size=8, max_model_len=512, speculative_config={"method": method})
+        generated = 0
+        for prompt, output in turns:
+            model.ref = torch.tensor(prompt + output + [0])
+            params = SamplingParams(temperature=0, max_tokens=len(output), ignore_eos=True)
+            got = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+            assert got == output
+            generated += len(output)
+        rates[method] = llm.speculator.num_accepted / generated  # tokens that cost no forward pass
+        assert not llm.speculator.indexes
+    assert rates["suffix"] > 1.5 * rates["ngram"], rates
+    cache = llm.speculator.cache
+    assert 0 < cache.num_live_tokens <= sum(len(o) for _, o in turns)
