@@ -99,7 +99,6 @@ def _draft_token_rows(batch: Batch, vocab_size: int, device, *, presence: bool, 
         return None, None
     seqs = batch.seqs
     n = [end - s.num_computed for s, end in zip(seqs, batch.chunk_ends)]
-    repeats = torch.tensor(n, dtype=torch.int64)
     rows, tokens, at = [], [], 0  # (row, draft token) pairs: position j sees the drafts before it
     for seq, count in zip(seqs, n):
         drafts = seq.token_ids[seq.num_computed + 1: seq.num_computed + count]
@@ -107,20 +106,20 @@ def _draft_token_rows(batch: Batch, vocab_size: int, device, *, presence: bool, 
             rows += [at + j] * j
             tokens += drafts[:j]
         at += count
-    index = (torch.tensor(rows, dtype=torch.int64), torch.tensor(tokens, dtype=torch.int64))
+    # Built on the device: one [B, V] base row per sequence crosses, not one per position.
+    repeats = pack("q", n, torch.int64, device)
+    index = (pack("q", rows, torch.int64, device), pack("q", tokens, torch.int64, device))
     present = counted = None
     if presence:
-        present = presence_mask([s.token_ids[: s.num_computed + 1] for s in seqs], vocab_size)
-        present = present.repeat_interleave(repeats, dim=0)
+        present = presence_mask([s.token_ids[: s.num_computed + 1] for s in seqs], vocab_size, device)
+        present = present.repeat_interleave(repeats, dim=0, output_size=at)
         if rows:
             present[index] = True
-        present = present.to(device)
     if counts:
-        counted = output_counts([s.token_ids[s.prompt_len: s.num_computed + 1] for s in seqs], vocab_size)
-        counted = counted.repeat_interleave(repeats, dim=0)
+        counted = output_counts([s.token_ids[s.prompt_len: s.num_computed + 1] for s in seqs], vocab_size, device)
+        counted = counted.repeat_interleave(repeats, dim=0, output_size=at)
         if rows:
-            counted.index_put_(index, torch.ones(len(rows), dtype=counted.dtype), accumulate=True)
-        counted = counted.to(device)
+            counted.index_put_(index, torch.ones(len(rows), dtype=counted.dtype, device=device), accumulate=True)
     return present, counted
 
 
