@@ -6,10 +6,11 @@ outputs, ranked by how often each continuation followed the match. The draft gro
 most frequent continuation while the estimated probability of the whole path (the product
 of each step's `count(context + token) / count(context followed by anything)`) stays at or
 above `min_token_prob`, and at most `floor(match_length * max_spec_factor + max_spec_offset)`
-tokens long: a long match is strong evidence, a short one is not. Every context length from
-the longest match down gives a candidate; the one with the largest score (the sum of its
-tokens' path probabilities, the expected number of accepted tokens) wins, the request's own
-candidate on ties with the cache's.
+tokens long: a long match is strong evidence, a short one is not. The longest match and each
+shorter suffix of it that occurs more often (one per state on the automaton's suffix-link
+path) give candidates; the one with the largest score (the sum of its tokens' path
+probabilities, the expected number of accepted tokens) wins, the longer on ties, and the
+request's own candidate on ties with the cache's.
 
 `SuffixAutomaton` is the index: an online suffix automaton (Blumer et al.) over one or more
 token strings: O(1) amortized states and transitions per appended token, at most `2n`
@@ -19,10 +20,10 @@ suffixes of those lengths, O(max_depth) in the worst case (a string of one repea
 usually far fewer. `propose_from` is the brute-force reference of a proposal.
 
 `SuffixCache` holds finished requests' outputs in one automaton, least recently used first
-out once they exceed `max_tokens` (an output whose draft is proposed counts as used). An
-evicted output leaves the automaton when it is rebuilt from the live outputs, which happens
-as soon as evicted tokens outnumber live ones: memory stays below twice `max_tokens`, and the
-rebuilds cost O(1) amortized per cached token.
+out once they exceed `max_tokens` (a proposal from the cache marks the output where its
+match first occurred as used). An evicted output leaves the automaton when it is rebuilt
+from the live outputs, which happens as soon as evicted tokens outnumber live ones: memory
+stays below twice `max_tokens`, and the rebuilds cost O(1) amortized per cached token.
 """
 
 from __future__ import annotations
