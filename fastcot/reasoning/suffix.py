@@ -142,8 +142,7 @@ class SuffixAutomaton:
         # The suffix of min(D + 1, n) tokens moves on by the token (a window of D + 1).
         window = self.max_depth + 1
         tail, tail_len = nxt[self._tail][token], self._tail_len + 1
-        if tail_len > window:
-            tail_len = window
+        tail_len = min(tail_len, window)
         while length[link[tail]] >= tail_len:  # the window dropped a token, or a split moved it
             tail = link[tail]
         self._tail, self._tail_len = tail, tail_len
@@ -158,8 +157,7 @@ class SuffixAutomaton:
 
     def shorten(self, state: int, ell: int) -> tuple[int, int]:
         """The state holding the last `min(ell, max_depth)` tokens of a string held by `state`."""
-        if ell > self.max_depth:
-            ell = self.max_depth
+        ell = min(ell, self.max_depth)
         length, link = self.length, self.link
         while state > 0 and length[link[state]] >= ell:
             state = link[state]
@@ -262,8 +260,8 @@ class SuffixIndex:
         best = Draft([])
         if k <= 0 or not self.tokens:
             return best
-        options = dict(max_spec_factor=max_spec_factor, max_spec_offset=max_spec_offset,
-                       min_token_prob=min_token_prob)
+        options = {"max_spec_factor": max_spec_factor, "max_spec_offset": max_spec_offset,
+                   "min_token_prob": min_token_prob}
         match_len = a.length[a.link[a.last]]  # the longest suffix that also ends earlier
         if match_len:
             depth = a.max_depth
@@ -362,7 +360,7 @@ def propose_from(token_ids: Sequence[int], k: int, *, cached: Sequence[Sequence[
         ends = []
         for s in strings:
             limit = len(s) - 1 if own else len(s)  # the context's own final occurrence excluded
-            ends += [(s, j + n) for j in range(0, limit - n + 1) if s[j:j + n] == context]
+            ends += [(s, j + n) for j in range(limit - n + 1) if s[j:j + n] == context]
         return ends
 
     def follow(strings, context, budget, own):

@@ -101,9 +101,9 @@ def logprob_lists(outs):
             for o in outs for c in o.outputs]
 
 
-PENALTIES = {"repetition": dict(repetition_penalty=1.05), "presence": dict(presence_penalty=0.6),
-             "frequency": dict(frequency_penalty=0.2), "all": dict(repetition_penalty=0.8, presence_penalty=-0.5,
-                                                                   frequency_penalty=0.3)}
+PENALTIES = {"repetition": {"repetition_penalty": 1.05}, "presence": {"presence_penalty": 0.6},
+             "frequency": {"frequency_penalty": 0.2},
+             "all": {"repetition_penalty": 0.8, "presence_penalty": -0.5, "frequency_penalty": 0.3}}
 
 
 @pytest.mark.parametrize("method", METHODS)

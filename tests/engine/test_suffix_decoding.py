@@ -53,9 +53,9 @@ def draw_engine(rng: random.Random) -> dict:
             "suffix_decoding_max_spec_offset": rng.choice([0.0, 2.0, 8.0]),
             "suffix_decoding_min_token_prob": rng.choice([0.0, 0.1, 0.3]),
             "suffix_decoding_max_cached_tokens": rng.choice([0, 64, 4096])}
-    return dict(block_size=block_size, num_kv_blocks=rng.choice([smallest, smallest + 2, 2 * smallest, 64]),
-                max_num_seqs=rng.choice([1, 2, 4, 256]), enable_prefix_caching=rng.random() < 0.5,
-                speculative_config=spec)
+    return {"block_size": block_size, "num_kv_blocks": rng.choice([smallest, smallest + 2, 2 * smallest, 64]),
+            "max_num_seqs": rng.choice([1, 2, 4, 256]), "enable_prefix_caching": rng.random() < 0.5,
+            "speculative_config": spec}
 
 
 def draw_requests(rng: random.Random) -> list[tuple]:
@@ -63,14 +63,14 @@ def draw_requests(rng: random.Random) -> list[tuple]:
     requests = []
     for i in range(rng.randint(2, 6)):
         if rng.random() < 0.6:  # repeated patterns and shared pieces: drafts get proposed
-            prompt = sum((rng.choice(pieces) for _ in range(rng.randint(1, 6))), [])
+            prompt = [t for piece in [rng.choice(pieces) for _ in range(rng.randint(1, 6))] for t in piece]
         else:
             prompt = [rng.randrange(3, 256) for _ in range(rng.randint(1, 30))]
         greedy = rng.random() < 0.6
         penalties = {}
         if rng.random() < 0.3:
-            penalties = rng.choice([dict(repetition_penalty=1.05), dict(presence_penalty=0.3),
-                                    dict(frequency_penalty=0.2, repetition_penalty=0.95)])
+            penalties = rng.choice([{"repetition_penalty": 1.05}, {"presence_penalty": 0.3},
+                                    {"frequency_penalty": 0.2, "repetition_penalty": 0.95}])
         params = SamplingParams(n=rng.choice([1, 1, 2]), temperature=0.0 if greedy else rng.choice([0.7, 1.0]),
                                 seed=None if greedy else rng.randrange(1000), max_tokens=rng.randint(8, 40),
                                 ignore_eos=True, logprobs=rng.choice([None, None, 0, 2]), **penalties)
@@ -212,7 +212,7 @@ def test_suffix_accepts_more_than_ngram_on_a_repetitive_multi_turn_trace():
 
     rng = random.Random(0)
     phrases = [[rng.randrange(3, 256) for _ in range(rng.randint(6, 16))] for _ in range(6)]
-    turns = [([rng.randrange(3, 256) for _ in range(12)], sum((rng.choice(phrases) for _ in range(6)), []))
+    turns = [([rng.randrange(3, 256) for _ in range(12)], [t for _ in range(6) for t in rng.choice(phrases)])
              for _ in range(10)]
     config = dataclasses.replace(fastcot.models.load_config("tiny-random"), num_hidden_layers=1)
     rates = {}

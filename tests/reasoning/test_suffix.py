@@ -10,7 +10,12 @@ import tracemalloc
 
 import pytest
 
-from fastcot.reasoning.suffix import SuffixAutomaton, SuffixCache, SuffixIndex, propose_from
+from fastcot.reasoning.suffix import (
+    SuffixAutomaton,
+    SuffixCache,
+    SuffixIndex,
+    propose_from,
+)
 
 CASES = int(os.environ.get("FASTCOT_SUFFIX_CASES", "60"))
 
@@ -20,8 +25,8 @@ def test_proposals_equal_the_brute_force_reference(case):
     rng = random.Random(case)
     vocab = rng.choice([2, 3, 5, 20])
     depth = rng.choice([1, 2, 3, 5, 24])
-    options = dict(max_spec_factor=rng.choice([0.5, 1.0, 2.0]), max_spec_offset=rng.choice([0.0, 1.0]),
-                   min_token_prob=rng.choice([0.0, 0.1, 0.4]))
+    options = {"max_spec_factor": rng.choice([0.5, 1.0, 2.0]), "max_spec_offset": rng.choice([0.0, 1.0]),
+               "min_token_prob": rng.choice([0.0, 0.1, 0.4])}
     k = rng.choice([1, 3, 8, 20])
     cache = SuffixCache(rng.choice([0, 40, 1000]), max_depth=depth)
     for _ in range(rng.randint(0, 4)):
