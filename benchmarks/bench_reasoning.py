@@ -16,6 +16,13 @@ only (first token to last), and a speculative row whose tokens differ from plain
 `wrong`. A second set of rows decodes *freely* (no forcing): the random model's own greedy text,
 which degenerates into repetition.
 
+**Suffix vs n-gram.** The same teacher-forced chain of thought at batch 1, and a multi-turn
+agent-like trace (`agent_turns`: each turn a separate request whose prompt holds the task and
+one observation, whose output is tool calls and edits built from a few templates, files and
+functions, so earlier turns' outputs repeat and only suffix decoding's cache of finished
+outputs sees them), decoded plainly, with n-gram drafts (`--k`'s largest) and with suffix
+decoding (`--suffix-k` tokens at most); acceptance, tokens per forward and speed-up over plain.
+
 **Prefix sharing.** `SamplingParams(n=n, temperature=0.8, seed=0, max_tokens=G, ignore_eos=True)`
 samples of one P-token prompt; the peak of KV blocks in use is compared with the bound of issue 6
 (1.1 x one prompt's blocks + the blocks holding each sample's own generated tokens) and with the
@@ -54,10 +61,11 @@ PREFIX_BOUND = 1.1
 SPEEDUP_TARGET = 1.5
 GPU = {"model": "llama-3.1-8b-random", "prompt": 256, "generate": 2048, "batch": "1,4", "k": "2,4,8",
        "free_k": "4", "n": "8,32", "prefix_prompt": 4 * KI, "prefix_generate": 128, "repeats": 1,
-       "warmup_tokens": 32}
-QUICK = GPU | {"generate": 1024, "batch": "1"}
+       "warmup_tokens": 32, "suffix_k": 16, "agent_turns": 24, "agent_tokens": 0}
+QUICK = GPU | {"generate": 1024, "batch": "1", "agent_turns": 12}
 SMOKE = {"model": "tiny-random", "prompt": 48, "generate": 128, "batch": "1", "k": "2,4", "free_k": "4", "n": "8,32",
-         "prefix_prompt": 100, "prefix_generate": 8, "repeats": 1, "warmup_tokens": 4}
+         "prefix_prompt": 100, "prefix_generate": 8, "repeats": 1, "warmup_tokens": 4, "suffix_k": 16,
+         "agent_turns": 3, "agent_tokens": 192}
 BLOCK_SIZE = 16
 
 ROW_KEYS = ("section", "text", "batch", "method", "k", "status", "reason", "prompt_tokens", "generated_tokens",
@@ -93,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--deepconf-seeds", default=None, help="comma list of seeds of the DeepConf rows (default 0,1; "
                    "smoke 0)")
     p.add_argument("--no-deepconf", action="store_true", help="skip the DeepConf rows")
+    p.add_argument("--suffix-k", type=int, default=None, help="most draft tokens of suffix decoding (default 16)")
+    p.add_argument("--agent-turns", type=int, default=None, help="turns of the agent-like trace (GPU default 24)")
+    p.add_argument("--no-suffix", action="store_true", help="skip the suffix vs n-gram rows")
     p.add_argument("--quick", action="store_true", help="GPU subset: batch 1, 1024 generated tokens")
     p.add_argument("--smoke", action="store_true", help="tiny-random on CPU, seconds; speed targets not judged")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
@@ -106,7 +117,7 @@ def run_plan(args, tiny: bool) -> dict:
     pick = {k: getattr(args, k) if getattr(args, k, None) is not None else base[k] for k in base}
     plan = pick | {"batch": _ints(pick["batch"]), "k": _ints(pick["k"]), "free_k": _ints(pick["free_k"]),
                    "n": _ints(pick["n"]),
-                   "free": not args.no_free}
+                   "free": not args.no_free, "suffix": not args.no_suffix}
     if plan["generate"] < 8 or plan["prompt"] < 8 or plan["prefix_prompt"] < 1 or plan["prefix_generate"] < 1:
         raise SystemExit("--generate and --prompt must be >= 8, --prefix-prompt and --prefix-generate >= 1")
     if not plan["k"] or min(plan["k"]) < 1 or not plan["batch"] or min(plan["batch"]) < 1:
@@ -293,9 +304,12 @@ class Bench:
         # Distinct first tokens per request so that no two requests share prefix-cache blocks.
         self.markers = sorted(set(self.ref))
 
-    def engine(self, *, spec_k: int | None, max_num_seqs: int, num_blocks: int, max_model_len: int):
+    def engine(self, *, spec_k: int | None, max_num_seqs: int, num_blocks: int, max_model_len: int,
+               method: str = "ngram"):
         spec = None if spec_k is None else {"method": "ngram", "num_speculative_tokens": spec_k,
                                             "prompt_lookup_max": 4, "prompt_lookup_min": 2, "max_batch_size": 8}
+        if spec_k is not None and method == "suffix":
+            spec = {"method": "suffix", "num_speculative_tokens": spec_k, "max_batch_size": 8}
         return self.fastcot.LLM.from_model(self.model, self.tokenizer, device=self.device, num_kv_blocks=num_blocks,
                                            block_size=BLOCK_SIZE, max_model_len=max_model_len,
                                            max_num_seqs=max_num_seqs, seed=self.args.seed, thinking_delimiters=False,
@@ -309,14 +323,15 @@ class Bench:
             out.append(ids)
         return out
 
-    def run_decode(self, *, batch: int, k: int | None, forced: bool) -> dict:
+    def run_decode(self, *, batch: int, k: int | None, forced: bool, method: str = "ngram") -> dict:
         """Generate `plan['generate']` greedy tokens for `batch` prompts (after a warm-up run),
         `repeats` times; tokens of the last run, median tokens/s."""
         plan, fc = self.plan, self.fastcot
         gen = plan["generate"]
         max_len = plan["prompt"] + gen + 8
         blocks = (batch + 1) * (-(-max_len // BLOCK_SIZE) + 1) + 8
-        llm = self.engine(spec_k=k, max_num_seqs=max(batch, 1), num_blocks=blocks, max_model_len=max_len)
+        llm = self.engine(spec_k=k, max_num_seqs=max(batch, 1), num_blocks=blocks, max_model_len=max_len,
+                          method=method)
         probe = Probe(llm)
         params = fc.SamplingParams(temperature=0, max_tokens=gen, ignore_eos=True)
         warm = fc.SamplingParams(temperature=0, max_tokens=plan["warmup_tokens"], ignore_eos=True)
@@ -440,6 +455,144 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------------------------
+# Suffix decoding vs n-gram: the chain of thought, and a multi-turn agent-like trace
+
+
+FILES = ("src/parser.py", "src/cache.py", "src/http.py", "tests/test_parser.py")
+FUNCS = ("parse_header", "read_chunk", "merge_rows", "retry_request", "load_config")
+
+
+def _code(func: str, delta: int) -> str:
+    return (f"def {func}(data, limit=None):\n    if limit is None:\n        limit = len(data)\n"
+            f"    return data[:limit + {delta}]\n")
+
+
+def agent_turns(seed: int, turns: int) -> list[tuple[str, str]]:
+    """(prompt, output) texts of a synthetic coding-agent session, deterministic from `seed`:
+    each turn reads a file, edits a function and reruns the tests, through tool calls in a
+    fixed JSON form over a few files and functions, so later outputs repeat earlier ones. A
+    prompt holds the task and one observation only (as agents that summarize their history)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(turns):
+        path, func, test = rng.choice(FILES), rng.choice(FUNCS), rng.choice(FUNCS)
+        old, new = rng.randint(0, 3), rng.randint(0, 3)
+        prompt = (f"You are a coding agent. Call tools as JSON. Task {i}: the test test_{test} fails.\n"
+                  f"Observation: {path} contains\n{_code(func, old)}\n")
+        output = (f"Thought: test_{test} fails, and {func} in {path} looks wrong. Let me read {path} first.\n"
+                  f'Action: {{"tool": "read_file", "arguments": {{"path": "{path}"}}}}\n'
+                  f"Thought: {func} returns one element too many. Let me fix it.\n"
+                  f'Action: {{"tool": "edit_file", "arguments": {{"path": "{path}", "old": "{_code(func, old)}", '
+                  f'"new": "{_code(func, new)}"}}}}\n'
+                  f'Action: {{"tool": "run_tests", "arguments": {{"path": "tests/test_parser.py", "k": "test_{test}"}}}}\n'
+                  f"Thought: the tests pass now. The fix is done.\n")
+        out.append((prompt, output))
+    return out
+
+
+def run_trace(bench: Bench, turns: list[tuple[list[int], list[int]]], *, k: int | None, method: str) -> dict:
+    """Decode each turn (a separate request, batch 1, teacher-forced onto its output) in order;
+    decode time summed over the turns."""
+    fc = bench.fastcot
+    max_len = max(len(p) + len(o) for p, o in turns) + 8
+    llm = bench.engine(spec_k=k, method=method, max_num_seqs=1, num_blocks=2 * (-(-max_len // BLOCK_SIZE) + 1) + 8,
+                       max_model_len=max_len)
+    probe = Probe(llm)
+    tokens, decode_s, decoded = [], 0.0, 0
+    with TeacherForcing(bench.model, bench.ref, bench.device) as forcing:
+        warm = fc.SamplingParams(temperature=0, max_tokens=bench.plan["warmup_tokens"], ignore_eos=True)
+        llm.generate([bench.ref[:16]], warm, use_tqdm=False)  # CUDA graphs, shapes (not agent text)
+        if llm.speculator is not None:
+            sp = llm.speculator
+            sp.num_steps = sp.num_proposed = sp.num_accepted = 0
+        probe.reset()
+        for prompt, output in turns:
+            forcing.ref = torch.tensor(prompt + output + output[-1:], dtype=torch.int64, device=bench.device)
+            params = fc.SamplingParams(temperature=0, max_tokens=len(output), ignore_eos=True)
+            _sync(bench.device)
+            out = llm.generate([prompt], params, use_tqdm=False)[0]
+            _sync(bench.device)
+            decode_s += out.metrics.finish_time - out.metrics.first_token_time
+            tokens.append(list(out.outputs[0].token_ids))
+            decoded += len(tokens[-1]) - 1
+    row = {"tokens_per_s": decoded / decode_s, "decode_s": decode_s, "forwards": probe.forwards,
+           "generated_tokens": sum(map(len, tokens)), "tokens": tokens,
+           "tokens_per_forward": decoded / probe.forwards if probe.forwards else None,
+           "reference_match": sum(a == b for t, (_, o) in zip(tokens, turns) for a, b in zip(t, o))
+           / max(1, sum(map(len, tokens)))}
+    sp = llm.speculator
+    if sp is not None:
+        row |= {"spec_steps": sp.num_steps, "proposed": sp.num_proposed, "accepted": sp.num_accepted,
+                "acceptance_rate": sp.acceptance_rate,
+                "mean_accepted_per_step": sp.num_accepted / sp.num_steps if sp.num_steps else None}
+    del llm, probe
+    common.free_memory()
+    return row
+
+
+def suffix_rows(bench: Bench) -> list[dict]:
+    """Plain, n-gram (the largest --k) and suffix decoding on the CoT text and the agent trace."""
+    plan = bench.plan
+    encode = bench.tokenizer.encode
+    cut = plan["agent_tokens"] or None  # the smoke run keeps each output's beginning
+    turns = [(encode(p, add_special_tokens=False), encode(o, add_special_tokens=False)[:cut])
+             for p, o in agent_turns(bench.args.seed, plan["agent_turns"])]
+    rows = []
+    for text in ("cot", "agent"):
+        base = None
+        for method, k in (("plain", None), ("ngram", max(plan["k"])), ("suffix", plan["suffix_k"])):
+            print(f"suffix vs ngram: {text} {method} k={k}", file=sys.stderr, flush=True)
+            row = {key: None for key in ROW_KEYS} | {"section": "suffix", "text": text, "batch": 1, "method": method,
+                                                     "k": k, "status": "ok"}
+            try:
+                if text == "cot":
+                    got = bench.run_decode(batch=1, k=k, forced=True, method=method if k else "ngram")
+                    got.pop("runs_tokens_per_s")
+                    row["prompt_tokens"] = plan["prompt"]
+                else:
+                    got = run_trace(bench, turns, k=k, method=method)
+                    row["prompt_tokens"] = sum(len(p) for p, _ in turns)
+            except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
+                row |= {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+                print(f"ERROR suffix {text} {method}: {row['reason']}", file=sys.stderr)
+                rows.append(row)
+                continue
+            tokens = got.pop("tokens")
+            row |= got
+            if row["reference_match"] != 1.0:
+                row |= {"status": "wrong", "reason": f"teacher forcing missed: {row['reference_match']:.3f}"}
+            if k is None:
+                base = (tokens, row["tokens_per_s"])
+            elif base is not None:
+                row["matches_plain"] = tokens == base[0]
+                row["speedup"] = row["tokens_per_s"] / base[1]
+                if not row["matches_plain"]:
+                    row |= {"status": "wrong", "reason": "speculative tokens differ from plain greedy"}
+            rows.append(row)
+    return rows
+
+
+def format_suffix(rows: list[dict]) -> str:
+    fmt = common.fmt
+    table = []
+    for r in rows:
+        if r["section"] != "suffix":
+            continue
+        cells = [r["text"], r["method"] if r["k"] is None else f"{r['method']} k={r['k']}"]
+        if r["status"] == "error":
+            table.append(cells + ["error"] + [""] * 6)
+            continue
+        mark = "!" if r["status"] == "wrong" else ""
+        cells += [fmt(r["tokens_per_s"], ".1f") + mark, fmt(r["speedup"], ".2f"), fmt(r["acceptance_rate"], ".2f"),
+                  fmt(r["mean_accepted_per_step"], ".2f"), fmt(r["tokens_per_forward"], ".2f"),
+                  "-" if r["matches_plain"] is None else "yes" if r["matches_plain"] else "NO",
+                  str(r["generated_tokens"])]
+        table.append(cells)
+    headers = ["text", "method", "tok/s", "x plain", "accept", "acc/step", "tok/fwd", "= plain", "tokens"]
+    return common.format_table(headers, table, groups=[2])
+
+
+# ---------------------------------------------------------------------------------------------
 # Targets and tables
 
 
@@ -551,6 +704,7 @@ def main(argv=None) -> int:
         print("deepconf (synthetic task, CPU)", file=sys.stderr, flush=True)
         rows += deepconf_task.deepconf_rows(n=args.deepconf_n or (24 if args.smoke else 64),
                                             seeds=_ints(args.deepconf_seeds or ("0" if args.smoke else "0,1")))
+    rows += suffix_rows(bench) if plan["suffix"] else []
     targets = judge_targets(rows, cpu=common.is_cpu(env))
 
     print()
@@ -563,6 +717,13 @@ def main(argv=None) -> int:
           "(! marks a wrong row). cot: teacher-forced synthetic chain of thought (real model compute, the reference's "
           "next token forced); free: the random model's own greedy text (degenerate repetition, not reasoning).")
     print()
+    if plan["suffix"]:
+        print(f"Suffix decoding vs n-gram, batch 1, greedy: the teacher-forced CoT text ({plan['generate']} tokens) "
+              f"and an agent-like trace ({plan['agent_turns']} turns, each a request; earlier outputs repeat)")
+        print(format_suffix(rows))
+        print("acc/step: accepted drafts per verification; tok/fwd: decode tokens per forward pass. Suffix drafts "
+              "adapt their length (up to k) to the match; ngram drafts are k tokens when an n-gram matches.")
+        print()
     print(f"Prefix sharing: n samples of one prompt (temperature 0.8), peak KV blocks in use; bound = "
           f"{PREFIX_BOUND} x prompt blocks + blocks of each sample's own generated tokens")
     print(format_prefix(rows))

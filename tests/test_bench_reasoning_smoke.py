@@ -31,6 +31,7 @@ def test_smoke_prints_tables(smoke_run):
     proc, _ = smoke_run
     assert "tok/s" in proc.stdout and "accept" in proc.stdout and "peak/bound" in proc.stdout
     assert "DeepConf on a synthetic task" in proc.stdout and "voted / stopped" in proc.stdout
+    assert "suffix k=16" in proc.stdout
     assert "targets: not judged" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("wrote ")
 
@@ -47,6 +48,14 @@ def test_smoke_json_schema(smoke_run):
     for r in rows:
         assert list(r) == list(bench.ROW_KEYS)
         assert r["status"] == "ok", r
+
+    suffix = [r for r in rows if r["section"] == "suffix"]
+    assert [(r["text"], r["method"]) for r in suffix] == [(t, m) for t in ("cot", "agent")
+                                                          for m in ("plain", "ngram", "suffix")]
+    for r in suffix:
+        assert r["reference_match"] == 1.0 and r["matches_plain"] in (None, True)
+    accepted = {(r["text"], r["method"]): r["tokens_per_forward"] for r in suffix}
+    assert accepted["agent", "suffix"] > accepted["agent", "ngram"] > 1.0  # earlier outputs repeat
 
     spec = [r for r in rows if r["section"] == "speculative"]
     expect = [("cot", 1, k) for k in [None, *plan["k"]]] + [("free", 1, k) for k in [None, *plan["free_k"]]]

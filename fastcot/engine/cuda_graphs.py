@@ -1,4 +1,5 @@
-"""Decode steps captured as CUDA graphs, one per padded batch size, sharing one memory pool.
+"""Decode steps (and speculative verification steps, `VerifyGraphs`) captured as CUDA graphs,
+one per padded batch size, sharing one memory pool per kind.
 
 A decode step's shapes depend only on the batch size: block tables are kept at their full
 width (the split-KV decode kernel picks its split count from that width), padding rows have
@@ -130,3 +131,105 @@ class DecodeGraphs:
         views.shared_block_tables[:count, :width].copy_(groups.shared_block_tables)
         views.row_groups.fill_(-1)
         views.row_groups[:n].copy_(groups.row_groups)
+
+
+class VerifyGraphs:
+    """Speculative verification steps captured as CUDA graphs, one per padded batch size.
+
+    A verification step feeds each of B sequences its last token and up to K drafts (at most
+    `tokens_per_seq = K + 1` new tokens). A graph of bucket b takes `b * tokens_per_seq` query
+    tokens and b + 1 sequences: the step's sequences keep their own spans, and the tokens
+    that fill the bucket form one dummy sequence after them (its keys and values are not
+    written: slot -1; it attends to block 0 of its all-zero table row, so every read stays in
+    the cache), followed by empty sequences. The launch shapes then depend on the bucket
+    alone (`max_query_len` is the bucket's token count), and each sequence's rows are
+    computed as in an eager step. `capture=False` runs the same padded inputs eagerly (for
+    tests of the layout without a GPU).
+    """
+
+    def __init__(self, model, kv_caches, *, max_batch: int, tokens_per_seq: int, max_blocks_per_seq: int,
+                 device: torch.device, capture: bool = True):
+        self.model, self.kv_caches, self.capture_graphs = model, kv_caches, capture
+        self.buckets = [b for b in (1, 2, 4, 8, 16, 32) if b < max_batch] + [max_batch]
+        self.tokens_per_seq = tokens_per_seq
+        b, t = self.buckets[-1], self.buckets[-1] * tokens_per_seq
+        self.input_ids = torch.zeros(t, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(t, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((t,), -1, dtype=torch.int32, device=device)
+        self.seq_lens = torch.zeros(b + 1, dtype=torch.int32, device=device)
+        self.cu_seqlens_q = torch.zeros(b + 2, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros((b + 1, max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+
+    def _forward(self, b: int) -> torch.Tensor:
+        t = b * self.tokens_per_seq
+        metadata = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:t], block_tables=self.block_tables[: b + 1],
+            seq_lens=self.seq_lens[: b + 1], cu_seqlens_q=self.cu_seqlens_q[: b + 2], max_query_len=t,
+        )
+        hidden = self.model(self.input_ids[:t], self.positions[:t], self.kv_caches, metadata)
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket, largest first (its pool serves the smaller ones), after a
+        warm-up run of each on the current (valid) static inputs."""
+        start = time.perf_counter()
+        pool = None
+        for b in reversed(self.buckets):
+            self._fill_empty(b)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._forward(b)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[b] = self._forward(b)
+            pool = graph.pool()
+            self.graphs[b] = graph
+        torch.cuda.synchronize()
+        logger.info("captured CUDA graphs of speculative verification for %d batch sizes (1 to %d, up to %d "
+                    "tokens per sequence) in %.1f s", len(self.buckets), self.buckets[-1], self.tokens_per_seq,
+                    time.perf_counter() - start)
+
+    def _fill_empty(self, b: int) -> None:
+        """Inputs of a bucket with no real sequence: one dummy sequence of all its tokens."""
+        t = b * self.tokens_per_seq
+        self.slot_mapping[:t].fill_(-1)
+        self.positions[:t].copy_(torch.arange(t, device=self.positions.device))
+        self.seq_lens.zero_()
+        self.seq_lens[0] = t
+        self.cu_seqlens_q.fill_(t)
+        self.cu_seqlens_q[0] = 0
+        self.block_tables.zero_()
+
+    def run(self, input_ids, positions, metadata: AttentionMetadata) -> torch.Tensor | None:
+        """Logits `[T, V]` of a verification step (a prefill-shaped step of B sequences and T
+        tokens), or None when it does not fit the largest bucket."""
+        n, t_real = metadata.seq_lens.shape[0], input_ids.shape[0]
+        per = self.tokens_per_seq
+        b = next((b for b in self.buckets if b >= n and b * per >= t_real), None)
+        if b is None:
+            return None
+        if self.capture_graphs and not self.graphs:
+            self.capture()
+        t, pad, width = b * per, b * per - t_real, metadata.block_tables.shape[1]
+        self.input_ids[:t_real].copy_(input_ids)
+        self.input_ids[t_real:t].fill_(0)
+        self.positions[:t_real].copy_(positions)
+        self.positions[t_real:t].copy_(torch.arange(pad, device=positions.device))
+        self.slot_mapping[:t_real].copy_(metadata.slot_mapping)
+        self.slot_mapping[t_real:t].fill_(-1)
+        self.seq_lens[:n].copy_(metadata.seq_lens)
+        self.seq_lens[n] = pad  # the dummy sequence: its tokens are all new
+        self.seq_lens[n + 1: b + 1].fill_(0)
+        self.cu_seqlens_q[: n + 1].copy_(metadata.cu_seqlens_q)
+        self.cu_seqlens_q[n + 1: b + 2].fill_(t)
+        self.block_tables[:n, :width].copy_(metadata.block_tables)
+        self.block_tables[n: b + 1].fill_(0)
+        if self.capture_graphs:
+            self.graphs[b].replay()
+            return self.logits[b][:t_real]
+        return self._forward(b)[:t_real]

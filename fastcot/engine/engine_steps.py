@@ -134,15 +134,12 @@ class EngineSteps:
 
     def _drafts(self, batch: Batch) -> list[list[int]] | None:
         """Draft tokens per sequence of a decode batch, or None to decode it plainly (a large
-        batch, a row whose sampling depends on each token, or nothing to propose)."""
+        batch, or nothing to propose). Rows under thinking-budget controls get none."""
         seqs = batch.seqs
         if len(seqs) > self.speculator.config.max_batch_size:
             return None
         if any(s.params.tracks_confidence for s in seqs):
             return None  # one confidence per emitted token: the device state advances by one per step
-        if any(s.params.repetition_penalty != 1.0 or s.params.output_penalties or s.params.logprobs is not None
-               for s in seqs):
-            return None
         drafts = []
         for seq in seqs:
             out = self._outs[seq.seq_id]
@@ -167,13 +164,17 @@ class EngineSteps:
         verify = Batch(batch.seqs, is_prefill=True, chunk_ends=[len(s) for s in batch.seqs], block_copies=copies,
                        preempted=batch.preempted)
         sampled = self.runner.verify(verify)
+        scores = self.runner.last_verify_logprobs
         self.speculator.num_steps += 1
-        for seq, draft, samples in zip(batch.seqs, drafts, sampled):
+        for i, (seq, draft, samples) in enumerate(zip(batch.seqs, drafts, sampled)):
             if draft:
                 del seq.token_ids[-len(draft):]
             tokens = self.speculator.accept(draft, samples)
             out = self._outs[seq.seq_id]
-            for token in tokens:
+            for j, token in enumerate(tokens):
+                if scores is not None and (score := scores[i][j]) is not None:  # of the sampled token, as `_emit`
+                    seq.logprobs.append(self.logprob_entry(token, score))
+                    seq.cumulative_logprob += score[0]
                 try:
                     if out.controls:
                         token = out.choose(token)  # only rows without drafts have controls

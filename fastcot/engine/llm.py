@@ -60,8 +60,8 @@ class LLM:
             `fastcot.reasoning.find_thinking_delimiters`), a `(start, end)` pair of strings sets
             them, False means none. Each must be a single token. With delimiters, outputs carry
             `reasoning_text` apart from the answer `text`, and thinking budgets apply.
-        speculative_config: None, or `{"method": "ngram", "num_speculative_tokens": k, ...}`
-            for n-gram speculative decoding of small decode batches (see
+        speculative_config: None, or `{"method": "ngram" | "suffix", "num_speculative_tokens": k,
+            ...}` for n-gram or suffix speculative decoding of small decode batches (see
             `fastcot.engine.speculative`); greedy and seeded outputs are unchanged by it.
         tensor_parallel_size: split the model over this many devices (GPUs, or CPU processes
             with gloo) with tensor parallelism: rank 0 runs in this process, the others are

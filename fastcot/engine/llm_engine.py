@@ -36,7 +36,7 @@ from fastcot.engine.request import Request
 from fastcot.engine.sampling import SamplingParams, request_key
 from fastcot.engine.scheduler import Scheduler
 from fastcot.engine.sequence import RequestOutput, Sequence
-from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
+from fastcot.engine.speculative import SpeculativeConfig, make_speculator
 
 logger = logging.getLogger("fastcot")
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -179,7 +179,7 @@ class LLMEngine(EngineSteps):
         SamplingParams(**generation_defaults)  # a bad generation_config.json fails here, naming the field
         self.thinking = capacity.thinking_delimiters(tokenizer, thinking_delimiters)
         spec = SpeculativeConfig.from_user(speculative_config)
-        self.speculator = None if spec is None else NgramSpeculator(spec)
+        self.speculator = None if spec is None else make_speculator(spec)
         kv_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or model.lm_head_weight.dtype
         num_kv_blocks = capacity.num_kv_blocks(  # model.config: a tensor-parallel rank's shard
             model.config, device=device, block_size=block_size, kv_dtype=kv_dtype, max_model_len=max_model_len,
@@ -188,7 +188,9 @@ class LLMEngine(EngineSteps):
         self.block_manager = BlockManager(num_kv_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
         self.runner = ModelRunner(model, block_manager=self.block_manager, kv_cache_dtype=kv_dtype, device=device,
                                   max_blocks_per_seq=-(-max_model_len // block_size), max_num_seqs=max_num_seqs,
-                                  enforce_eager=enforce_eager)
+                                  enforce_eager=enforce_eager,
+                                  speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
+                                  speculative_batch=0 if spec is None else spec.max_batch_size)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens)
         self.requests: dict[str, Request] = {}  # unfinished, by id

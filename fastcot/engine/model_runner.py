@@ -1,7 +1,7 @@
 """Turns a scheduled batch into model inputs and attention metadata, runs it, and samples.
 
-Prefill steps run eagerly; on a GPU decode steps replay CUDA graphs (`cuda_graphs.py`)
-unless `enforce_eager`.
+Prefill steps run eagerly; on a GPU decode steps and small speculative verification steps
+replay CUDA graphs (`cuda_graphs.py`) unless `enforce_eager`.
 
 A decode step's host work is kept flat in the sequences' lengths and small in the batch
 size. Block tables live on the device, one row ("slot") per live sequence, and a decode
@@ -106,6 +106,38 @@ def _counts(seqs, vocab_size, device):
     return output_counts([s.token_ids[s.prompt_len:] for s in seqs], vocab_size, device)
 
 
+def _draft_token_rows(batch: Batch, vocab_size: int, device, *, presence: bool, counts: bool):
+    """The penalty state plain decoding has at each position a speculative step samples, one
+    row per position: `[R, V]` presence of the prompt and output tokens before it and `[R, V]`
+    counts of the output ones (drafts before the position included), or None where unused."""
+    if not (presence or counts):
+        return None, None
+    seqs = batch.seqs
+    n = [end - s.num_computed for s, end in zip(seqs, batch.chunk_ends)]
+    rows, tokens, at = [], [], 0  # (row, draft token) pairs: position j sees the drafts before it
+    for seq, count in zip(seqs, n):
+        drafts = seq.token_ids[seq.num_computed + 1: seq.num_computed + count]
+        for j in range(1, count):
+            rows += [at + j] * j
+            tokens += drafts[:j]
+        at += count
+    # Built on the device: one [B, V] base row per sequence crosses, not one per position.
+    repeats = pack("q", n, torch.int64, device)
+    index = (pack("q", rows, torch.int64, device), pack("q", tokens, torch.int64, device))
+    present = counted = None
+    if presence:
+        present = presence_mask([s.token_ids[: s.num_computed + 1] for s in seqs], vocab_size, device)
+        present = present.repeat_interleave(repeats, dim=0, output_size=at)
+        if rows:
+            present[index] = True
+    if counts:
+        counted = output_counts([s.token_ids[s.prompt_len: s.num_computed + 1] for s in seqs], vocab_size, device)
+        counted = counted.repeat_interleave(repeats, dim=0, output_size=at)
+        if rows:
+            counted.index_put_(index, torch.ones(len(rows), dtype=counted.dtype, device=device), accumulate=True)
+    return present, counted
+
+
 class ModelRunner:
     """Owns the KV caches (one `(k_cache, v_cache)` pair per layer) and runs steps.
 
@@ -116,7 +148,8 @@ class ModelRunner:
 
     def __init__(self, model, *, block_manager: BlockManager, kv_cache_dtype: torch.dtype, device: torch.device,
                  max_blocks_per_seq: int, max_num_seqs: int = 256, enforce_eager: bool = True,
-                 cascade_decode: bool | None = None, cascade_min_shared_tokens: int | None = None):
+                 cascade_decode: bool | None = None, cascade_min_shared_tokens: int | None = None,
+                 speculative_tokens: int = 0, speculative_batch: int = 0):
         config = model.config
         self.model = model
         self.config = config
@@ -160,6 +193,7 @@ class ModelRunner:
                 raise ValueError("cascade_decode=True is not supported with tensor parallelism "
                                  "(tensor_parallel_size > 1); leave it None or False")
             self.cascade_decode = False
+        self.last_verify_logprobs: list[list[tuple | None]] | None = None  # see `verify`
         self.graphs = None
         if device.type == "cuda" and not enforce_eager:
             from fastcot.engine.cuda_graphs import DecodeGraphs
@@ -169,6 +203,13 @@ class ModelRunner:
                 make = functools.partial(DecodeGraphs, model, cascade=self.cascade_decode)
             self.graphs = make(self.kv_caches, max_batch=max_num_seqs, max_blocks_per_seq=max_blocks_per_seq,
                                device=device)
+        self.verify_graphs = None  # small speculative verification steps, `speculative_tokens` drafts at most
+        if self.graphs is not None and speculative_tokens and getattr(model, "decode_graphs", None) is None:
+            from fastcot.engine.cuda_graphs import VerifyGraphs
+
+            self.verify_graphs = VerifyGraphs(model, self.kv_caches, max_batch=min(speculative_batch, max_num_seqs),
+                                              tokens_per_seq=speculative_tokens + 1,
+                                              max_blocks_per_seq=max_blocks_per_seq, device=device)
 
     # ---- slots and block tables ------------------------------------------------------------
 
@@ -428,14 +469,20 @@ class ModelRunner:
     def verify(self, batch: Batch) -> list[list[int]]:
         """A speculative step: `batch` is a prefill-shaped batch whose sequences end with their
         draft tokens (`chunk_ends[i] = len(seq)`, computing from the last accepted token on).
-        Samples every position as plain decoding would sample that output token; returns
-        each sequence's sampled tokens, one per computed position."""
+        Samples every position as plain decoding would sample that output token (penalties
+        over the tokens before it, drafts included); returns each sequence's sampled tokens,
+        one per computed position. `last_verify_logprobs` then holds, per sequence and
+        position, what `last_logprobs` holds for a plain step (None if no row asked)."""
         for seq in batch.preempted:
             self.release(seq)
         self.last_logprobs = None
         self.copy_blocks(batch.block_copies)
         input_ids, positions, metadata = self._prepare_prefill(batch)
-        logits = self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, metadata))
+        logits = None
+        if self.verify_graphs is not None:
+            logits = self.verify_graphs.run(input_ids, positions, metadata)
+        if logits is None:
+            logits = self.model.compute_logits(self.model(input_ids, positions, self.kv_caches, metadata))
         rows, output_lens = [], []
         for seq, end in zip(batch.seqs, batch.chunk_ends):
             first = seq.num_computed + 1 - seq.prompt_len  # output index sampled at the first position
@@ -445,11 +492,19 @@ class ModelRunner:
             [s.params for s in rows], output_lens=output_lens, keys=[s.noise_key for s in rows],
             eos_token_ids=self.config.eos_token_ids, device=self.device,
         )
-        sampled = self.sampler(logits, tensors, None, output_counts=None).tolist()
+        presence, counts = _draft_token_rows(batch, logits.shape[1], self.device, presence=tensors.do_penalty,
+                                             counts=tensors.do_output_penalty)
+        sampled_ids = self.sampler(logits, tensors, presence, output_counts=counts)
+        sampled = sampled_ids.tolist()
+        num_logprobs = _num_logprobs(rows)
+        scores = None if num_logprobs is None else _logprobs(logits, sampled_ids, rows, num_logprobs)
         out, at = [], 0
+        self.last_verify_logprobs = None if scores is None else []
         for seq, end in zip(batch.seqs, batch.chunk_ends):
             n = end - seq.num_computed
             out.append(sampled[at: at + n])
+            if scores is not None:
+                self.last_verify_logprobs.append(scores[at: at + n])
             at += n
         return out
 

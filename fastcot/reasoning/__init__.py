@@ -1,6 +1,7 @@
 """Engine-independent building blocks for long chain-of-thought generation.
 
-Pure Python, no torch: n-gram draft proposals for speculative decoding (`NgramIndex`),
+Pure Python, no torch: n-gram and suffix draft proposals for speculative decoding (`NgramIndex`,
+`SuffixIndex` with `SuffixCache`),
 degenerate-loop detection (`RepetitionGuard`), final-answer extraction and majority voting
 (`extract_answer`, `majority_vote`, `vote_is_decided`), and thinking sections of reasoning
 models (`ThinkingDelimiters`, `find_thinking_delimiters`, `ReasoningSplitter`, `ThinkingState`,
@@ -18,6 +19,7 @@ from fastcot.reasoning.answers import (
 from fastcot.reasoning.confidence import ConfidenceConfig, PathConfidence
 from fastcot.reasoning.ngram import NgramIndex, propose_from
 from fastcot.reasoning.repetition import RepetitionGuard
+from fastcot.reasoning.suffix import SuffixCache, SuffixIndex
 from fastcot.reasoning.thinking import (
     COT_SYSTEM_PROMPT,
     KNOWN_DELIMITERS,
@@ -37,3 +39,4 @@ __all__ = [
     "extract_answer", "find_thinking_delimiters", "majority_vote", "normalize_answer", "prompt_opens_thinking",
     "propose_from", "split_cot_answer", "vote_is_decided",
 ]
+__all__ += ["SuffixCache", "SuffixIndex"]

@@ -115,7 +115,7 @@ def draw_requests(rng: random.Random) -> list[tuple]:
             seed=None if greedy else rng.randrange(1000), max_tokens=rng.randint(1, 24),
             ignore_eos=rng.random() < 0.7, stop=["?"] if rng.random() < 0.4 else None,  # a placeholder (`with_stops`)
             output_kind=rng.choice(["cumulative", "delta", "final_only"]),
-            logprobs=2 if rng.random() < 0.1 else None,  # (a row asking for logprobs does not speculate)
+            logprobs=2 if rng.random() < 0.1 else None,
         )
         requests.append((f"req{i}", prompt[: MAX_MODEL_LEN - params.max_tokens], params, rng.randint(0, 12)))
     return requests
