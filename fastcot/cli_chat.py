@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 
+from fastcot.engine.speculative import cli_config as speculative_cli_config
 from fastcot.reasoning.thinking import REASONING_EFFORT_BUDGETS
 
 DEFAULT_MAX_TOKENS = 8192
@@ -59,7 +60,11 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     m.add_argument("--thinking-delimiters", nargs=2, metavar=("START", "END"), default=None,
                    help="a reasoning model's thinking delimiters, when its tokenizer's are not detected")
     m.add_argument("--speculative-tokens", type=int, default=0,
-                   help="n-gram speculative decoding with this many draft tokens (0: off)")
+                   help="speculative decoding with at most this many draft tokens per step (0: off, or the "
+                        "method's default with --speculative-method)")
+    m.add_argument("--speculative-method", choices=("ngram", "suffix"), default=None,
+                   help="where drafts come from: n-gram lookup (default) or suffix decoding over the "
+                        "request's text and earlier outputs (docs/engine.md)")
     s = p.add_argument_group("sampling (unset: from generation_config.json, else temperature 0.6, top_p 0.95)")
     s.add_argument("--n", type=int, default=1, help="samples per prompt")
     s.add_argument("--max-tokens", type=int, default=None,
@@ -163,9 +168,10 @@ def build(args):
     sampling_params(kwargs)  # the flags' errors, before the weights load
     if args.thinking_budget is not None or args.min_thinking_tokens or getattr(args, "reasoning_effort", None):
         _check_thinking_delimiters(args)
-    speculative = None
-    if args.speculative_tokens:
-        speculative = {"method": "ngram", "num_speculative_tokens": args.speculative_tokens}
+    try:
+        speculative = speculative_cli_config(args.speculative_tokens, args.speculative_method)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     try:
         llm = fastcot.LLM(args.model, quantization=args.quantization, dtype=args.dtype,
                           kv_cache_dtype=args.kv_cache_dtype, device=args.device, max_model_len=args.max_model_len,

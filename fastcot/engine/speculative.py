@@ -38,6 +38,22 @@ _SUFFIX_KEYS = ("suffix_decoding_max_tree_depth", "suffix_decoding_max_spec_fact
                 "suffix_decoding_max_cached_tokens")
 
 
+def cli_config(tokens: int, method: str | None) -> dict | None:
+    """`speculative_config` from the command-line flags `--speculative-tokens K` and
+    `--speculative-method {ngram,suffix}`: None (off) when neither is given; a method alone uses
+    its default K (4 for "ngram", 16 for "suffix"); K alone means "ngram"."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"--speculative-tokens must be an int >= 0, got {tokens!r}")
+    if method is not None and method not in METHODS:
+        raise ValueError(f"--speculative-method must be one of {list(METHODS)}, got {method!r}")
+    if not tokens and method is None:
+        return None
+    config = {"method": method or "ngram"}
+    if tokens:
+        config["num_speculative_tokens"] = tokens
+    return config
+
+
 @dataclass
 class SpeculativeConfig:
     """`LLM(speculative_config={...})`, with vLLM's names: `method` "ngram" or "suffix",

@@ -59,11 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--thinking-delimiters", nargs=2, metavar=("START", "END"), default=None,
                         help="a reasoning model's thinking delimiters (default: found in the tokenizer)")
     engine.add_argument("--speculative-tokens", type=int, default=0,
-                        help="n-gram speculative decoding with this many draft tokens (0: off)")
+                        help="speculative decoding with at most this many draft tokens per step (0: off, or "
+                             "the method's default with --speculative-method)")
+    engine.add_argument("--speculative-method", choices=("ngram", "suffix"), default=None,
+                        help="where drafts come from: n-gram lookup (default) or suffix decoding over the "
+                             "request's text and earlier outputs (docs/engine.md)")
 
 
 def engine_kwargs(args) -> dict:
     """The engine's constructor arguments from the parsed options."""
+    from fastcot.engine.speculative import cli_config
+
     kwargs = dict(quantization=args.quantization, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                   device=args.device, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
@@ -73,8 +79,9 @@ def engine_kwargs(args) -> dict:
                   tensor_parallel_size=args.tensor_parallel_size)
     if args.thinking_delimiters is not None:
         kwargs["thinking_delimiters"] = tuple(args.thinking_delimiters)
-    if args.speculative_tokens:
-        kwargs["speculative_config"] = {"method": "ngram", "num_speculative_tokens": args.speculative_tokens}
+    speculative = cli_config(args.speculative_tokens, args.speculative_method)
+    if speculative is not None:
+        kwargs["speculative_config"] = speculative
     return kwargs
 
 

@@ -10,7 +10,7 @@ import torch
 
 import fastcot.models
 from fastcot import LLM, SamplingParams
-from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig
+from fastcot.engine.speculative import NgramSpeculator, SpeculativeConfig, cli_config
 
 VOCAB = 300
 
@@ -320,3 +320,15 @@ def test_cuda_graph_verification_equals_eager():
             assert llm.runner.verify_graphs is not None and llm.runner.verify_graphs.graphs
             assert llm.speculator.num_steps > 0
     assert outs[0] == outs[1]
+
+
+def test_command_line_flags_give_the_config():
+    assert cli_config(0, None) is None
+    assert cli_config(3, None) == {"method": "ngram", "num_speculative_tokens": 3}
+    assert cli_config(0, "suffix") == {"method": "suffix"}
+    assert SpeculativeConfig.from_user(cli_config(0, "suffix")).num_speculative_tokens == 16
+    assert cli_config(8, "suffix") == {"method": "suffix", "num_speculative_tokens": 8}
+    with pytest.raises(ValueError, match="--speculative-tokens"):
+        cli_config(-1, None)
+    with pytest.raises(ValueError, match="--speculative-method"):
+        cli_config(4, "eagle")

@@ -20,6 +20,7 @@ def test_help_lists_server_and_engine_options(capsys):
     (["/nonexistent/checkpoint", "--device", "cpu"], "/nonexistent/checkpoint"),
     (["tiny-random", "--port", "70000"], "--port"),
     (["tiny-random", "--max-n", "0"], "--max-n"),
+    (["tiny-random", "--device", "cpu", "--speculative-tokens", "-1"], "--speculative-tokens"),
 ])
 def test_bad_invocations_exit_2_with_a_message(args, words, capsys):
     assert main(["serve", *args]) == 2
