@@ -200,7 +200,7 @@ def test_barrier_at_two_call_sites_is_caught(lib):
     status, failure = run(lib, "barrier_at_two_sites", torch.zeros(128))
     assert status == LAUNCH_FAILURE and "barrier_at_two_sites" in failure
     first = SOURCE.index("  if (threadIdx.x < 64) {") + 2
-    assert f"two call sites" in failure and f":{first} " in failure and f":{first + 2} " in failure, failure
+    assert "two call sites" in failure and f":{first} " in failure and f":{first + 2} " in failure, failure
 
 
 def test_deadlock_between_a_shuffle_and_a_barrier_is_caught(lib):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from gguf_blocks import BLOCK_BYTES, decode, random_blocks
-from gguf_files import add_tensor, finish, write_model, writer
+from gguf_files import finish, write_model, writer
 from hf_checkpoints import make_hf_model
 
 import fastcot
