@@ -237,11 +237,11 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-# Programs of the shipped decode configuration (BLOCK_N 64, 4 warps, 2 stages, head_dim 128)
+# Programs of the shipped decode configuration (`_decode_tiles`, 4 warps, DECODE_STAGES, head_dim 128)
 # resident per SM, from its compiled registers and shared memory as `fastcot bench static`
 # reports them, by (SM version, float8 cache). tests/static recomputes them from the compiled
 # kernel. Other versions use the smallest entry.
-TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 5, (90, True): 4, (80, False): 4, (80, True): 4}
+TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 6, (90, True): 4, (80, False): 4, (80, True): 2}
 
 
 def triton_decode_blocks_per_sm(arch: int, kv_fp8: bool) -> int:
@@ -284,10 +284,19 @@ def sm_version(device: torch.device) -> int:
     return 90
 
 
-def _decode_tiles(head_dim: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N) for a head size."""
+def _decode_tiles(head_dim: int, kv_fp8: bool = False) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N) for a head size and cache: K and V tiles of 8 KB each where 16 to 64
+    tokens allow it (32 tokens at D = 128 with a 16-bit cache, 64 with float8), so that the
+    pipeline's two tiles in flight (DECODE_STAGES) leave 6 programs per SM on sm_90 (4 with
+    float8, whose conversion needs more shared memory)."""
     block_d = max(16, _pow2(head_dim))
-    return block_d, (64 if block_d <= 128 else 32)
+    return block_d, max(16, min(64, 8192 // (block_d * (1 if kv_fp8 else 2))))
+
+
+# Triton decode software pipeline depth: the loads of one tile are in flight while the previous
+# tile is computed (the kernel reads each tile's block-table entries one iteration earlier, so
+# the pipeliner double-buffers the K and V copies).
+DECODE_STAGES = 3
 
 
 def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
@@ -298,7 +307,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = q_heads // num_kv_heads
-    block_d, block_n = _decode_tiles(head_dim)
+    block_d, block_n = _decode_tiles(head_dim, k_cache.element_size() == 1)
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
                                    num_sms(q.device), arch=sm_version(q.device), kv_fp8=k_cache.element_size() == 1)
@@ -316,7 +325,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         qk_scale=qk_scale, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
         BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q), **kv_consts,
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=DECODE_STAGES,
     )
     if num_splits > 1:
         _decode_merge_kernel[(batch, q_heads)](
@@ -395,11 +404,11 @@ def aot_specs():
                       "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
 
     def decode(dtype, cache, head_dim, group, splits):
-        block_d, block_n = _decode_tiles(head_dim)
         fp8 = cache == "fp8e4nv"  # passed as int32 words of four codes (head_dim % 4 == 0)
+        block_d, block_n = _decode_tiles(head_dim, fp8)
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
-            fn=_paged_decode_kernel, num_warps=4, num_stages=2,
+            fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,
             signature={"q_ptr": f"*{dtype}", "k_cache_ptr": "*i32" if fp8 else f"*{cache}",
                        "v_cache_ptr": "*i32" if fp8 else f"*{cache}",
                        "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",

@@ -103,14 +103,11 @@ def _e4m3_pair(w, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _load_fp8_words(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, mask_w,
-                    stride_block, stride_slot, stride_head, BLOCK_SIZE: tl.constexpr, BF16: tl.constexpr):
-    """A float8 tile read as int32 words (strides in words) and converted like `_e4m3_scaled`,
-    `[BLOCK_N, 4 * BLOCK_W]`, its head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3
-    of each word): the order in which the word operations leave them."""
-    w = _load_kv_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, mask_w,
-                      stride_block, stride_slot, stride_head, BLOCK_SIZE).to(tl.uint32, bitcast=True)
-    even, odd = _e4m3_pairs(w, 4 if BF16 else 1)
+def _fp8_words_to_halves(w, BF16: tl.constexpr):
+    """int32 words of four float8 codes `[N, W]` converted like `_e4m3_scaled`, `[N, 4 * W]`,
+    head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3 of each word): the order in
+    which the word operations leave them."""
+    even, odd = _e4m3_pairs(w.to(tl.uint32, bitcast=True), 4 if BF16 else 1)
     # join(join(a, b), join(c, d)) flattens to a, c, b, d: bytes 0, 2, 1, 3, each word's halves adjacent
     halves = tl.join(tl.join(even & 0xFFFF, odd & 0xFFFF), tl.join(even >> 16, odd >> 16)).to(tl.uint16)
     bits = tl.reshape(halves, (w.shape[0], 4 * w.shape[1]))
@@ -119,7 +116,7 @@ def _load_fp8_words(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, m
 
 @triton.jit
 def _fp8_dim_order(offs_d):
-    """Head dim held at position d of a `_load_fp8_words` tile: bits 0 and 1 of d swapped."""
+    """Head dim held at position d of a `_fp8_words_to_halves` tile: bits 0 and 1 of d swapped."""
     return (offs_d & ~3) | ((offs_d & 1) << 1) | ((offs_d >> 1) & 1)
 
 
@@ -159,6 +156,15 @@ def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constex
 
 
 @triton.jit
+def _token_rows(table_row_ptr, offs_t, mask_t, kv_head, stride_block, stride_slot, stride_head,
+                BLOCK_SIZE: tl.constexpr):
+    """Cache offsets (int64, in elements of the cache view) of tokens `offs_t` of one sequence
+    and KV head: one block-table read per token, shared by the K and V loads."""
+    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.int64)
+    return block * stride_block + (offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -171,7 +177,15 @@ def _paged_decode_kernel(
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
-    ranges are computed here from seq_lens, so the grid depends only on shapes (CUDA-graph safe)."""
+    ranges are computed here from seq_lens, so the grid depends only on shapes (CUDA-graph safe).
+
+    The pipeline: each iteration reads the block-table entries of the next tile (one read per
+    token, shared by K and V), so a tile's K and V addresses come from registers loaded an
+    iteration earlier and no KV load waits on a table load. With that, Triton's pipeliner
+    (num_stages 3) double-buffers the K and V copies (`cp.async`): tile i + 1 is in flight
+    while tile i is computed. Loads past the split's end are masked (predicated), not branched.
+    (With the table read in the same iteration the pipeliner gives the table a stage of its own
+    and keeps a single K/V buffer: a copy waited on right after it is issued.)"""
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -185,10 +199,13 @@ def _paged_decode_kernel(
     mask_g = offs_g < GROUP
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-    offs_w = tl.arange(0, BLOCK_D // 4)
-    mask_w = offs_w < HEAD_DIM // 4
-    if FP8_WORDS:
+    if FP8_WORDS:  # the tiles are read as int32 words of four codes
+        offs_c = tl.arange(0, BLOCK_D // 4)
+        mask_c = offs_c < HEAD_DIM // 4
         offs_d = _fp8_dim_order(offs_d)  # q, and the output, in the order of the K and V tiles
+    else:
+        offs_c = offs_d
+        mask_c = mask_d
     q = tl.load(q_ptr + b * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)
     if IEEE_FP32:
@@ -199,21 +216,25 @@ def _paged_decode_kernel(
     l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
     acc = tl.zeros((GROUP_PAD, BLOCK_D), dtype=tl.float32)
     table_row = block_tables_ptr + b * stride_table_b
+    offs_n = tl.arange(0, BLOCK_N)
+    # The block-table entries of tile i + 1 are read during tile i.
+    rows = _token_rows(table_row, start + offs_n, start + offs_n < end, kv_head, stride_block, stride_slot,
+                       stride_head, BLOCK_SIZE)
     for t0 in range(start, end, BLOCK_N):
-        offs_t = t0 + tl.arange(0, BLOCK_N)
-        mask_t = offs_t < end
+        mask_t = t0 + offs_n < end
+        mask_kv = mask_t[:, None] & mask_c[None, :]
+        k_raw = tl.load(k_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
+        v_raw = tl.load(v_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
+        offs_t = t0 + BLOCK_N + offs_n
+        rows = _token_rows(table_row, offs_t, offs_t < end, kv_head, stride_block, stride_slot, stride_head,
+                           BLOCK_SIZE)
         if FP8_WORDS:
-            k = _load_fp8_words(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_w, mask_w,
-                                stride_block, stride_slot, stride_head, BLOCK_SIZE, K_BF16)
-            v = _load_fp8_words(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_w, mask_w,
-                                stride_block, stride_slot, stride_head, BLOCK_SIZE, False)
+            k = _fp8_words_to_halves(k_raw, K_BF16)
+            v = _fp8_words_to_halves(v_raw, False)
+        elif KV_FP8:
+            k, v = _e4m3_scaled(k_raw, K_BF16), _e4m3_scaled(v_raw, False)
         else:
-            k = _load_kv_tile(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
-                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
-            v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
-                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
-            if KV_FP8:
-                k, v = _e4m3_scaled(k, K_BF16), _e4m3_scaled(v, False)
+            k, v = k_raw, v_raw
         m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
 
     # An empty sequence or split has l == 0 and acc == 0: its output is 0, never 0/0.
