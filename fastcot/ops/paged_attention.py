@@ -209,7 +209,7 @@ def _fp32_dots(q: torch.Tensor) -> bool:
 
 
 def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
-    """Cache views and scales as the Triton kernels take them: a float8 cache goes in as its
+    """Cache views and scales as the prefill kernel takes them: a float8 cache goes in as its
     uint8 codes (converted by bit operations in the kernel, so no float8 type reaches the
     compiler and sm_80 compiles), keys as float16 holding value * 2^-8 (bfloat16 with
     value * 2^-120 for bfloat16 tensor-core dots, q then scaled by 2^56 in the kernel) and
@@ -224,13 +224,20 @@ def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
 
 
 def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
-    """`_kv_operands` for decode: a float8 cache whose head size is a multiple of 4 goes in as
-    int32 words (four codes each, converted two at a time), its strides in words."""
-    k, v, qk_scale, v_scale, consts = _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
-    consts["FP8_WORDS"] = words = consts["KV_FP8"] and k_cache.shape[-1] % 4 == 0
-    if words:
-        k, v = k_cache.view(torch.int32), v_cache.view(torch.int32)
-    return k, v, qk_scale, v_scale, consts
+    """Cache views, scales and float8 switches for the decode kernel. A float8 cache goes in as
+    its codes (int32 words of four when the head size is a multiple of 4, converted two at a
+    time; else bytes), keys and values both rebuilt as float16 holding value * 2^-8 (the scales
+    carry the 2^8); a bfloat16 query is turned into a float16 one in the kernel
+    (`_query_as_f16`), so the dots run in float16 on a GPU and under the interpreter alike."""
+    qk_scale = scale * k_scale * LOG2E
+    if k_cache.dtype != torch.float8_e4m3fn:
+        consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "IEEE_FP32": _fp32_dots(q)}
+        return k_cache, v_cache, qk_scale, v_scale, consts
+    words = k_cache.shape[-1] % 4 == 0
+    view = torch.int32 if words else torch.uint8
+    consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words,
+              "IEEE_FP32": q.dtype == torch.float32}
+    return k_cache.view(view), v_cache.view(view), qk_scale * 2.0 ** 8, v_scale * 2.0 ** 8, consts
 
 
 def _pow2(n: int) -> int:
@@ -324,7 +331,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
         qk_scale=qk_scale, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q), **kv_consts,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, **kv_consts,
         num_warps=4, num_stages=DECODE_STAGES,
     )
     if num_splits > 1:
@@ -418,7 +425,7 @@ def aot_specs():
                        "qk_scale": "fp32", "v_scale": "fp32"},
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
                         "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
-                        "KV_FP8": fp8, "K_BF16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
+                        "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
         )
 

@@ -80,24 +80,15 @@ def _e4m3_scaled(code, BF16: tl.constexpr):
 
 
 @triton.jit
-def _e4m3_pairs(w, SHIFT: tl.constexpr):
-    """The 16-bit codes of bytes (0, 2) and (1, 3) of the uint32 words `w`, two per word, as
-    `_e4m3_scaled` makes them (SHIFT 1: float16, 4: bfloat16): a 32-bit operation handles two
-    values, and each result word already is the register pair a dot operand wants."""
-    if SHIFT == 1:
-        return _e4m3_pairs_f16(w)
-    return _e4m3_pair(w << 8, SHIFT), _e4m3_pair(w, SHIFT)
-
-
-@triton.jit
-def _e4m3_pairs_f16(w):
-    """`_e4m3_pairs` for float16, in 9 operations a word. Adding 1 to each byte's 7-bit
-    magnitude sets that byte's bit 7 only for the NaN magnitude 0x7F (no carry leaves a byte),
-    so `mag` holds per byte the magnitude with a NaN flag in place of the sign; shifted into a
-    float16 half (<< 7 for bytes 0 and 2, >> 1 for bytes 1 and 3) the flag lands on the top
-    exponent bit (0x3F80 -> 0x7F80, a NaN). One bitwise select per pair then takes bits
-    0x7F807F80 from the shifted magnitudes and the two sign bits from the word's signs, which
-    lie outside that mask (the other bytes' signs fall inside it and are dropped)."""
+def _e4m3_pairs(w):
+    """The float16 codes (as `_e4m3_scaled` makes them) of bytes (0, 2) and (1, 3) of the uint32
+    words `w`, two per word, so that a 32-bit operation handles two values; 9 operations a word.
+    Adding 1 to each byte's 7-bit magnitude sets that byte's bit 7 only for the NaN magnitude
+    0x7F (no carry leaves a byte), so `mag` holds per byte the magnitude with a NaN flag in
+    place of the sign; shifted into a float16 half (<< 7 for bytes 0 and 2, >> 1 for bytes 1
+    and 3) the flag lands on the top exponent bit (0x3F80 -> 0x7F80, a NaN). One bitwise select
+    per pair then takes bits 0x7F807F80 from the shifted magnitudes and the two sign bits from
+    the word's signs, which lie outside that mask (the other bytes' signs fall inside it)."""
     mag = w & 0x7F7F7F7F
     mag = mag | ((mag + 0x01010101) & 0x80808080)
     sign = w & 0x80808080
@@ -107,30 +98,15 @@ def _e4m3_pairs_f16(w):
 
 
 @triton.jit
-def _e4m3_pair(w, SHIFT: tl.constexpr):
-    """The codes in bytes 1 and 3 of `w` as two 16-bit halves. A NaN code (magnitude 0x7F) is
-    the only one whose shifted magnitude reaches 0x3F80 (float16) / 0x07F0 (bfloat16): adding
-    one mantissa step carries into bit 14 / 11, which, added back (x15 for bfloat16), fills the
-    exponent with ones and leaves a NaN."""
-    mag = (w & 0x7F007F00) >> SHIFT
-    step = 0x00800080 if SHIFT == 1 else 0x00100010
-    carry = 0x40004000 if SHIFT == 1 else 0x08000800
-    nan = (mag + step) & carry
-    if SHIFT != 1:
-        nan = nan * 15
-    return ((w & 0x80008000) | mag) + nan
-
-
-@triton.jit
-def _fp8_words_to_halves(w, BF16: tl.constexpr):
-    """int32 words of four float8 codes `[N, W]` converted like `_e4m3_scaled`, `[N, 4 * W]`,
+def _fp8_words_to_halves(w):
+    """int32 words of four float8 codes `[N, W]` as float16 like `_e4m3_scaled`, `[N, 4 * W]`,
     head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3 of each word): the order in
     which the word operations leave them."""
-    even, odd = _e4m3_pairs(w.to(tl.uint32, bitcast=True), 4 if BF16 else 1)
+    even, odd = _e4m3_pairs(w.to(tl.uint32, bitcast=True))
     # join(join(a, b), join(c, d)) flattens to a, c, b, d: bytes 0, 2, 1, 3, each word's halves adjacent
     halves = tl.join(tl.join(even & 0xFFFF, odd & 0xFFFF), tl.join(even >> 16, odd >> 16)).to(tl.uint16)
     bits = tl.reshape(halves, (w.shape[0], 4 * w.shape[1]))
-    return bits.to(tl.bfloat16 if BF16 else tl.float16, bitcast=True)
+    return bits.to(tl.float16, bitcast=True)
 
 
 @triton.jit
@@ -146,6 +122,19 @@ def _prescale_q(q, ON: tl.constexpr):
     if ON:
         q = (q.to(tl.float32) * 72057594037927936.0).to(q.dtype)  # 2^56, exact
     return q
+
+
+@triton.jit
+def _query_as_f16(q, qk_scale):
+    """A bfloat16 query tile as float16 for dots with float16 keys (float8 caches): scaled by the
+    power of two 2^s that puts its largest magnitude in [2^14, 2^15), so no element overflows
+    and every one at least 2^-29 of the largest keeps all of bfloat16's bits; `qk_scale / 2^s`
+    undoes it in the softmax. An all-zero tile gets 2^127; NaN and infinity stay as they are."""
+    q = q.to(tl.float32)
+    top = tl.max(tl.max(tl.abs(q), axis=1), axis=0)
+    exponent = (top.to(tl.int32, bitcast=True) >> 23) & 0xFF  # 127 + floor(log2(top))
+    pow2 = (tl.minimum(268 - exponent, 254) << 23).to(tl.float32, bitcast=True)  # 2^(141 - exponent)
+    return (q * pow2).to(tl.float16), qk_scale / pow2
 
 
 @triton.jit
@@ -192,7 +181,7 @@ def _paged_decode_kernel(
     qk_scale, v_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
-    KV_FP8: tl.constexpr, K_BF16: tl.constexpr, FP8_WORDS: tl.constexpr,
+    KV_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, FP8_WORDS: tl.constexpr,
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
@@ -229,7 +218,8 @@ def _paged_decode_kernel(
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)
     if IEEE_FP32:
         q = q.to(tl.float32)  # then K and V follow q's dtype in _attention_step
-    q = _prescale_q(q, KV_FP8 and K_BF16)
+    if Q_TO_F16:
+        q, qk_scale = _query_as_f16(q, qk_scale)
 
     m = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
@@ -248,10 +238,10 @@ def _paged_decode_kernel(
         rows = _token_rows(table_row, offs_t, offs_t < end, kv_head, stride_block, stride_slot, stride_head,
                            BLOCK_SIZE)
         if FP8_WORDS:
-            k = _fp8_words_to_halves(k_raw, K_BF16)
-            v = _fp8_words_to_halves(v_raw, False)
+            k = _fp8_words_to_halves(k_raw)
+            v = _fp8_words_to_halves(v_raw)
         elif KV_FP8:
-            k, v = _e4m3_scaled(k_raw, K_BF16), _e4m3_scaled(v_raw, False)
+            k, v = _e4m3_scaled(k_raw, False), _e4m3_scaled(v_raw, False)
         else:
             k, v = k_raw, v_raw
         m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
