@@ -209,7 +209,7 @@ def _fp32_dots(q: torch.Tensor) -> bool:
 
 
 def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
-    """Cache views and scales as the Triton kernels take them: a float8 cache goes in as its
+    """Cache views and scales as the prefill kernel takes them: a float8 cache goes in as its
     uint8 codes (converted by bit operations in the kernel, so no float8 type reaches the
     compiler and sm_80 compiles), keys as float16 holding value * 2^-8 (bfloat16 with
     value * 2^-120 for bfloat16 tensor-core dots, q then scaled by 2^56 in the kernel) and
@@ -224,24 +224,31 @@ def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
 
 
 def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
-    """`_kv_operands` for decode: a float8 cache whose head size is a multiple of 4 goes in as
-    int32 words (four codes each, converted two at a time), its strides in words."""
-    k, v, qk_scale, v_scale, consts = _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
-    consts["FP8_WORDS"] = words = consts["KV_FP8"] and k_cache.shape[-1] % 4 == 0
-    if words:
-        k, v = k_cache.view(torch.int32), v_cache.view(torch.int32)
-    return k, v, qk_scale, v_scale, consts
+    """Cache views, scales and float8 switches for the decode kernel. A float8 cache goes in as
+    its codes (int32 words of four when the head size is a multiple of 4, converted two at a
+    time; else bytes), keys and values both rebuilt as float16 holding value * 2^-8 (the scales
+    carry the 2^8); a bfloat16 query is turned into a float16 one in the kernel
+    (`_query_as_f16`), so the dots run in float16 on a GPU and under the interpreter alike."""
+    qk_scale = scale * k_scale * LOG2E
+    if k_cache.dtype != torch.float8_e4m3fn:
+        consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "IEEE_FP32": _fp32_dots(q)}
+        return k_cache, v_cache, qk_scale, v_scale, consts
+    words = k_cache.shape[-1] % 4 == 0
+    view = torch.int32 if words else torch.uint8
+    consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words,
+              "IEEE_FP32": q.dtype == torch.float32}
+    return k_cache.view(view), v_cache.view(view), qk_scale * 2.0 ** 8, v_scale * 2.0 ** 8, consts
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-# Programs of the shipped decode configuration (BLOCK_N 64, 4 warps, 2 stages, head_dim 128)
+# Programs of the shipped decode configuration (`_decode_tiles`, 4 warps, DECODE_STAGES, head_dim 128)
 # resident per SM, from its compiled registers and shared memory as `fastcot bench static`
 # reports them, by (SM version, float8 cache). tests/static recomputes them from the compiled
 # kernel. Other versions use the smallest entry.
-TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 5, (90, True): 4, (80, False): 4, (80, True): 4}
+TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 6, (90, True): 4, (80, False): 4, (80, True): 2}
 
 
 def triton_decode_blocks_per_sm(arch: int, kv_fp8: bool) -> int:
@@ -284,10 +291,19 @@ def sm_version(device: torch.device) -> int:
     return 90
 
 
-def _decode_tiles(head_dim: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N) for a head size."""
+def _decode_tiles(head_dim: int, kv_fp8: bool = False) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N) for a head size and cache: K and V tiles of 8 KB each where 16 to 64
+    tokens allow it (32 tokens at D = 128 with a 16-bit cache, 64 with float8), so that the
+    pipeline's two tiles in flight (DECODE_STAGES) leave 6 programs per SM on sm_90 (4 with
+    float8, whose conversion needs more shared memory)."""
     block_d = max(16, _pow2(head_dim))
-    return block_d, (64 if block_d <= 128 else 32)
+    return block_d, max(16, min(64, 8192 // (block_d * (1 if kv_fp8 else 2))))
+
+
+# Triton decode software pipeline depth: the loads of one tile are in flight while the previous
+# tile is computed (the kernel reads each tile's block-table entries one iteration earlier, so
+# the pipeliner double-buffers the K and V copies).
+DECODE_STAGES = 3
 
 
 def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
@@ -298,7 +314,7 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = q_heads // num_kv_heads
-    block_d, block_n = _decode_tiles(head_dim)
+    block_d, block_n = _decode_tiles(head_dim, k_cache.element_size() == 1)
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
                                    num_sms(q.device), arch=sm_version(q.device), kv_fp8=k_cache.element_size() == 1)
@@ -315,8 +331,8 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
         qk_scale=qk_scale, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, IEEE_FP32=_fp32_dots(q), **kv_consts,
-        num_warps=4, num_stages=2,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, **kv_consts,
+        num_warps=4, num_stages=DECODE_STAGES,
     )
     if num_splits > 1:
         _decode_merge_kernel[(batch, q_heads)](
@@ -395,11 +411,11 @@ def aot_specs():
                       "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
 
     def decode(dtype, cache, head_dim, group, splits):
-        block_d, block_n = _decode_tiles(head_dim)
         fp8 = cache == "fp8e4nv"  # passed as int32 words of four codes (head_dim % 4 == 0)
+        block_d, block_n = _decode_tiles(head_dim, fp8)
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
-            fn=_paged_decode_kernel, num_warps=4, num_stages=2,
+            fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,
             signature={"q_ptr": f"*{dtype}", "k_cache_ptr": "*i32" if fp8 else f"*{cache}",
                        "v_cache_ptr": "*i32" if fp8 else f"*{cache}",
                        "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",
@@ -409,7 +425,7 @@ def aot_specs():
                        "qk_scale": "fp32", "v_scale": "fp32"},
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
                         "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
-                        "KV_FP8": fp8, "K_BF16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
+                        "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
         )
 

@@ -7,7 +7,12 @@ from helpers import TOLERANCE, assert_close, poisoned
 import fastcot
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops.paged_attention import TRITON_DECODE_BLOCKS_PER_SM, decode_num_splits, paged_decode_triton
+from fastcot.ops.paged_attention import (
+    TRITON_DECODE_BLOCKS_PER_SM,
+    _decode_tiles,
+    decode_num_splits,
+    paged_decode_triton,
+)
 
 FP8 = torch.float8_e4m3fn
 ON_GPU = torch.cuda.is_available()
@@ -226,13 +231,44 @@ def test_decode_extreme_logits_give_no_nan(backend, device):
     assert_close(out, expected, **tolerance(dtype, expected))
 
 
+@pytest.mark.skipif(not TRITON_HERE, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("cache", ["same", "fp8"])
+@pytest.mark.parametrize("block_size", [8, 256])
+def test_decode_pipeline_tile_edges(cache, block_size, device):
+    """The kernel reads a tile's block-table entries one iteration ahead and the pipeliner has
+    the next tile's K and V in flight: lengths one short of, at and past tile edges, in one
+    split and across several, against shuffled tables whose unused columns hold garbage (-7),
+    which a read past a split's end would hit."""
+    torch.manual_seed(block_size)
+    dtype, head_dim, hkv, group = DTYPES[0], 64, 2, 4
+    fp8 = cache == "fp8"
+    _, block_n = _decode_tiles(head_dim, fp8)
+    seq_lens = [block_n - 1, block_n, block_n + 1, 2 * block_n, 3 * block_n + 5, 0]
+    num_blocks = sum(-(-n // block_size) for n in seq_lens) + 2
+    k_scale, v_scale = (0.3, 0.2) if fp8 else (1.0, 1.0)
+    k_cache, v_cache = make_cache(num_blocks, block_size, hkv, head_dim, dtype, device,
+                                  fp8_scale=k_scale if fp8 else None)
+    if fp8:
+        v_cache = (v_cache.float() * k_scale / v_scale).to(FP8)
+    tables, lens = make_tables(seq_lens, block_size, num_blocks, device)
+    q = torch.randn(len(seq_lens), hkv * group, head_dim, device=device).to(dtype)
+    expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, lens, k_scale=k_scale,
+                                                v_scale=v_scale, compute_dtype=torch.float64)
+    for splits in (1, 2, 3):
+        out = poisoned(q.shape, dtype, device)
+        paged_decode_triton(q, k_cache, v_cache, tables, lens, out, head_dim ** -0.5, k_scale, v_scale,
+                            num_splits=splits)
+        assert_close(out, expected, **tolerance(FP8 if fp8 else dtype, expected))
+        assert (out[-1] == 0).all()
+
+
 def test_decode_split_choice_fills_the_chip_and_depends_on_shapes_only():
-    assert decode_num_splits(1, 8, 131072, 132) == 64  # 512 programs: 3.9 of 4 per SM
+    assert decode_num_splits(1, 8, 131072, 132) == 64  # 512 programs: 3.9 of 4 per SM (6 fit)
     assert decode_num_splits(1, 8, 1024, 132) == 4  # capacity caps the split count
     assert decode_num_splits(1, 8, 32768, 108, arch=80) == 52  # 416 of 432 slots
     assert decode_num_splits(64, 8, 8192, 108, arch=80) == 5  # 2560 programs: 5.93 of 6 waves
     assert decode_num_splits(64, 8, 8192, 132, kv_fp8=True) == 1  # 512 of 528 slots
-    assert decode_num_splits(256, 8, 131072, 132) == 4  # 3.1 waves: 12.4 of 13 once split
+    assert decode_num_splits(256, 8, 131072, 132) == 3  # 2.6 waves unsplit: 7.8 of 8 once split
     assert decode_num_splits(512, 8, 131072, 132) == 1  # four waves or more: no split
     for batch in (1, 3, 64):
         for sms, arch in ((132, 90), (108, 80)):

@@ -33,10 +33,10 @@ def _bytes_kernel(code_ptr, out_ptr, BF16: tl.constexpr):
 
 
 @triton.jit
-def _words_kernel(word_ptr, out_ptr, SHIFT: tl.constexpr):
+def _words_kernel(word_ptr, out_ptr):
     """The halves of each word's two results, back in byte order."""
     offs = tl.arange(0, 64)
-    even, odd = _e4m3_pairs(tl.load(word_ptr + offs).to(tl.uint32, bitcast=True), SHIFT)
+    even, odd = _e4m3_pairs(tl.load(word_ptr + offs).to(tl.uint32, bitcast=True))
     tl.store(out_ptr + offs * 4, (even & 0xFFFF).to(tl.int32))
     tl.store(out_ptr + offs * 4 + 1, (odd & 0xFFFF).to(tl.int32))
     tl.store(out_ptr + offs * 4 + 2, (even >> 16).to(tl.int32))
@@ -44,19 +44,20 @@ def _words_kernel(word_ptr, out_ptr, SHIFT: tl.constexpr):
 
 
 def _decoded(bf16: bool, words: bool) -> torch.Tensor:
-    """All 256 codes through `_e4m3_scaled` (bytes) or `_e4m3_pairs` (words), as float64, scaled back."""
+    """All 256 codes through `_e4m3_scaled` (bytes) or `_e4m3_pairs` (words, float16 only), as
+    float64, scaled back."""
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).to(DEVICE)
     bits = torch.empty(256, dtype=torch.int32, device=DEVICE)
     if words:
-        _words_kernel[(1,)](codes.view(torch.int32), bits, SHIFT=4 if bf16 else 1)
+        _words_kernel[(1,)](codes.view(torch.int32), bits)
     else:
         _bytes_kernel[(1,)](codes, bits, BF16=bf16)
     values = bits.to(torch.int16).view(torch.bfloat16 if bf16 else torch.float16).double()
     return values * 2.0 ** (120 if bf16 else 8)
 
 
-@pytest.mark.parametrize("words", [False, True], ids=["bytes", "words"])
-@pytest.mark.parametrize("bf16", [False, True], ids=["f16", "bf16"])
+@pytest.mark.parametrize("bf16,words", [(False, False), (True, False), (False, True)],
+                         ids=["f16-bytes", "bf16-bytes", "f16-words"])
 def test_every_e4m3_code_decodes_exactly(bf16, words):
     """Every code equals torch's float8_e4m3fn value bit for bit after the folded scale: ±0 keep
     their sign, subnormals are exact, and the NaN codes 0x7F and 0xFF decode to NaN."""
@@ -104,3 +105,30 @@ def test_fp8_nan_code_reaches_the_output():
     out = poisoned(q.shape, q.dtype, DEVICE)
     paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, 0.25, 1.0, 1.0, num_splits=1)
     assert out[0].isnan().all() and out[1].isfinite().all()
+
+
+@pytest.mark.parametrize("magnitude", [1e25, 3e4, 1e-3, 1e-25, 0.0])
+def test_bfloat16_query_over_fp8_cache_at_any_magnitude(magnitude):
+    """With a float8 cache a bfloat16 query runs as float16, rescaled by a power of two per
+    program (`_query_as_f16`): magnitudes far outside float16's range, tiny ones and zero
+    attend as the float64 reference does."""
+    torch.manual_seed(7)
+    head_dim, hkv, group, block_size = 64, 2, 4, 8
+    lens = [40, 9]
+    width = 6
+    shape = (len(lens) * width, block_size, hkv, head_dim)
+    k_scale, v_scale = 0.1, 0.05
+    k_cache = (torch.randn(shape) / k_scale).to(FP8).to(DEVICE)
+    v_cache = (torch.randn(shape) / v_scale).to(FP8).to(DEVICE)
+    tables = torch.randperm(shape[0], dtype=torch.int32).reshape(len(lens), width).to(DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    q = (torch.randn(len(lens), hkv * group, head_dim) * magnitude).to(torch.bfloat16).to(DEVICE)
+    # A softmax scale that keeps the logits of order one, so the test sees the kernel's
+    # arithmetic rather than a one-hot softmax.
+    scale = 1.0 / max(magnitude, 1e-30) / head_dim ** 0.5 if magnitude else 1.0
+    out = poisoned(q.shape, q.dtype, DEVICE)
+    paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, scale, k_scale, v_scale, num_splits=2)
+    expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, seq_lens, scale,
+                                                k_scale=k_scale, v_scale=v_scale, compute_dtype=torch.float64)
+    tol = TOLERANCE[torch.bfloat16]
+    assert_close(out, expected, atol=tol["atol"] * max(1.0, float(expected.abs().max())), rtol=tol["rtol"])

@@ -80,46 +80,38 @@ def _e4m3_scaled(code, BF16: tl.constexpr):
 
 
 @triton.jit
-def _e4m3_pairs(w, SHIFT: tl.constexpr):
-    """The 16-bit codes of bytes (0, 2) and (1, 3) of the uint32 words `w`, two per word, as
-    `_e4m3_scaled` makes them (SHIFT 1: float16, 4: bfloat16): a 32-bit operation handles two
-    values, and each result word already is the register pair a dot operand wants."""
-    return _e4m3_pair(w << 8, SHIFT), _e4m3_pair(w, SHIFT)
+def _e4m3_pairs(w):
+    """The float16 codes (as `_e4m3_scaled` makes them) of bytes (0, 2) and (1, 3) of the uint32
+    words `w`, two per word, so that a 32-bit operation handles two values; 9 operations a word.
+    Adding 1 to each byte's 7-bit magnitude sets that byte's bit 7 only for the NaN magnitude
+    0x7F (no carry leaves a byte), so `mag` holds per byte the magnitude with a NaN flag in
+    place of the sign; shifted into a float16 half (<< 7 for bytes 0 and 2, >> 1 for bytes 1
+    and 3) the flag lands on the top exponent bit (0x3F80 -> 0x7F80, a NaN). One bitwise select
+    per pair then takes bits 0x7F807F80 from the shifted magnitudes and the two sign bits from
+    the word's signs, which lie outside that mask (the other bytes' signs fall inside it)."""
+    mag = w & 0x7F7F7F7F
+    mag = mag | ((mag + 0x01010101) & 0x80808080)
+    sign = w & 0x80808080
+    even = ((mag << 7) & 0x7F807F80) | ((sign << 8) & 0x807F807F)
+    odd = ((mag >> 1) & 0x7F807F80) | (sign & 0x807F807F)
+    return even, odd
 
 
 @triton.jit
-def _e4m3_pair(w, SHIFT: tl.constexpr):
-    """The codes in bytes 1 and 3 of `w` as two 16-bit halves. A NaN code (magnitude 0x7F) is
-    the only one whose shifted magnitude reaches 0x3F80 (float16) / 0x07F0 (bfloat16): adding
-    one mantissa step carries into bit 14 / 11, which, added back (x15 for bfloat16), fills the
-    exponent with ones and leaves a NaN."""
-    mag = (w & 0x7F007F00) >> SHIFT
-    step = 0x00800080 if SHIFT == 1 else 0x00100010
-    carry = 0x40004000 if SHIFT == 1 else 0x08000800
-    nan = (mag + step) & carry
-    if SHIFT != 1:
-        nan = nan * 15
-    return ((w & 0x80008000) | mag) + nan
-
-
-@triton.jit
-def _load_fp8_words(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, mask_w,
-                    stride_block, stride_slot, stride_head, BLOCK_SIZE: tl.constexpr, BF16: tl.constexpr):
-    """A float8 tile read as int32 words (strides in words) and converted like `_e4m3_scaled`,
-    `[BLOCK_N, 4 * BLOCK_W]`, its head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3
-    of each word): the order in which the word operations leave them."""
-    w = _load_kv_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_w, mask_w,
-                      stride_block, stride_slot, stride_head, BLOCK_SIZE).to(tl.uint32, bitcast=True)
-    even, odd = _e4m3_pairs(w, 4 if BF16 else 1)
+def _fp8_words_to_halves(w):
+    """int32 words of four float8 codes `[N, W]` as float16 like `_e4m3_scaled`, `[N, 4 * W]`,
+    head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3 of each word): the order in
+    which the word operations leave them."""
+    even, odd = _e4m3_pairs(w.to(tl.uint32, bitcast=True))
     # join(join(a, b), join(c, d)) flattens to a, c, b, d: bytes 0, 2, 1, 3, each word's halves adjacent
     halves = tl.join(tl.join(even & 0xFFFF, odd & 0xFFFF), tl.join(even >> 16, odd >> 16)).to(tl.uint16)
     bits = tl.reshape(halves, (w.shape[0], 4 * w.shape[1]))
-    return bits.to(tl.bfloat16 if BF16 else tl.float16, bitcast=True)
+    return bits.to(tl.float16, bitcast=True)
 
 
 @triton.jit
 def _fp8_dim_order(offs_d):
-    """Head dim held at position d of a `_load_fp8_words` tile: bits 0 and 1 of d swapped."""
+    """Head dim held at position d of a `_fp8_words_to_halves` tile: bits 0 and 1 of d swapped."""
     return (offs_d & ~3) | ((offs_d & 1) << 1) | ((offs_d >> 1) & 1)
 
 
@@ -130,6 +122,19 @@ def _prescale_q(q, ON: tl.constexpr):
     if ON:
         q = (q.to(tl.float32) * 72057594037927936.0).to(q.dtype)  # 2^56, exact
     return q
+
+
+@triton.jit
+def _query_as_f16(q, qk_scale):
+    """A bfloat16 query tile as float16 for dots with float16 keys (float8 caches): scaled by the
+    power of two 2^s that puts its largest magnitude in [2^14, 2^15), so no element overflows
+    and every one at least 2^-29 of the largest keeps all of bfloat16's bits; `qk_scale / 2^s`
+    undoes it in the softmax. An all-zero tile gets 2^127; NaN and infinity stay as they are."""
+    q = q.to(tl.float32)
+    top = tl.max(tl.max(tl.abs(q), axis=1), axis=0)
+    exponent = (top.to(tl.int32, bitcast=True) >> 23) & 0xFF  # 127 + floor(log2(top))
+    pow2 = (tl.minimum(268 - exponent, 254) << 23).to(tl.float32, bitcast=True)  # 2^(141 - exponent)
+    return (q * pow2).to(tl.float16), qk_scale / pow2
 
 
 @triton.jit
@@ -159,6 +164,15 @@ def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constex
 
 
 @triton.jit
+def _token_rows(table_row_ptr, offs_t, mask_t, kv_head, stride_block, stride_slot, stride_head,
+                BLOCK_SIZE: tl.constexpr):
+    """Cache offsets (int64, in elements of the cache view) of tokens `offs_t` of one sequence
+    and KV head: one block-table read per token, shared by the K and V loads."""
+    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.int64)
+    return block * stride_block + (offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -167,11 +181,19 @@ def _paged_decode_kernel(
     qk_scale, v_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
-    KV_FP8: tl.constexpr, K_BF16: tl.constexpr, FP8_WORDS: tl.constexpr,
+    KV_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, FP8_WORDS: tl.constexpr,
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
-    ranges are computed here from seq_lens, so the grid depends only on shapes (CUDA-graph safe)."""
+    ranges are computed here from seq_lens, so the grid depends only on shapes (CUDA-graph safe).
+
+    The pipeline: each iteration reads the block-table entries of the next tile (one read per
+    token, shared by K and V), so a tile's K and V addresses come from registers loaded an
+    iteration earlier and no KV load waits on a table load. With that, Triton's pipeliner
+    (num_stages 3) double-buffers the K and V copies (`cp.async`): tile i + 1 is in flight
+    while tile i is computed. Loads past the split's end are masked (predicated), not branched.
+    (With the table read in the same iteration the pipeliner gives the table a stage of its own
+    and keeps a single K/V buffer: a copy waited on right after it is issued.)"""
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -185,35 +207,43 @@ def _paged_decode_kernel(
     mask_g = offs_g < GROUP
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-    offs_w = tl.arange(0, BLOCK_D // 4)
-    mask_w = offs_w < HEAD_DIM // 4
-    if FP8_WORDS:
+    if FP8_WORDS:  # the tiles are read as int32 words of four codes
+        offs_c = tl.arange(0, BLOCK_D // 4)
+        mask_c = offs_c < HEAD_DIM // 4
         offs_d = _fp8_dim_order(offs_d)  # q, and the output, in the order of the K and V tiles
+    else:
+        offs_c = offs_d
+        mask_c = mask_d
     q = tl.load(q_ptr + b * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)
     if IEEE_FP32:
         q = q.to(tl.float32)  # then K and V follow q's dtype in _attention_step
-    q = _prescale_q(q, KV_FP8 and K_BF16)
+    if Q_TO_F16:
+        q, qk_scale = _query_as_f16(q, qk_scale)
 
     m = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
     acc = tl.zeros((GROUP_PAD, BLOCK_D), dtype=tl.float32)
     table_row = block_tables_ptr + b * stride_table_b
+    offs_n = tl.arange(0, BLOCK_N)
+    # The block-table entries of tile i + 1 are read during tile i.
+    rows = _token_rows(table_row, start + offs_n, start + offs_n < end, kv_head, stride_block, stride_slot,
+                       stride_head, BLOCK_SIZE)
     for t0 in range(start, end, BLOCK_N):
-        offs_t = t0 + tl.arange(0, BLOCK_N)
-        mask_t = offs_t < end
+        mask_t = t0 + offs_n < end
+        mask_kv = mask_t[:, None] & mask_c[None, :]
+        k_raw = tl.load(k_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
+        v_raw = tl.load(v_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
+        offs_t = t0 + BLOCK_N + offs_n
+        rows = _token_rows(table_row, offs_t, offs_t < end, kv_head, stride_block, stride_slot, stride_head,
+                           BLOCK_SIZE)
         if FP8_WORDS:
-            k = _load_fp8_words(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_w, mask_w,
-                                stride_block, stride_slot, stride_head, BLOCK_SIZE, K_BF16)
-            v = _load_fp8_words(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_w, mask_w,
-                                stride_block, stride_slot, stride_head, BLOCK_SIZE, False)
+            k = _fp8_words_to_halves(k_raw)
+            v = _fp8_words_to_halves(v_raw)
+        elif KV_FP8:
+            k, v = _e4m3_scaled(k_raw, False), _e4m3_scaled(v_raw, False)
         else:
-            k = _load_kv_tile(k_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
-                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
-            v = _load_kv_tile(v_cache_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
-                              stride_block, stride_slot, stride_head, BLOCK_SIZE)
-            if KV_FP8:
-                k, v = _e4m3_scaled(k, K_BF16), _e4m3_scaled(v, False)
+            k, v = k_raw, v_raw
         m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
 
     # An empty sequence or split has l == 0 and acc == 0: its output is 0, never 0/0.
