@@ -82,16 +82,21 @@ def test_gemv_picks_the_m_tile_and_load_width(emu, m, tile, k, vec):
         (f"void fastcot::int4_gemv_kernel<__half, {tile}, {vec}>(fastcot::Int4GemvArgs)", [2, 1, 1], [128, 1, 1])]
 
 
-@pytest.mark.parametrize("m, tile", [(1, 8), (8, 8), (9, 16)])
+@pytest.mark.parametrize("m, tile, blocks", [(1, 8, 3), (8, 8, 3), (9, 16, 2)])
 @pytest.mark.parametrize("dtype, name", [(torch.float16, "__half"), (torch.bfloat16, "__nv_bfloat16")])
-def test_gemv_takes_tensor_cores_for_16_bit_x_and_128_multiples(emu, m, tile, dtype, name):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gemv_takes_tensor_cores_for_16_bit_x_and_128_multiples(emu, m, tile, blocks, dtype, name, symmetric):
     gen = torch.Generator().manual_seed(m)
-    w = emu_cases.make_weight(40, 512, 128, dtype, symmetric=False, act_order=False, gen=gen)
+    w = emu_cases.make_weight(40, 512, 128, dtype, symmetric=symmetric, act_order=False, gen=gen)
     emu.launches()
     emu.int4_gemv(torch.randn(m, 512, generator=gen).to(dtype), w)
-    # 3 blocks of 16 columns; 4 chunks of K, so 4 warps (one wave on any GPU).
-    assert launched(emu_cases.Outcome(0, 0, launches=emu.launches())) == [
-        (f"void fastcot::int4_mma_kernel<{name}, {tile}>(fastcot::Int4MmaArgs)", [3, 1, 1], [128, 1, 1])]
+    # Blocks of 16 columns (M tile 8) or 32 (M tile 16); 4 chunks of K, so 4 warps (one wave
+    # on any GPU); each warp's ring of 4 stages of 16 bytes per lane and tile in shared memory.
+    launches = emu.launches()
+    assert launched(emu_cases.Outcome(0, 0, launches=launches)) == [
+        (f"void fastcot::int4_mma_kernel<{name}, {tile}, {str(not symmetric).lower()}>(fastcot::Int4MmaArgs)",
+         [blocks, 1, 1], [128, 1, 1])]
+    assert launches[0]["dynamic_smem"] == 4 * 4 * (tile // 4) * 32 * 16
     # Scales of another dtype, or groups of 64, take the SIMT kernel.
     w64 = emu_cases.make_weight(40, 512, 64, dtype, symmetric=False, act_order=False, gen=gen)
     emu.int4_gemv(torch.randn(m, 512, generator=gen).to(dtype), w64)
