@@ -258,4 +258,16 @@ __device__ __forceinline__ void async_copy_wait() {
 #endif
 }
 
+// `v` unchanged, but opaque to the compiler: a loop-invariant value (a constant, an address)
+// passed through it once before a loop stays in a register instead of being rebuilt from its
+// parts in every iteration. No instruction is emitted.
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+r"(v));
+  return v;
+#else
+  return v;
+#endif
+}
+
 }  // namespace fastcot

@@ -10,17 +10,16 @@
 // 16-byte vector per tile: 32 consecutive nibbles of weight row 8t + g, K [32c, 32c + 32). The
 // MMA's k order inside a thread's fragment is ours to choose as long as x's fragment uses the
 // same one, so nothing is shuffled:
-//   - one LOP3 per pair turns a word's nibbles (j, j+4) into a half2 / bf162 of 1024 + q
-//     (fp16: 0x6400 | q) or 128 + q (bf16: 0x4300 | q, exact with 7 mantissa bits);
+//   - a shift and one LOP3 per pair turn a word's nibbles (j, j+4) into a half2 / bf162 of
+//     o + q, exactly: fp16 puts q in bits 4-7 of 64.0 (0x5400, mantissa step 1/16): 64 + q;
+//     bf16 puts q in bits 0-3 of 128.0 (0x4300, 7 mantissa bits): 128 + q;
 //   - x's fragment for the same pairs comes from one 16-byte load and four PRMTs;
-//   - fp16: one HADD2 / HFMA2 per pair removes the 1024 exactly (the upper nibble lands as 16q,
-//     so (1024 + 16q) / 16 - 64): the MMA sees q. bf16: the MMA sees 128 + q, and the 128
-//     joins the zero point in the fold below (products of 8-bit significands are exact, and
-//     the fp32 sums keep 20 bits beyond bf16's 8).
-// The tensor core sums x * q (or x * (128 + q)) in fp32 with exact products. Per chunk (one
-// group, since the group size is a multiple of 128) the fold out += s * (sum x*q - z * sum x)
-// applies the scale and zero once; sum x comes from one more MMA against ones, shared by all
-// tiles.
+//   - the offset o stays: the MMA sees o + q, and o joins the zero point in the fold below
+//     (products of x and o + q are exact in fp32; the sums lose 3 (fp16) or 4 (bf16) of fp32's
+//     24 bits to the offset, far beyond the output's 11 or 8).
+// The tensor core sums x * (o + q) in fp32. Per chunk (one group, since the group size is a
+// multiple of 128) the fold out += s * (sum x*(o + q) - (z + o) * sum x) applies the scale and
+// zero once; sum x comes from one more MMA against ones, shared by all tiles.
 //
 // The weights stream through a per-warp ring of kMmaStages shared-memory stages filled by
 // cp.async (no registers held by loads in flight): kMmaStages - 1 chunks are in flight while
@@ -72,40 +71,23 @@ struct Int4MmaArgs {
   int bias_code;
 };
 
-// a * b + c in one HFMA2 on the device; the host (emulator) has no __hfma2, and for the exact
-// operands used here a multiply then an add gives the same bits.
-__host__ __device__ __forceinline__ __half2 hfma2_exact(__half2 a, __half2 b, __half2 c) {
-#if defined(__CUDA_ARCH__)
-  return __hfma2(a, b, c);
-#else
-  return __hadd2(__hmul2(a, b), c);
-#endif
-}
-
 // Dequantization of one word into the B fragments of its two k16 steps.
 template <typename XT>
 struct MmaDequant;
 
 template <>
 struct MmaDequant<__half> {
-  static constexpr float kOffset = 0.0f;  // the MMA sees q itself
-  // Word w -> b[0..3] = (q0, q4), (q1, q5), (q2, q6), (q3, q7) as half2.
+  // Word w -> (q0, q4), (q1, q5), (q2, q6), (q3, q7) as half2 of 64 + q: the nibble lands in
+  // bits 4-7 of each 16-bit lane, where fp16's 64.0 (0x5400) has a mantissa step of 1/16, so
+  // the lane is exactly 64 + q. The 64 is not removed here: the fold subtracts 64 * sum x with
+  // the zero point (kOffset).
+  static constexpr float kOffset = 64.0f;
   __host__ __device__ __forceinline__ static void run(uint32_t w, uint32_t (&b)[4]) {
-    constexpr uint32_t kMagic = 0x64006400u;  // half2(1024, 1024)
-    const uint32_t shifted = w >> 8;
-    const uint32_t raw[4] = {and_or(w, 0x000F000Fu, kMagic), and_or(w, 0x00F000F0u, kMagic),
-                             and_or(shifted, 0x000F000Fu, kMagic), and_or(shifted, 0x00F000F0u, kMagic)};
-    const __half2 minus_1024 = __float2half2_rn(-1024.0f);
-    const __half2 sixteenth = __float2half2_rn(0.0625f);
-    const __half2 minus_64 = __float2half2_rn(-64.0f);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      __half2 h;
-      memcpy(&h, &raw[i], sizeof(h));
-      // 1024 + q - 1024, or (1024 + 16q) / 16 - 64: exact either way.
-      h = i % 2 == 0 ? __hadd2(h, minus_1024) : hfma2_exact(h, sixteenth, minus_64);
-      memcpy(&b[i], &h, sizeof(h));
-    }
+    constexpr uint32_t kMagic = 0x54005400u;  // half2(64, 64)
+    b[0] = and_or(w << 4, 0x00F000F0u, kMagic);
+    b[1] = and_or(w, 0x00F000F0u, kMagic);
+    b[2] = and_or(w >> 4, 0x00F000F0u, kMagic);
+    b[3] = and_or(w >> 8, 0x00F000F0u, kMagic);
   }
 };
 
@@ -162,7 +144,8 @@ __global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, c = lane % 4;
   const int n0 = blockIdx.x * kRows;
-  uint4* const ring = mma_ring + warp * (kMmaStages * kStage) + lane;  // + (stage * kTiles + t) * 32
+  // Loop invariants below go through opaque_u32 so that they stay in registers.
+  uint4* const ring = mma_ring + opaque_u32(warp * (kMmaStages * kStage) + lane);  // + (stage * kTiles + t) * 32
 
   // The weights are the MMA's A (16 rows = two tiles: lane g holds rows g and g + 8), x its B
   // (8 columns = 8 rows of x). Rows past N repeat the last row: loads stay in bounds, their
@@ -172,10 +155,10 @@ __global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
   int cols[kTiles];
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
-    cols[t] = min(n0 + 8 * t + g, args.n - 1);
+    cols[t] = int(opaque_u32(min(n0 + 8 * t + g, args.n - 1)));
     src[t] = args.qweight + int64_t(cols[t]) * vectors_per_row + warp * (kMmaChunk / 32) + c;
   }
-  const int src_step = warps * (kMmaChunk / 32);  // uint4 per row from one of this warp's chunks to the next
+  const int src_step = int(opaque_u32(warps * (kMmaChunk / 32)));  // uint4 per row from one chunk to the next
   // Rows of x this lane feeds to B; rows past M repeat row M - 1: their columns of D are
   // never stored, so no load is predicated and nothing is zeroed.
   const XT* x = static_cast<const XT*>(args.x);
@@ -184,9 +167,9 @@ __global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
   for (int h = 0; h < kHalves; ++h) {
     x_row[h] = reinterpret_cast<const uint4*>(x + min(g + 8 * h, args.m - 1) * args.stride_xm + warp * kMmaChunk + 32 * c);
   }
-  const int x_step = warps * kMmaChunk / 8;  // uint4
+  const int x_step = int(opaque_u32(warps * kMmaChunk / 8));  // uint4
   constexpr uint32_t kOnes = std::is_same<XT, __half>::value ? 0x3C003C00u : 0x3F803F80u;
-  const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
+  const uint32_t ones[4] = {opaque_u32(kOnes), opaque_u32(kOnes), opaque_u32(kOnes), opaque_u32(kOnes)};
   const XT* scales = static_cast<const XT*>(args.scales);
   const XT* zeros = static_cast<const XT*>(args.zeros);
 
@@ -264,7 +247,7 @@ __global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
       const unsigned idx = unsigned(group) * unsigned(args.n) + unsigned(cols[t]);  // < 2^31 (launcher)
       const float s = to_float(__ldg(scales + idx));
       float z = HAS_ZEROS ? to_float(__ldg(zeros + idx)) : 8.0f;
-      if constexpr (MmaDequant<XT>::kOffset != 0.0f) z += MmaDequant<XT>::kOffset;
+      z += MmaDequant<XT>::kOffset;
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
