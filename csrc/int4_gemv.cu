@@ -85,10 +85,13 @@ int mma_warps(int64_t n, int64_t chunks, int sms, int resident, int rows, int ma
 
 template <typename XT, int M_TILE, bool HAS_ZEROS>
 Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, max_smem = 0;
   cudaError_t error = cudaGetDevice(&device);
   if (error == cudaSuccess) error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the SM count");
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the SM count and shared memory");
   const int64_t chunks = p.k / kMmaChunk;
   const int64_t chunks_per_group = resolved_group_size(p) / kMmaChunk;
   // floor(chunk / d) = umulhi(chunk, ceil(2^32 / d)) for chunk, d < 2^16.
@@ -104,9 +107,11 @@ Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
       static_cast<int>(p.bias_dtype),
   };
   constexpr int rows = mma_rows<M_TILE>();
-  const int warps = mma_warps(p.n, chunks, sms, mma_resident_threads<M_TILE>(), rows, mma_max_warps<M_TILE>());
-  // Each warp's ring of weight stages; more than the default 48 KB needs the opt-in (at most
-  // 16 warps x 8 KB = 128 KB, within an A100's and an H100's per-block limit).
+  int warps = mma_warps(p.n, chunks, sms, mma_resident_threads<M_TILE>(), rows, mma_max_warps<M_TILE>());
+  // Each warp's ring of weight stages: at most 16 warps x 8 KB = 128 KB, within an A100's and
+  // an H100's per-block limit; GPUs with less (sm_86, sm_89: 99 KB) get fewer warps. More than
+  // the default 48 KB needs the opt-in.
+  while (warps > 1 && warps * mma_ring_bytes<M_TILE>() > max_smem) warps /= 2;
   const int smem = warps * mma_ring_bytes<M_TILE>();
   const auto kernel = int4_mma_kernel<XT, M_TILE, HAS_ZEROS>;
   if (smem > 48 * 1024) {

@@ -103,6 +103,27 @@ def test_gemv_takes_tensor_cores_for_16_bit_x_and_128_multiples(emu, m, tile, bl
     assert "int4_gemv_kernel" in emu.launches()[0]["kernel"]
 
 
+@pytest.mark.parametrize("device, sms", [("sm_90", 132), ("sm_80", 108)])
+def test_gemv_sixteen_warp_ring_fits_the_device(emu, device, sms):
+    # M tile 16 over 50 chunks and 2 blocks: 16 warps, 16 x 8 KB = 128 KB of dynamic shared
+    # memory, within the opt-in limit of an H100 and an A100 (the launcher asks for it).
+    gen = torch.Generator().manual_seed(sms)
+    w = emu_cases.make_weight(40, 6400, -1, torch.bfloat16, symmetric=True, act_order=False, gen=gen)
+    x = torch.randn(16, 6400, generator=gen).to(torch.bfloat16)
+    try:
+        emu.set_device(device)
+        emu.launches()
+        out = emu.int4_gemv(x, w)
+        launches = emu.launches()
+    finally:
+        emu.set_device("sm_90")
+    assert launches[0]["block"] == [512, 1, 1] and launches[0]["dynamic_smem"] == 128 * 1024
+    assert launches[0]["error"] == "cudaSuccess"
+    ref = emu_cases.reference.int4_matmul(x.double(), w.qweight, w.scales, w.zeros, w.perm, w.group_size, None,
+                                         compute_dtype=torch.float64)
+    assert torch.allclose(out.double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
 # ---- the launchers' own checks, before any launch --------------------------------------------
 
 
