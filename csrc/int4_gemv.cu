@@ -66,13 +66,14 @@ bool mma_applies(const Int4GemvParams& p) {
          (p.k / group_size) * p.n < (int64_t(1) << 31) && aligned16(p.qweight);
 }
 
-// Warps per block, each taking every W-th 128-wide chunk of K: the most (up to 16) that keep
-// the grid in one wave at `resident` threads per SM (mma_resident_threads), so small N still
-// has enough loads in flight; never more warps than chunks.
-int mma_warps(int64_t n, int64_t chunks, int sms, int resident) {
-  const int64_t blocks = ceil_div(n, kMmaRows);
+// Warps per block, each taking every W-th 128-wide chunk of K: the most (up to `max_warps`)
+// that keep the grid of `rows`-column blocks in one wave at `resident` threads per SM
+// (mma_resident_threads), so small N still has enough loads in flight; never more warps than
+// chunks.
+int mma_warps(int64_t n, int64_t chunks, int sms, int resident, int rows, int max_warps) {
+  const int64_t blocks = ceil_div(n, rows);
   int warps = 4;
-  for (int w = kMmaMaxWarps; w >= 2; w /= 2) {
+  for (int w = max_warps; w >= 2; w /= 2) {
     if (blocks <= int64_t(sms) * (resident / (32 * w))) {
       warps = w;
       break;
@@ -82,12 +83,15 @@ int mma_warps(int64_t n, int64_t chunks, int sms, int resident) {
   return warps;
 }
 
-template <typename XT, int M_TILE>
+template <typename XT, int M_TILE, bool HAS_ZEROS>
 Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, max_smem = 0;
   cudaError_t error = cudaGetDevice(&device);
   if (error == cudaSuccess) error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the SM count");
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the SM count and shared memory");
   const int64_t chunks = p.k / kMmaChunk;
   const int64_t chunks_per_group = resolved_group_size(p) / kMmaChunk;
   // floor(chunk / d) = umulhi(chunk, ceil(2^32 / d)) for chunk, d < 2^16.
@@ -102,19 +106,34 @@ Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
       p.stride_xm, p.stride_om,
       static_cast<int>(p.bias_dtype),
   };
-  const int warps = mma_warps(p.n, chunks, sms, mma_resident_threads<M_TILE>());
-  const size_t smem = sizeof(float) * warps * M_TILE * kMmaRows;
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kMmaRows)));
-  int4_mma_kernel<XT, M_TILE><<<grid, warps * 32, smem, stream>>>(args);
+  constexpr int rows = mma_rows<M_TILE>();
+  int warps = mma_warps(p.n, chunks, sms, mma_resident_threads<M_TILE>(), rows, mma_max_warps<M_TILE>());
+  // Each warp's ring of weight stages: at most 16 warps x 8 KB = 128 KB, within an A100's and
+  // an H100's per-block limit; GPUs with less (sm_86, sm_89: 99 KB) get fewer warps. More than
+  // the default 48 KB needs the opt-in.
+  while (warps > 1 && warps * mma_ring_bytes<M_TILE>() > max_smem) warps /= 2;
+  const int smem = warps * mma_ring_bytes<M_TILE>();
+  const auto kernel = int4_mma_kernel<XT, M_TILE, HAS_ZEROS>;
+  if (smem > 48 * 1024) {
+    error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv (tensor cores): shared memory opt-in");
+  }
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, rows)));
+  kernel<<<grid, warps * 32, smem, stream>>>(args);
   error = cudaGetLastError();
   if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv (tensor cores) kernel launch");
   return Status::Ok();
 }
 
+template <typename XT, int M_TILE>
+Status launch_mma_zeros(const Int4GemvParams& p, cudaStream_t stream) {
+  return p.zeros != nullptr ? launch_mma<XT, M_TILE, true>(p, stream) : launch_mma<XT, M_TILE, false>(p, stream);
+}
+
 template <typename XT>
 Status dispatch_vec(const Int4GemvParams& p, cudaStream_t stream) {
   if constexpr (!std::is_same<XT, float>::value) {
-    if (mma_applies(p)) return p.m <= 8 ? launch_mma<XT, 8>(p, stream) : launch_mma<XT, 16>(p, stream);
+    if (mma_applies(p)) return p.m <= 8 ? launch_mma_zeros<XT, 8>(p, stream) : launch_mma_zeros<XT, 16>(p, stream);
   }
   return wide_loads(p) ? dispatch_m<XT, 4>(p, stream) : dispatch_m<XT, 1>(p, stream);
 }

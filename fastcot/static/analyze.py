@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastcot.static import cubins, occupancy, sass
 from fastcot.static.model import BlockWork, Machine, predict
 from fastcot.static.targets import Plan
@@ -24,7 +26,9 @@ def kernel_for(plan: Plan, arch: int) -> cubins.Kernel:
     launch = plan.main
     if plan.backend == "triton":
         return cubins.triton_kernel(launch.fn, launch.kwargs, arch)
-    return cubins.cuda_kernel(launch.source, launch.symbol, arch)
+    kernel = cubins.cuda_kernel(launch.source, launch.symbol, arch)
+    # A csrc launch's dynamic shared memory is the launcher's choice, mirrored in the plan.
+    return dataclasses.replace(kernel, dynamic_shared=launch.dynamic_shared) if launch.dynamic_shared else kernel
 
 
 def base_row(plan: Plan, machine: Machine) -> dict:

@@ -28,10 +28,9 @@ GROUP_SIZE = 128
 # csrc/include/fastcot/int4_gemv.cuh, int4_mma.cuh and paged_decode.cuh
 GEMV_ROWS = 4  # kGemvRows
 GEMV_THREADS = 128  # kGemvThreads
-MMA_TILES = 2  # kMmaTiles: n8 tiles per block
-MMA_ROWS = 8 * MMA_TILES  # kMmaRows
 MMA_CHUNK = 128  # kMmaChunk
 MMA_MAX_WARPS = 16  # kMmaMaxWarps
+MMA_STAGES = 4  # kMmaStages: weight stages of a warp's shared-memory ring
 DECODE_THREADS = 128  # kDecodeThreads
 DECODE_WARPS = 4  # kDecodeWarps
 CUDA_TYPES = {"fp16": "6__half", "bf16": "13__nv_bfloat16", "fp8": "13__nv_fp8_e4m3", "fp32": "f"}
@@ -73,6 +72,7 @@ class Launch:
     kwargs: dict = field(default_factory=dict)
     symbol: str = ""
     source: str = ""
+    dynamic_shared: int = 0  # CUDA: bytes of dynamic shared memory the launcher asks for
 
 
 @dataclass
@@ -195,14 +195,30 @@ def mma_applies(dtype: str, k: int, group_size: int) -> bool:
 
 def mma_resident_threads(m_tile: int) -> int:
     """csrc/include/fastcot/int4_mma.cuh mma_resident_threads."""
-    return 1024 if m_tile == 8 else 512
+    return 768 if m_tile == 8 else 512
 
 
-def mma_warps(n: int, chunks: int, sms: int, resident: int) -> int:
-    """csrc/int4_gemv.cu mma_warps: the most warps (16 down to 2) that keep the grid in one wave
-    at `resident` threads per SM, else 4; never more warps than chunks."""
-    blocks = math.ceil(n / MMA_ROWS)
-    warps = next((w for w in (16, 8, 4, 2) if blocks <= sms * (resident // (32 * w))), 4)
+def mma_max_warps(m_tile: int) -> int:
+    """csrc/include/fastcot/int4_mma.cuh mma_max_warps."""
+    return 8 if m_tile == 8 else MMA_MAX_WARPS
+
+
+def mma_tiles(m_tile: int) -> int:
+    """csrc/include/fastcot/int4_mma.cuh mma_tiles: n8 tiles (of weight rows) per block."""
+    return 2 if m_tile == 8 else 4
+
+
+def mma_ring_bytes(m_tile: int) -> int:
+    """csrc/include/fastcot/int4_mma.cuh mma_ring_bytes: a warp's dynamic shared memory."""
+    return MMA_STAGES * mma_tiles(m_tile) * 32 * 16
+
+
+def mma_warps(n: int, chunks: int, sms: int, resident: int, rows: int, max_warps: int = MMA_MAX_WARPS) -> int:
+    """csrc/int4_gemv.cu mma_warps: the most warps (`max_warps` down to 2) that keep the grid of
+    `rows`-column blocks in one wave at `resident` threads per SM, else 4; never more warps
+    than chunks."""
+    blocks = math.ceil(n / rows)
+    warps = next((w for w in (16, 8, 4, 2) if w <= max_warps and blocks <= sms * (resident // (32 * w))), 4)
     while warps > 1 and warps > chunks:
         warps //= 2
     return warps
@@ -238,22 +254,28 @@ def int4_cuda(target: Target, sms: int) -> Plan:
 
 
 def _int4_mma_plan(target: Target, sms: int, m: int, n: int, k: int, elem: int) -> Plan:
-    """The tensor-core kernel: a block of W warps owns 16 columns; per iteration each warp takes
-    one 128-wide chunk of K, each lane one 16-byte vector per n8 tile."""
+    """The tensor-core kernel: a block of W warps owns 8 x tiles columns; per iteration each warp
+    takes one 128-wide chunk of K, each lane one 16-byte vector per n8 tile (through the warp's
+    cp.async ring)."""
     s = target.shape
     m_tile = 8 if m <= 8 else 16
+    tiles = mma_tiles(m_tile)
+    rows = 8 * tiles
     chunks = k // MMA_CHUNK
-    warps = mma_warps(n, chunks, sms, mma_resident_threads(m_tile))
+    warps = mma_warps(n, chunks, sms, mma_resident_threads(m_tile), rows, mma_max_warps(m_tile))
     group = k if s["group_size"] == -1 else s["group_size"]
-    symbol = f"_ZN7fastcot15int4_mma_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}EEEvNS_11Int4MmaArgsE"
-    launch = Launch("int4_mma_kernel", (math.ceil(n / MMA_ROWS),), 32 * warps, symbol=symbol, source="int4_gemv.cu")
+    zeros = "1"  # the report's weights carry zero points
+    symbol = f"_ZN7fastcot15int4_mma_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}ELb{zeros}EEEvNS_11Int4MmaArgsE"
+    launch = Launch("int4_mma_kernel", (math.ceil(n / rows),), 32 * warps, symbol=symbol, source="int4_gemv.cu",
+                    dynamic_shared=warps * mma_ring_bytes(m_tile))
     groups = warps * MMA_CHUNK / group  # groups one iteration of the block covers (a fraction for group -1)
     return Plan(
         target=target, backend="cuda", sms=sms,
-        config={"m_tile": m_tile, "rows_per_block": MMA_ROWS, "warps": warps, "threads": 32 * warps},
+        config={"m_tile": m_tile, "rows_per_block": rows, "warps": warps, "threads": 32 * warps,
+                "stages": MMA_STAGES},
         launches=[launch], iterations=math.ceil(chunks / warps),
-        bytes_per_iteration=32 * warps * MMA_TILES * 16 + 2 * groups * MMA_ROWS * elem,
-        call_bytes=_int4_call_bytes(s), weights_per_iteration=32 * warps * MMA_TILES * 32,
+        bytes_per_iteration=32 * warps * tiles * 16 + 2 * groups * rows * elem,
+        call_bytes=_int4_call_bytes(s), weights_per_iteration=32 * warps * tiles * 32,
     )
 
 

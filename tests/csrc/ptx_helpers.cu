@@ -33,6 +33,29 @@ __global__ void mma_kernel(const uint32_t* a, const uint32_t* b, const float* c,
   }
 }
 
+// Each thread copies two 16-byte vectors into its own shared slots through cp.async (two
+// commit groups), waits for them, reads them back: the pattern of the int4 GEMV's ring.
+__global__ void async_copy_kernel(const uint4* src, uint4* out, int n) {
+  extern __shared__ uint4 slots[];
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  uint4* mine = slots + 2 * threadIdx.x;
+  if (i < n) {
+    fastcot::async_copy16(mine, src + 2 * i);
+    fastcot::async_copy_commit();
+    fastcot::async_copy16(mine + 1, src + 2 * i + 1);
+    fastcot::async_copy_commit();
+    fastcot::async_copy_wait<1>();
+    out[2 * i] = mine[0];  // the first group has landed
+    fastcot::async_copy_wait<0>();
+    out[2 * i + 1] = mine[1];
+  }
+}
+
+__global__ void opaque_kernel(const uint32_t* a, uint32_t* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = fastcot::opaque_u32(a[i]);
+}
+
 }  // namespace
 
 extern "C" {
@@ -58,6 +81,18 @@ int ptx_mma_device(const uint32_t* a, const uint32_t* b, const float* c, float* 
   } else {
     mma_kernel<__half><<<1, 32>>>(a, b, c, d_mma, d_fallback);
   }
+  return static_cast<int>(cudaDeviceSynchronize());
+}
+
+// n pairs of 16-byte vectors through shared memory by cp.async.
+int ptx_async_copy_device(const void* src, void* out, int n) {
+  async_copy_kernel<<<(n + 127) / 128, 128, 128 * 2 * sizeof(uint4)>>>(static_cast<const uint4*>(src),
+                                                                        static_cast<uint4*>(out), n);
+  return static_cast<int>(cudaDeviceSynchronize());
+}
+
+int ptx_opaque_device(const uint32_t* a, uint32_t* out, int n) {
+  opaque_kernel<<<(n + 255) / 256, 256>>>(a, out, n);
   return static_cast<int>(cudaDeviceSynchronize());
 }
 

@@ -80,3 +80,20 @@ def test_mma_16816_equals_fallback_on_exact_inputs(lib, dtype):
     assert lib.ptx_mma_device(_ptr(a_d), _ptr(b_d), _ptr(c_d), _ptr(d_mma), _ptr(d_fallback), ctypes.c_int(bf16)) == 0
     assert torch.equal(d_mma, d_fallback), (d_mma - d_fallback).abs().max()
     assert not torch.equal(d_mma.cpu(), c), "the mma changed nothing"
+
+
+def test_async_copy_lands_what_a_plain_copy_does(lib):
+    g = torch.Generator().manual_seed(3)
+    n = 1037  # pairs of 16-byte vectors, a partial block
+    src = _words(8 * n, g).cuda()
+    out = torch.zeros_like(src)
+    assert lib.ptx_async_copy_device(_ptr(src), _ptr(out), ctypes.c_int(n)) == 0
+    assert torch.equal(out, src)
+
+
+def test_opaque_u32_returns_its_argument(lib):
+    g = torch.Generator().manual_seed(4)
+    a = _words(4099, g).cuda()
+    out = torch.zeros_like(a)
+    assert lib.ptx_opaque_device(_ptr(a), _ptr(out), ctypes.c_int(a.numel())) == 0
+    assert torch.equal(out, a)

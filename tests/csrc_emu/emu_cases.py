@@ -234,6 +234,9 @@ CASES = {
         Gemv(45, 768, 128, 5, F16, F16, symmetric=True, bias=True),  # 6 chunks over 4 warps
         Gemv(19, 384, -1, 9, BF16, BF16, bias=True),         # one group over 3 chunks, M tile 16
         Gemv(24, 256, 128, 16, F16, F16, act_order=True),
+        Gemv(20, 4096, 128, 1, F16, F16, bias=True),         # 32 chunks over 8 warps: the ring refills
+        Gemv(33, 6400, -1, 12, BF16, BF16, symmetric=True),  # 50 chunks over 16 warps, one group, odd N
+        Gemv(45, 1024, -1, 16, F16, F16, act_order=True, bias=True),  # M tile 16 with zero points, 2 blocks
     ]},
     **{f"decode-{str(c.q_dtype)[6:]}-{c.cache}-h{c.q_heads}/{c.kv_heads}-d{c.head_dim}-b{c.block_size}"
        f"-s{c.num_splits}{'-strided' if c.strided else ''}{'-hot' if c.q_scale > 1 else ''}": c for c in [

@@ -82,20 +82,46 @@ def test_gemv_picks_the_m_tile_and_load_width(emu, m, tile, k, vec):
         (f"void fastcot::int4_gemv_kernel<__half, {tile}, {vec}>(fastcot::Int4GemvArgs)", [2, 1, 1], [128, 1, 1])]
 
 
-@pytest.mark.parametrize("m, tile", [(1, 8), (8, 8), (9, 16)])
+@pytest.mark.parametrize("m, tile, blocks", [(1, 8, 3), (8, 8, 3), (9, 16, 2)])
 @pytest.mark.parametrize("dtype, name", [(torch.float16, "__half"), (torch.bfloat16, "__nv_bfloat16")])
-def test_gemv_takes_tensor_cores_for_16_bit_x_and_128_multiples(emu, m, tile, dtype, name):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gemv_takes_tensor_cores_for_16_bit_x_and_128_multiples(emu, m, tile, blocks, dtype, name, symmetric):
     gen = torch.Generator().manual_seed(m)
-    w = emu_cases.make_weight(40, 512, 128, dtype, symmetric=False, act_order=False, gen=gen)
+    w = emu_cases.make_weight(40, 512, 128, dtype, symmetric=symmetric, act_order=False, gen=gen)
     emu.launches()
     emu.int4_gemv(torch.randn(m, 512, generator=gen).to(dtype), w)
-    # 3 blocks of 16 columns; 4 chunks of K, so 4 warps (one wave on any GPU).
-    assert launched(emu_cases.Outcome(0, 0, launches=emu.launches())) == [
-        (f"void fastcot::int4_mma_kernel<{name}, {tile}>(fastcot::Int4MmaArgs)", [3, 1, 1], [128, 1, 1])]
+    # Blocks of 16 columns (M tile 8) or 32 (M tile 16); 4 chunks of K, so 4 warps (one wave
+    # on any GPU); each warp's ring of 4 stages of 16 bytes per lane and tile in shared memory.
+    launches = emu.launches()
+    assert launched(emu_cases.Outcome(0, 0, launches=launches)) == [
+        (f"void fastcot::int4_mma_kernel<{name}, {tile}, {str(not symmetric).lower()}>(fastcot::Int4MmaArgs)",
+         [blocks, 1, 1], [128, 1, 1])]
+    assert launches[0]["dynamic_smem"] == 4 * 4 * (tile // 4) * 32 * 16
     # Scales of another dtype, or groups of 64, take the SIMT kernel.
     w64 = emu_cases.make_weight(40, 512, 64, dtype, symmetric=False, act_order=False, gen=gen)
     emu.int4_gemv(torch.randn(m, 512, generator=gen).to(dtype), w64)
     assert "int4_gemv_kernel" in emu.launches()[0]["kernel"]
+
+
+@pytest.mark.parametrize("device, sms", [("sm_90", 132), ("sm_80", 108)])
+def test_gemv_sixteen_warp_ring_fits_the_device(emu, device, sms):
+    # M tile 16 over 50 chunks and 2 blocks: 16 warps, 16 x 8 KB = 128 KB of dynamic shared
+    # memory, within the opt-in limit of an H100 and an A100 (the launcher asks for it).
+    gen = torch.Generator().manual_seed(sms)
+    w = emu_cases.make_weight(40, 6400, -1, torch.bfloat16, symmetric=True, act_order=False, gen=gen)
+    x = torch.randn(16, 6400, generator=gen).to(torch.bfloat16)
+    try:
+        emu.set_device(device)
+        emu.launches()
+        out = emu.int4_gemv(x, w)
+        launches = emu.launches()
+    finally:
+        emu.set_device("sm_90")
+    assert launches[0]["block"] == [512, 1, 1] and launches[0]["dynamic_smem"] == 128 * 1024
+    assert launches[0]["error"] == "cudaSuccess"
+    ref = emu_cases.reference.int4_matmul(x.double(), w.qweight, w.scales, w.zeros, w.perm, w.group_size, None,
+                                         compute_dtype=torch.float64)
+    assert torch.allclose(out.double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
 
 
 # ---- the launchers' own checks, before any launch --------------------------------------------

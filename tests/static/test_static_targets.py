@@ -67,15 +67,21 @@ def test_decode_plans_use_the_launchers_split_count(target, backend, sms):
 
 def test_cuda_int4_plan_mirrors_the_csrc_launcher():
     plan = targets.plan(INT4[4], "cuda", 132)  # M=16 14336x4096 fp16: the tensor-core kernel
-    assert plan.config["m_tile"] == 16 and plan.config["warps"] == 2
-    assert plan.main.grid == (14336 // 16,) and plan.main.threads == 64
-    assert plan.main.symbol == "_ZN7fastcot15int4_mma_kernelI6__halfLi16EEEvNS_11Int4MmaArgsE"
+    assert plan.config["m_tile"] == 16 and plan.config["warps"] == 4 and plan.config["rows_per_block"] == 32
+    assert plan.main.grid == (14336 // 32,) and plan.main.threads == 128
+    assert plan.main.symbol == "_ZN7fastcot15int4_mma_kernelI6__halfLi16ELb1EEEvNS_11Int4MmaArgsE"
+    assert plan.main.dynamic_shared == 4 * targets.mma_ring_bytes(16) == 4 * 4 * 4 * 32 * 16
     # Every weight byte and each group's scale and zero is streamed exactly once by the grid.
     assert plan.grid_blocks * plan.iterations * plan.bytes_per_iteration == 14336 * 4096 / 2 + 4 * 32 * 14336
+    m1 = targets.plan(INT4[0], "cuda", 132)  # M=1: 16 columns a block, at most 8 warps
+    assert m1.config["rows_per_block"] == 16 and m1.main.grid == (14336 // 16,)
+    assert m1.main.symbol == "_ZN7fastcot15int4_mma_kernelI6__halfLi8ELb1EEEvNS_11Int4MmaArgsE"
     # One wave at the resident threads the kernel is built for, the most warps that allow it.
-    assert [targets.mma_warps(n, 32, sms, 1024) for n, sms in ((14336, 132), (14336, 108), (4096, 132), (6144, 132))] \
-        == [4, 2, 16, 8]
-    assert targets.mma_warps(4096, 3, 132, 1024) == 2  # never more warps than chunks
+    assert [targets.mma_warps(n, 32, sms, 768, 16, 8) for n, sms in ((14336, 132), (14336, 108), (4096, 132),
+                                                                     (6144, 132))] == [2, 2, 8, 8]
+    assert [targets.mma_warps(n, 32, sms, 512, 32, 16) for n, sms in ((14336, 132), (4096, 132), (6144, 132))] \
+        == [4, 16, 8]
+    assert targets.mma_warps(4096, 3, 132, 768, 16, 8) == 2  # never more warps than chunks
     assert targets.mma_applies("bf16", 4096, -1) and not targets.mma_applies("fp16", 4096, 64)
     assert [targets.gemv_m_tile(m) for m in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
     assert targets.gemv_vec(4096, 128) == 4 and targets.gemv_vec(4104, -1) == 1
@@ -113,11 +119,17 @@ def test_cuda_mirrors_match_the_headers():
     gemv_launcher = (REPO / "csrc/int4_gemv.cu").read_text()
     assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kGemvRows\)\)\)", gemv_launcher)
     mma = (REPO / "csrc/include/fastcot/int4_mma.cuh").read_text()
-    assert f"constexpr int kMmaTiles = {targets.MMA_TILES};" in mma and targets.MMA_ROWS == 8 * targets.MMA_TILES
+    assert "return M_TILE == 8 ? 2 : 4;" in mma and [targets.mma_tiles(t) for t in (8, 16)] == [2, 4]  # mma_tiles
     assert f"constexpr int kMmaChunk = {targets.MMA_CHUNK};" in mma
     assert f"constexpr int kMmaMaxWarps = {targets.MMA_MAX_WARPS};" in mma
-    assert "return M_TILE == 8 ? 1024 : 512;" in mma and targets.mma_resident_threads(16) == 512
-    assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kMmaRows\)\)\)", gemv_launcher)
+    assert f"constexpr int kMmaStages = {targets.MMA_STAGES};" in mma
+    assert "return kMmaStages * mma_tiles<M_TILE>() * 32 * 16;" in mma  # mma_ring_bytes
+    assert "return M_TILE == 8 ? 768 : 512;" in mma and [targets.mma_resident_threads(t) for t in (8, 16)] == [768, 512]
+    assert "return M_TILE == 8 ? 8 : kMmaMaxWarps;" in mma and [targets.mma_max_warps(t) for t in (8, 16)] == [8, 16]
+    assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, rows\)\)\)", gemv_launcher)
+    assert "constexpr int rows = mma_rows<M_TILE>();" in gemv_launcher
+    assert "const int smem = warps * mma_ring_bytes<M_TILE>();" in gemv_launcher
+    assert "for (int w = max_warps; w >= 2; w /= 2)" in gemv_launcher
     assert "if (blocks <= int64_t(sms) * (resident / (32 * w)))" in gemv_launcher
     assert "p.k % kMmaChunk == 0 && group_size % kMmaChunk == 0" in gemv_launcher
 

@@ -224,4 +224,50 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
+// ---- Asynchronous global -> shared copies (cp.async, sm_80+). A thread that copies into a
+// shared slot and later reads the same slot itself needs no barrier: async_copy_wait makes
+// its own copies visible to it. The fallback copies at once, so the waits have nothing to do.
+
+// 16 bytes from global to shared, cached in L2 only (.cg): streamed weights do not evict the
+// activations from L1. Both addresses 16-byte aligned.
+__device__ __forceinline__ void async_copy16(void* shared_dst, const void* global_src) {
+#if defined(__CUDA_ARCH__)
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(shared_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(global_src) : "memory");
+#else
+  memcpy(shared_dst, global_src, 16);
+#endif
+}
+
+// Closes the group of copies this thread issued since the last commit (an empty group is fine).
+__device__ __forceinline__ void async_copy_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#else
+  // nothing in flight: async_copy16 copied at once
+#endif
+}
+
+// Waits until at most `Pending` of this thread's committed groups are still in flight.
+template <int Pending>
+__device__ __forceinline__ void async_copy_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
+#else
+  // nothing in flight: async_copy16 copied at once
+#endif
+}
+
+// `v` unchanged, but opaque to the compiler: a loop-invariant value (a constant, an address)
+// passed through it once before a loop stays in a register instead of being rebuilt from its
+// parts in every iteration. No instruction is emitted.
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+r"(v));
+  return v;
+#else
+  return v;
+#endif
+}
+
 }  // namespace fastcot

@@ -3,21 +3,28 @@
 // group size are multiples of 128 and whose scales share x's dtype; the rest takes the SIMT
 // kernel of int4_gemv.cuh.
 //
-// A block owns kMmaRows = 16 output columns (two m16n8k16 n-tiles of 8 weight rows) and its
-// W warps split K into 128-wide chunks (warp w takes chunks w, w + W, ...). In a chunk, lane
-// (g = lane / 4, c = lane % 4) loads one 16-byte vector per n-tile: 32 consecutive nibbles
-// of weight row 8t + g, K [32c, 32c + 32). The MMA's k order inside a thread's fragment is
-// ours to choose as long as x's fragment uses the same one, so nothing is shuffled:
-//   - one LOP3 per pair turns a word's nibbles (j, j+4) into a half2 / bf162 of 1024 + q
-//     (fp16: 0x6400 | q) or 128 + q (bf16: 0x4300 | q, exact with 7 mantissa bits);
-//   - x's fragment for the same pairs comes from one 16-byte load and four PRMTs.
-//   - one HADD2 / HFMA2 per pair removes the 1024 (fp16: the upper nibble lands as 16q, so
-//     (1024 + 16q) / 16 - 64) or the 128 (bf16), exactly: the MMA sees q itself.
-// The tensor core sums x * q in fp32 with exact products. Per chunk (one group, since the
-// group size is a multiple of 128) the fold out += s * (sum x*q - z * sum x) applies the
-// scale and zero once; sum x comes from one more MMA against ones, shared by both n-tiles.
-// The next chunk's weights are loaded before the current one is used (two chunks in flight
-// per thread), with L1::no_allocate; the W warps' sums meet in shared memory at the end.
+// A block owns kRows output columns (kTiles m16n8k16 n8-tiles of weight rows: 2 tiles, 16
+// columns, for M_TILE 8; 4 tiles, 32 columns, for M_TILE 16, so x's fragments, its PRMTs and
+// the sum-of-x MMAs serve twice the weights) and its W warps split K into 128-wide chunks
+// (warp w takes chunks w, w + W, ...). In a chunk, lane (g = lane / 4, c = lane % 4) takes one
+// 16-byte vector per tile: 32 consecutive nibbles of weight row 8t + g, K [32c, 32c + 32). The
+// MMA's k order inside a thread's fragment is ours to choose as long as x's fragment uses the
+// same one, so nothing is shuffled:
+//   - a shift and one LOP3 per pair turn a word's nibbles (j, j+4) into a half2 / bf162 of
+//     o + q, exactly: fp16 puts q in bits 4-7 of 64.0 (0x5400, mantissa step 1/16): 64 + q;
+//     bf16 puts q in bits 0-3 of 128.0 (0x4300, 7 mantissa bits): 128 + q;
+//   - x's fragment for the same pairs comes from one 16-byte load and four PRMTs;
+//   - the offset o stays: the MMA sees o + q, and o joins the zero point in the fold below
+//     (products of x and o + q are exact in fp32; the sums lose 3 (fp16) or 4 (bf16) of fp32's
+//     24 bits to the offset, far beyond the output's 11 or 8).
+// The tensor core sums x * (o + q) in fp32. Per chunk (one group, since the group size is a
+// multiple of 128) the fold out += s * (sum x*(o + q) - (z + o) * sum x) applies the scale and
+// zero once; sum x comes from one more MMA against ones, shared by all tiles.
+//
+// The weights stream through a per-warp ring of kMmaStages shared-memory stages filled by
+// cp.async (no registers held by loads in flight): kMmaStages - 1 chunks are in flight while
+// one is computed. Each lane reads back only the 16-byte slots it copied itself, so the ring
+// needs no barrier. The warps' sums meet in shared memory (each in its own ring) at the end.
 #pragma once
 
 #include <cstdint>
@@ -26,10 +33,27 @@
 
 namespace fastcot {
 
-constexpr int kMmaTiles = 2;             // n8 tiles per block
-constexpr int kMmaRows = 8 * kMmaTiles;  // output columns (weight rows) per block
-constexpr int kMmaChunk = 128;           // K per lane-vector per n-tile
-constexpr int kMmaMaxWarps = 16;
+constexpr int kMmaChunk = 128;  // K per lane-vector per n-tile
+constexpr int kMmaMaxWarps = 16;  // warps per block, at most (mma_max_warps)
+constexpr int kMmaStages = 4;  // ring stages per warp: 3 chunks in flight while one is computed
+
+// n8 tiles per block: 2 (16 columns) for M_TILE 8, 4 (32 columns) for M_TILE 16.
+template <int M_TILE>
+__host__ __device__ constexpr int mma_tiles() {
+  return M_TILE == 8 ? 2 : 4;
+}
+
+template <int M_TILE>
+__host__ __device__ constexpr int mma_rows() {
+  return 8 * mma_tiles<M_TILE>();
+}
+
+// Dynamic shared memory per warp: its ring, one 16-byte slot per lane, tile and stage. The
+// warp's partial sums (M_TILE x rows floats) reuse it at the end.
+template <int M_TILE>
+__host__ __device__ constexpr int mma_ring_bytes() {
+  return kMmaStages * mma_tiles<M_TILE>() * 32 * 16;
+}
 
 struct Int4MmaArgs {
   const void* x;         // [M, K], XT, rows 16-byte aligned
@@ -47,68 +71,36 @@ struct Int4MmaArgs {
   int bias_code;
 };
 
-// a * b + c in one HFMA2 on the device; the host (emulator) has no __hfma2, and for the exact
-// operands used here a multiply then an add gives the same bits.
-__host__ __device__ __forceinline__ __half2 hfma2_exact(__half2 a, __half2 b, __half2 c) {
-#if defined(__CUDA_ARCH__)
-  return __hfma2(a, b, c);
-#else
-  return __hadd2(__hmul2(a, b), c);
-#endif
-}
-
-// A bf162 (given as bits) minus 128 in each lane, one HADD2.BF16 / HFMA2.BF16 on the device;
-// exact for the 128 + q values it is used on, so the host's fp32 arithmetic gives the same bits.
-__host__ __device__ __forceinline__ uint32_t bf162_minus_128(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  __nv_bfloat162 v;
-  memcpy(&v, &bits, sizeof(v));
-  v = __hsub2(v, __float2bfloat162_rn(128.0f));
-  memcpy(&bits, &v, sizeof(v));
-  return bits;
-#else
-  const float lo = bits_to_float(bits << 16) - 128.0f, hi = bits_to_float(bits & 0xFFFF0000u) - 128.0f;
-  uint32_t lo_bits, hi_bits;
-  memcpy(&lo_bits, &lo, sizeof(lo));
-  memcpy(&hi_bits, &hi, sizeof(hi));
-  return (lo_bits >> 16) | (hi_bits & 0xFFFF0000u);  // exact: q has at most 4 significant bits
-#endif
-}
-
 // Dequantization of one word into the B fragments of its two k16 steps.
 template <typename XT>
 struct MmaDequant;
 
 template <>
 struct MmaDequant<__half> {
-  // Word w -> b[0..3] = (q0, q4), (q1, q5), (q2, q6), (q3, q7) as half2.
+  // Word w -> (q0, q4), (q1, q5), (q2, q6), (q3, q7) as half2 of 64 + q: the nibble lands in
+  // bits 4-7 of each 16-bit lane, where fp16's 64.0 (0x5400) has a mantissa step of 1/16, so
+  // the lane is exactly 64 + q. The 64 is not removed here: the fold subtracts 64 * sum x with
+  // the zero point (kOffset).
+  static constexpr float kOffset = 64.0f;
   __host__ __device__ __forceinline__ static void run(uint32_t w, uint32_t (&b)[4]) {
-    constexpr uint32_t kMagic = 0x64006400u;  // half2(1024, 1024)
-    const uint32_t shifted = w >> 8;
-    const uint32_t raw[4] = {and_or(w, 0x000F000Fu, kMagic), and_or(w, 0x00F000F0u, kMagic),
-                             and_or(shifted, 0x000F000Fu, kMagic), and_or(shifted, 0x00F000F0u, kMagic)};
-    const __half2 minus_1024 = __float2half2_rn(-1024.0f);
-    const __half2 sixteenth = __float2half2_rn(0.0625f);
-    const __half2 minus_64 = __float2half2_rn(-64.0f);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      __half2 h;
-      memcpy(&h, &raw[i], sizeof(h));
-      // 1024 + q - 1024, or (1024 + 16q) / 16 - 64: exact either way.
-      h = i % 2 == 0 ? __hadd2(h, minus_1024) : hfma2_exact(h, sixteenth, minus_64);
-      memcpy(&b[i], &h, sizeof(h));
-    }
+    constexpr uint32_t kMagic = 0x54005400u;  // half2(64, 64)
+    b[0] = and_or(w << 4, 0x00F000F0u, kMagic);
+    b[1] = and_or(w, 0x00F000F0u, kMagic);
+    b[2] = and_or(w >> 4, 0x00F000F0u, kMagic);
+    b[3] = and_or(w >> 8, 0x00F000F0u, kMagic);
   }
 };
 
 template <>
 struct MmaDequant<__nv_bfloat16> {
-  // Word w -> (q0, q4), (q1, q5), (q2, q6), (q3, q7) as bf162; bit 7 of a bf16 is the
-  // exponent's, so each pair is shifted down rather than taken as 16q.
+  // Word w -> (q0, q4), (q1, q5), (q2, q6), (q3, q7) as bf162 of 128 + q; bit 7 of a bf16 is
+  // the exponent's, so each pair is shifted down rather than taken as 16q. The 128 is not
+  // removed here: the fold subtracts 128 * sum x with the zero point (kOffset).
+  static constexpr float kOffset = 128.0f;
   __host__ __device__ __forceinline__ static void run(uint32_t w, uint32_t (&b)[4]) {
     constexpr uint32_t kMagic = 0x43004300u;  // bf162(128, 128): 128 + q, exact with 7 mantissa bits
 #pragma unroll
-    for (int i = 0; i < 4; ++i) b[i] = bf162_minus_128(and_or(w >> (4 * i), 0x000F000Fu, kMagic));
+    for (int i = 0; i < 4; ++i) b[i] = and_or(w >> (4 * i), 0x000F000Fu, kMagic);
   }
 };
 
@@ -121,133 +113,169 @@ __device__ __forceinline__ void x_pairs(const uint4 v, uint32_t (&p)[4]) {
   p[3] = __byte_perm(v.y, v.w, 0x7632);
 }
 
-template <typename XT>
-__device__ __forceinline__ float load_scale(const void* ptr, int index) {
-  return to_float(__ldg(static_cast<const XT*>(ptr) + index));
-}
-
-// Threads an SM holds: 1024 for M_TILE 8 (at most 64 registers), 512 for M_TILE 16, whose two
-// x halves need more registers; the launcher sizes its grid with the same numbers.
+// Threads an SM holds: 768 for M_TILE 8 (at most 80 registers: 24 warps, each with 3 chunks in
+// flight), 512 for M_TILE 16, whose two x halves and four tiles need more registers; the
+// launcher sizes its grid with the same numbers.
 template <int M_TILE>
-constexpr int mma_resident_threads() {
-  return M_TILE == 8 ? 1024 : 512;
+__host__ __device__ constexpr int mma_resident_threads() {
+  return M_TILE == 8 ? 768 : 512;
 }
 
-template <typename XT, int M_TILE>
-__global__ void __launch_bounds__(kMmaMaxWarps * 32, mma_resident_threads<M_TILE>() / (kMmaMaxWarps * 32))
+// Warps per block, at most: a divisor of the resident warps (8 for M_TILE 8, 16 for M_TILE 16).
+template <int M_TILE>
+__host__ __device__ constexpr int mma_max_warps() {
+  return M_TILE == 8 ? 8 : kMmaMaxWarps;
+}
+
+template <typename XT, int M_TILE, bool HAS_ZEROS>
+__global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
+                                  mma_resident_threads<M_TILE>() / (mma_max_warps<M_TILE>() * 32))
     int4_mma_kernel(const Int4MmaArgs args) {
   static_assert(M_TILE == 8 || M_TILE == 16, "one or two n8 tiles of x rows");
   constexpr int kHalves = M_TILE / 8;  // x rows g and (for M_TILE 16) g + 8
-  extern __shared__ float mma_partial[];  // [W][M_TILE][kMmaRows]
+  constexpr int kTiles = mma_tiles<M_TILE>();
+  constexpr int kPairs = kTiles / 2;  // A operands: tiles 2p (rows g) and 2p + 1 (rows g + 8)
+  constexpr int kRows = mma_rows<M_TILE>();
+  constexpr int kStage = kTiles * 32;  // uint4 slots of one stage of a warp's ring
+  static_assert(M_TILE * kRows * sizeof(float) <= mma_ring_bytes<M_TILE>(), "partials fit the ring");
+  extern __shared__ uint4 mma_ring[];  // [W][kMmaStages][kTiles][32 lanes]
   const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, c = lane % 4;
-  const int n0 = blockIdx.x * kMmaRows;
-  const int words_per_row = args.chunks * (kMmaChunk / 8);
+  const int n0 = blockIdx.x * kRows;
+  // Loop invariants below go through opaque_u32 so that they stay in registers.
+  uint4* const ring = mma_ring + opaque_u32(warp * (kMmaStages * kStage) + lane);  // + (stage * kTiles + t) * 32
 
-  // The weights are the MMA's A (16 rows = the block's columns: lane g holds rows g and g + 8),
-  // x its B (8 columns = 8 rows of x). Rows past N repeat the last row: loads stay in bounds,
-  // their sums are never stored.
-  const uint4* rows[kMmaTiles];
-  int cols[kMmaTiles];
+  // The weights are the MMA's A (16 rows = two tiles: lane g holds rows g and g + 8), x its B
+  // (8 columns = 8 rows of x). Rows past N repeat the last row: loads stay in bounds, their
+  // sums are never stored.
+  const int vectors_per_row = args.chunks * (kMmaChunk / 32);
+  const uint4* src[kTiles];
+  int cols[kTiles];
 #pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
-    cols[t] = min(n0 + 8 * t + g, args.n - 1);
-    rows[t] = args.qweight + (int64_t(cols[t]) * words_per_row) / 4 + c;
+  for (int t = 0; t < kTiles; ++t) {
+    cols[t] = int(opaque_u32(min(n0 + 8 * t + g, args.n - 1)));
+    src[t] = args.qweight + int64_t(cols[t]) * vectors_per_row + warp * (kMmaChunk / 32) + c;
   }
+  const int src_step = int(opaque_u32(warps * (kMmaChunk / 32)));  // uint4 per row from one chunk to the next
   // Rows of x this lane feeds to B; rows past M repeat row M - 1: their columns of D are
   // never stored, so no load is predicated and nothing is zeroed.
   const XT* x = static_cast<const XT*>(args.x);
-  const XT* x_row[kHalves];
+  const uint4* x_row[kHalves];
 #pragma unroll
-  for (int h = 0; h < kHalves; ++h) x_row[h] = x + min(g + 8 * h, args.m - 1) * args.stride_xm + 32 * c;
-  constexpr uint32_t kOnes = std::is_same<XT, __half>::value ? 0x3C003C00u : 0x3F803F80u;
-  const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
-
-  float total[kHalves][kMmaTiles][2] = {};  // x row 2c + e (+ 8h), column 8t + g
-  // Running pointers: one add per iteration instead of index math per load.
-  const int w_step = warps * (kMmaChunk / 32);  // uint4 per row per iteration
-  const int x_step = warps * kMmaChunk;
-#pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) rows[t] += warp * (kMmaChunk / 32);
-#pragma unroll
-  for (int h = 0; h < kHalves; ++h) x_row[h] += warp * kMmaChunk;
-  int chunk = warp;
-  uint4 next[kMmaTiles];
-  if (chunk < args.chunks) {
-#pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) next[t] = ldg_stream(rows[t]);
+  for (int h = 0; h < kHalves; ++h) {
+    x_row[h] = reinterpret_cast<const uint4*>(x + min(g + 8 * h, args.m - 1) * args.stride_xm + warp * kMmaChunk + 32 * c);
   }
-  for (; chunk < args.chunks; chunk += warps) {
-    uint4 cur[kMmaTiles];
+  const int x_step = int(opaque_u32(warps * kMmaChunk / 8));  // uint4
+  constexpr uint32_t kOnes = std::is_same<XT, __half>::value ? 0x3C003C00u : 0x3F803F80u;
+  const uint32_t ones[4] = {opaque_u32(kOnes), opaque_u32(kOnes), opaque_u32(kOnes), opaque_u32(kOnes)};
+  const XT* scales = static_cast<const XT*>(args.scales);
+  const XT* zeros = static_cast<const XT*>(args.zeros);
+
+  // Fill the ring: this warp's first kMmaStages - 1 chunks, one commit group each (empty past
+  // the last chunk, so that group i is always chunk i's).
 #pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) {
-      cur[t] = next[t];
-      rows[t] += w_step;
-    }
-    if (chunk + warps < args.chunks) {
+  for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (warp + s * warps < args.chunks) {
 #pragma unroll
-      for (int t = 0; t < kMmaTiles; ++t) next[t] = ldg_stream(rows[t]);
+      for (int t = 0; t < kTiles; ++t) {
+        async_copy16(ring + (s * kTiles + t) * 32, src[t]);
+        src[t] += src_step;
+      }
     }
-    // acc[h][0..1]: column g, x rows 2c, 2c+1; acc[h][2..3]: column g + 8. xsum[h][0..1]: sum x.
-    float acc[kHalves][4] = {}, xsum[kHalves][4] = {};
+    async_copy_commit();
+  }
+
+  float total[kHalves][kTiles][2] = {};  // x row 2c + e (+ 8h), column 8t + g
+  static_assert((kMmaStages & (kMmaStages - 1)) == 0, "stage arithmetic by masks");
+  unsigned stage = 0;  // ring stage of `chunk`
+  const int last_refill = args.chunks - (kMmaStages - 1) * warps;  // chunks below it refill the ring
+  for (int chunk = warp; chunk < args.chunks; chunk += warps) {
+    // Refill the stage read in the previous iteration (its words are in registers and used).
+    if (chunk < last_refill) {
+      uint4* const slot = ring + ((stage + kMmaStages - 1) & (kMmaStages - 1)) * kStage;
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) {
+        async_copy16(slot + t * 32, src[t]);
+        src[t] += src_step;
+      }
+    }
+    async_copy_commit();
+    async_copy_wait<kMmaStages - 1>();  // this chunk's group has landed
+    uint4 cur[kTiles];
+    const uint4* const slot = ring + stage * kStage;
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) cur[t] = slot[t * 32];
+    stage = (stage + 1) & (kMmaStages - 1);
+
+    // acc[h][p][0..1]: column 16p + g (tile 2p), x rows 2c, 2c+1; acc[h][p][2..3]: tile 2p + 1.
+    // xsum[h][0..1]: sum x of x rows 2c, 2c+1.
+    float acc[kHalves][kPairs][4] = {}, xsum[kHalves][4] = {};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      uint32_t w[kMmaTiles][4];
+      uint32_t w[kTiles][4];
 #pragma unroll
-      for (int t = 0; t < kMmaTiles; ++t) {
+      for (int t = 0; t < kTiles; ++t) {
         MmaDequant<XT>::run(j == 0 ? cur[t].x : j == 1 ? cur[t].y : j == 2 ? cur[t].z : cur[t].w, w[t]);
       }
-      // Two k16 steps per word: nibbles (0,4),(1,5) then (2,6),(3,7).
-      const uint32_t a0[4] = {w[0][0], w[1][0], w[0][1], w[1][1]};
-      const uint32_t a1[4] = {w[0][2], w[1][2], w[0][3], w[1][3]};
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
         uint32_t xp[4];
-        x_pairs(__ldg(reinterpret_cast<const uint4*>(x_row[h] + 8 * j)), xp);
+        x_pairs(__ldg(x_row[h] + j), xp);
+        // Two k16 steps per word: nibbles (0,4),(1,5) then (2,6),(3,7).
         const uint32_t b0[2] = {xp[0], xp[1]};
         const uint32_t b1[2] = {xp[2], xp[3]};
-        mma_16816<XT>(acc[h], a0, b0);
-        mma_16816<XT>(acc[h], a1, b1);
+#pragma unroll
+        for (int p = 0; p < kPairs; ++p) {
+          const uint32_t a0[4] = {w[2 * p][0], w[2 * p + 1][0], w[2 * p][1], w[2 * p + 1][1]};
+          const uint32_t a1[4] = {w[2 * p][2], w[2 * p + 1][2], w[2 * p][3], w[2 * p + 1][3]};
+          mma_16816<XT>(acc[h][p], a0, b0);
+          mma_16816<XT>(acc[h][p], a1, b1);
+        }
         mma_16816<XT>(xsum[h], ones, b0);
         mma_16816<XT>(xsum[h], ones, b1);
       }
     }
 #pragma unroll
     for (int h = 0; h < kHalves; ++h) x_row[h] += x_step;
-    // The chunk lies in one group: out += s * (sum x*q - z * sum x).
+    // The chunk lies in one group: out += s * (sum x*q - z * sum x), with the MMA's offset
+    // (bf16: 128) joining z.
     const int group = args.group_magic == 0 ? chunk : int(__umulhi(uint32_t(chunk), args.group_magic));
 #pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) {
-      const int idx = group * args.n + cols[t];
-      const float s = load_scale<XT>(args.scales, idx);
-      const float z = args.zeros != nullptr ? load_scale<XT>(args.zeros, idx) : 8.0f;
+    for (int t = 0; t < kTiles; ++t) {
+      const unsigned idx = unsigned(group) * unsigned(args.n) + unsigned(cols[t]);  // < 2^31 (launcher)
+      const float s = to_float(__ldg(scales + idx));
+      float z = HAS_ZEROS ? to_float(__ldg(zeros + idx)) : 8.0f;
+      z += MmaDequant<XT>::kOffset;
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) total[h][t][e] = fmaf(s, fmaf(-z, xsum[h][e], acc[h][2 * t + e]), total[h][t][e]);
+        for (int e = 0; e < 2; ++e) {
+          total[h][t][e] = fmaf(s, fmaf(-z, xsum[h][e], acc[h][t / 2][2 * (t % 2) + e]), total[h][t][e]);
+        }
       }
     }
   }
 
-  // The warps' partial sums meet in shared memory; one thread per output adds them in warp order.
+  // The warps' partial sums meet in shared memory, each in its own ring (its copies have all
+  // landed); one thread per output adds them in warp order.
+  async_copy_wait<0>();
+  float* const partial = reinterpret_cast<float*>(mma_ring + warp * (kMmaStages * kStage));
 #pragma unroll
   for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) {
+    for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        mma_partial[(warp * M_TILE + 8 * h + 2 * c + e) * kMmaRows + 8 * t + g] = total[h][t][e];
-      }
+      for (int e = 0; e < 2; ++e) partial[(8 * h + 2 * c + e) * kRows + 8 * t + g] = total[h][t][e];
     }
   }
   __syncthreads();
-  for (int o = threadIdx.x; o < M_TILE * kMmaRows; o += blockDim.x) {
-    const int row = o / kMmaRows, col = n0 + o % kMmaRows;
+  for (int o = threadIdx.x; o < M_TILE * kRows; o += blockDim.x) {
+    const int row = o / kRows, col = n0 + o % kRows;
     if (row < args.m && col < args.n) {
       float sum = 0.0f;
-      for (int w = 0; w < warps; ++w) sum += mma_partial[w * M_TILE * kMmaRows + o];
+      for (int w = 0; w < warps; ++w) sum += reinterpret_cast<const float*>(mma_ring + w * (kMmaStages * kStage))[o];
       if (args.bias != nullptr) sum += load_float(args.bias, args.bias_code, col);
       static_cast<XT*>(args.out)[row * args.stride_om + col] = from_float<XT>(sum);
     }
