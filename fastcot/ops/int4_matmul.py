@@ -206,8 +206,9 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         return
     n = out.shape[1]
     gs = k if group_size == -1 else group_size
-    if cfg.block_m == 1 and group_size != -1 and cfg.block_k > gs:
-        raise ValueError(f"GEMV configuration {cfg} spans several groups of {gs}; use block_k <= group size")
+    if cfg.block_m == 1 and m == 1 and (cfg.block_k % 64 or (group_size != -1 and cfg.block_k > 2 * gs)):
+        raise ValueError(f"GEMV configuration {cfg}: block_k must be a multiple of 64 and at most twice the "
+                         f"group size ({gs})")
     if cfg.block_m == 1 and m == 1:
         _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg, mins)
         return
@@ -271,6 +272,11 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
     n = out.shape[1]
     k_per_split, split_k = gemv_split(k, cfg.block_k, cfg.split_k)
     row_blocks = triton_cdiv(n, cfg.block_n)
+    # bfloat16 activations are read as int32 pairs (two bit operations make both floats); an
+    # act-order gather reads them one by one.
+    x_pairs = x.dtype == torch.bfloat16 and perm is None
+    if x_pairs:
+        x = (x if x.storage_offset() % 2 == 0 else x.clone()).view(torch.int32)
     if split_k > 1:
         partial = torch.empty((split_k, n), dtype=torch.float32, device=x.device)
         locks = gemv_locks(x.device, row_blocks)
@@ -280,9 +286,10 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
         x_ptr=x, qweight_ptr=qweight, scales_ptr=scales, zeros_ptr=_zeros_arg(scales, zeros, mins),
         perm_ptr=qweight if perm is None else perm, bias_ptr=scales if bias is None else bias,
         out_ptr=out, partial_ptr=partial, lock_ptr=locks,
-        N=n, K=k, words_per_row=k // 8, k_per_split=k_per_split, nibble_mask=15,
+        N=n, K=k, words_per_row=k // 8, k_per_split=k_per_split,
         GROUP_SIZE=gs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split_k, EVEN_K=k % cfg.block_k == 0,
         HAS_ZEROS=zeros is not None or mins is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
-        HAS_MINS=mins is not None,
+        HAS_MINS=mins is not None, X_PAIRS=x_pairs,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )

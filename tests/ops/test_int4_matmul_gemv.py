@@ -28,7 +28,9 @@ def run(x, w, zeros, perm, mins, bias, cfg):
 
 @needs_triton
 @pytest.mark.parametrize("form", ["zeros", "symmetric", "mins"])
-@pytest.mark.parametrize("n,k,group_size,block_k,split", [(45, 136, -1, 32, 3), (70, 448, 64, 64, 4), (33, 96, 32, 32, 1)])
+@pytest.mark.parametrize("n,k,group_size,block_k,split", [
+    (45, 136, -1, 64, 3), (45, 136, -1, 128, 1), (70, 448, 64, 128, 4), (70, 384, 128, 128, 2), (33, 96, 32, 64, 1),
+])
 def test_gemv_forms_act_order_and_ragged_k(form, n, k, group_size, block_k, split, device):
     torch.manual_seed(n * k)
     w = fastcot.quantize_int4(torch.randn(n, k, device=device), group_size=group_size, symmetric=form == "symmetric")
@@ -64,7 +66,7 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     """What FASTCOT_AUTOTUNE=0 and graph capture run: the heuristic first GEMV configuration,
     whose grid fills the SMs evenly (one wave, or several)."""
     cfg = candidate_configs(1, n, k, 128, sms)[0]
-    bn, _, warps, per_sm90, per_sm80 = GEMV_TILES[0]
+    bn, _, warps, _, per_sm90, per_sm80 = GEMV_TILES[0]
     assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (1, bn, warps)
     slots = (per_sm90 if sms == 132 else per_sm80) * sms
     _, splits = gemv_split(k, cfg.block_k, cfg.split_k)
