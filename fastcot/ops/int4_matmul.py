@@ -276,7 +276,8 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
     # act-order gather reads them one by one.
     x_pairs = x.dtype == torch.bfloat16 and perm is None
     if x_pairs:
-        x = (x if x.storage_offset() % 2 == 0 else x.clone()).view(torch.int32)
+        row = x[0]  # unit stride (checked by the op)
+        x = (row if row.storage_offset() % 2 == 0 else row.clone()).view(torch.int32)
     if split_k > 1:
         partial = torch.empty((split_k, n), dtype=torch.float32, device=x.device)
         locks = gemv_locks(x.device, row_blocks)

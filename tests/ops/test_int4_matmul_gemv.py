@@ -80,3 +80,22 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     # gets 0.81 (176 programs in 324 slots) rather than 0.89 from 96 programs.
     assert grid >= slots / 2
     assert eff >= (0.9 if sms == 132 else 0.8)
+
+
+@needs_triton
+@pytest.mark.parametrize("form", ["zeros", "symmetric", "mins"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_16_bit_activations(form, dtype, device):
+    """16-bit x, scales in x's dtype: bfloat16 x is read as int32 pairs (also from an odd offset,
+    which the launcher copies), float16 x converted per element; ragged K, two groups per step."""
+    n, k = 70, 448
+    torch.manual_seed(k + (dtype == torch.bfloat16))
+    w = fastcot.quantize_int4(torch.randn(n, k, device=device).to(dtype), group_size=64,
+                              symmetric=form == "symmetric")
+    zeros, mins = w.zeros, None
+    if form == "mins":
+        zeros, mins = None, torch.randn(w.scales.shape, device=device).to(dtype)
+    x = torch.randn(1, k + 1, device=device).to(dtype)[:, 1:]  # storage offset 1
+    out = run(x, w, zeros, None, mins, torch.randn(n, device=device).to(dtype),
+              Int4MatmulConfig(1, 32, 128, split_k=2, num_warps=2))
+    assert torch.isfinite(out).all()
