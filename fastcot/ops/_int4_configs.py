@@ -46,14 +46,6 @@ def num_sms(device: torch.device) -> int:
     return H100_SMS  # Size the CPU/interpreter path as for an H100 so its code paths match.
 
 
-def _split_k(tiles: int, k: int, block_k: int, num_sms: int) -> int:
-    """Smallest power-of-two split of K that gives about four programs per SM."""
-    split = 1
-    while tiles * split < 4 * num_sms and k // (split * 2) >= 2 * block_k and split < 16:
-        split *= 2
-    return split
-
-
 def fit_block_k(block_k: int, k: int) -> int:
     """Shrink a tile's K extent for tiny K; it stays a power of two of at least 16."""
     while block_k > 16 and block_k // 2 >= k:
@@ -74,6 +66,12 @@ def gemv_block_k(block_k: int, k: int, group_size: int) -> int:
 # The register cap keeps three programs per SM: left alone, ptxas picks 168 or 240 registers
 # depending on constants as small as the split count.
 GEMV_TILES = ((256, 64, 2, 128, 8, 8), (512, 64, 2, 168, 6, 6), (1024, 64, 4, 168, 3, 3), (512, 128, 4, 168, 3, 3))
+
+
+# Decode tensor-core tiles (BLOCK_N, BLOCK_K, warps, stages, programs per SM on H100 and on A100 at
+# M <= 16, whose register cap keeps float16 and bfloat16 at the same occupancy), best first.
+DOT_TILES = ((128, 128, 4, 2, 4, 3), (64, 128, 4, 2, 4, 3))
+DOT_REGISTERS = 128
 
 
 def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
@@ -119,13 +117,16 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list
         return gemv_configs(n, k, group_size, sms)
     if m <= 64:
         bm = max(16, m_bucket(m))
-        tiles = [(64, 128, 8, 2), (128, 128, 8, 2)]
         out = []
-        for bn, bk, warps, stages in tiles:
+        for bn, bk, warps, stages, per_sm90, per_sm80 in DOT_TILES:
             bk = fit_block_k(bk, k)
-            split = _split_k(triton_cdiv(n, bn) * triton_cdiv(m, bm), k, bk, sms)
-            for s in sorted({split, max(1, split // 2)}):
-                out.append(Int4MatmulConfig(bm, bn, bk, s, 1, warps, stages))
+            per_sm = per_sm90 if sms >= H100_SMS else per_sm80
+            split = gemv_split_count(triton_cdiv(n, bn) * triton_cdiv(m, bm), k, bk, group_size, per_sm * sms, sms)
+            # The split that fills the GPU first: it is what untuned runs (graph capture,
+            # FASTCOT_AUTOTUNE=0) get.
+            for s in dict.fromkeys((split, max(1, split // 2))):
+                out.append(Int4MatmulConfig(bm, bn, bk, s, 1, warps, stages,
+                                            max_registers=DOT_REGISTERS if bm == 16 else None))
         return out
     tiles = [(128, 128, 64, 8, 3), (128, 256, 32, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3)]
     fused = [

@@ -206,10 +206,12 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         return
     n = out.shape[1]
     gs = k if group_size == -1 else group_size
-    if cfg.block_m == 1 and m == 1 and (cfg.block_k % 64 or (group_size != -1 and cfg.block_k > 2 * gs)):
-        raise ValueError(f"GEMV configuration {cfg}: block_k must be a multiple of 64 and at most twice the "
-                         f"group size ({gs})")
-    if cfg.block_m == 1 and m == 1:
+    if cfg.block_m == 1:
+        if m != 1:
+            raise ValueError(f"GEMV configuration {cfg} serves M = 1 only, got M = {m}")
+        if cfg.block_k % 64 or (group_size != -1 and cfg.block_k > 2 * gs):
+            raise ValueError(f"GEMV configuration {cfg}: block_k must be a multiple of 64 and at most twice "
+                             f"the group size ({gs})")
         _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg, mins)
         return
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
@@ -232,7 +234,9 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         IEEE_FP32=fp32_dot,
         DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype and mins is None,
         HAS_MINS=mins is not None,
+        BIASED_DOT=x.dtype in (torch.float16, torch.bfloat16) and tile_groups == 1 and mins is None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )
     if split_k > 1:
         block_n = 512

@@ -99,3 +99,13 @@ def test_gemv_16_bit_activations(form, dtype, device):
     out = run(x, w, zeros, None, mins, torch.randn(n, device=device).to(dtype),
               Int4MatmulConfig(1, 32, 128, split_k=2, num_warps=2))
     assert torch.isfinite(out).all()
+
+
+def test_gemv_configurations_are_checked():
+    w = fastcot.quantize_int4(torch.randn(16, 256), group_size=32)
+    for m, cfg, msg in [(2, Int4MatmulConfig(1, 16, 64), "M = 1 only"),
+                        (1, Int4MatmulConfig(1, 16, 128), "at most twice the group size"),
+                        (1, Int4MatmulConfig(1, 16, 96), "multiple of 64")]:
+        x = torch.randn(m, 256)
+        with pytest.raises(ValueError, match=msg):
+            int4_matmul_triton(x, w.qweight, w.scales, w.zeros, None, 32, None, torch.empty(m, 16), config=cfg)
