@@ -72,6 +72,8 @@ GEMV_TILES = ((256, 64, 2, 128, 8, 8), (512, 64, 2, 168, 6, 6), (1024, 64, 4, 16
 # M <= 16, whose register cap keeps float16 and bfloat16 at the same occupancy), best first.
 DOT_TILES = ((128, 128, 4, 2, 4, 3), (64, 128, 4, 2, 4, 3))
 DOT_REGISTERS = 128
+# 32- and 64-row tiles: 8 warps (4 spill on sm_80), no cap.
+WIDE_DOT_TILES = ((64, 128, 8, 2, 2, 2), (128, 128, 8, 2, 2, 2))
 
 
 def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
@@ -118,7 +120,7 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list
     if m <= 64:
         bm = max(16, m_bucket(m))
         out = []
-        for bn, bk, warps, stages, per_sm90, per_sm80 in DOT_TILES:
+        for bn, bk, warps, stages, per_sm90, per_sm80 in (DOT_TILES if bm == 16 else WIDE_DOT_TILES):
             bk = fit_block_k(bk, k)
             per_sm = per_sm90 if sms >= H100_SMS else per_sm80
             split = gemv_split_count(triton_cdiv(n, bn) * triton_cdiv(m, bm), k, bk, group_size, per_sm * sms, sms)
