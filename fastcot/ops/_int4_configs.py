@@ -29,6 +29,7 @@ class Int4MatmulConfig:
     num_warps: int = 4
     num_stages: int = 2
     dequant_then_matmul: bool = False
+    max_registers: int | None = None  # the launch's `maxnreg` (GEMV): pins the occupancy it was sized for
 
 
 def m_bucket(m: int) -> int:
@@ -45,14 +46,6 @@ def num_sms(device: torch.device) -> int:
     return H100_SMS  # Size the CPU/interpreter path as for an H100 so its code paths match.
 
 
-def _split_k(tiles: int, k: int, block_k: int, num_sms: int) -> int:
-    """Smallest power-of-two split of K that gives about four programs per SM."""
-    split = 1
-    while tiles * split < 4 * num_sms and k // (split * 2) >= 2 * block_k and split < 16:
-        split *= 2
-    return split
-
-
 def fit_block_k(block_k: int, k: int) -> int:
     """Shrink a tile's K extent for tiny K; it stays a power of two of at least 16."""
     while block_k > 16 and block_k // 2 >= k:
@@ -61,30 +54,43 @@ def fit_block_k(block_k: int, k: int) -> int:
 
 
 def gemv_block_k(block_k: int, k: int, group_size: int) -> int:
-    """GEMV tiles stay inside one group (one scale per row per step)."""
-    block_k = fit_block_k(block_k, k)
-    return block_k if group_size == -1 else min(block_k, group_size)
+    """A GEMV step is two half-steps of whole 32-nibble runs (a thread's 16-byte load), each
+    inside one group (one scale per row)."""
+    block_k = max(64, fit_block_k(block_k, k))
+    return block_k if group_size == -1 else min(block_k, 2 * group_size)
 
 
-# GEMV tiles (BLOCK_N, BLOCK_K, warps, programs per SM the compiled kernel allows on H100 (sm_90)
-# and on A100 (sm_80), read from `fastcot bench static`: 128 and 168 registers), best first.
-GEMV_TILES = ((256, 128, 4, 4, 3), (128, 128, 4, 4, 3), (64, 128, 2, 8, 6))
+# GEMV tiles (BLOCK_N, BLOCK_K, warps, register cap, programs per SM it allows on H100 (sm_90)
+# and on A100 (sm_80)), best first. 512 x 128 with 4 warps: per half-step each thread streams
+# 8 rows x 32 nibbles and reads the 32 activations of its run once for all 8.
+# The register cap keeps three programs per SM: left alone, ptxas picks 168 or 240 registers
+# depending on constants as small as the split count.
+GEMV_TILES = ((256, 64, 2, 128, 8, 8), (512, 64, 2, 168, 6, 6), (1024, 64, 4, 168, 3, 3), (512, 128, 4, 168, 3, 3))
+
+
+# Decode tensor-core tiles (BLOCK_N, BLOCK_K, warps, stages, programs per SM on H100 and on A100 at
+# M <= 16, whose register cap keeps float16 and bfloat16 at the same occupancy), best first.
+DOT_TILES = ((128, 128, 4, 2, 4, 3), (64, 128, 4, 2, 4, 3))
+DOT_REGISTERS = 128
+# 32- and 64-row tiles: 8 warps (4 spill on sm_80), no cap.
+WIDE_DOT_TILES = ((64, 128, 8, 2, 2, 2), (128, 128, 8, 2, 2, 2))
 
 
 def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
     """M = 1: each tile with the split of K that best fills whole waves."""
     out = []
-    for bn, bk, warps, per_sm90, per_sm80 in GEMV_TILES:
+    for bn, bk, warps, regs, per_sm90, per_sm80 in GEMV_TILES:
         per_sm = per_sm90 if sms >= H100_SMS else per_sm80
         bk = gemv_block_k(bk, k, group_size)
         split = gemv_split_count(triton_cdiv(n, bn), k, bk, group_size, per_sm * sms, sms)
-        out.append(Int4MatmulConfig(1, bn, bk, split, 1, warps, 1))
+        out.append(Int4MatmulConfig(1, bn, bk, split, 1, warps, 1, max_registers=regs))
     return out
 
 
 def gemv_split_count(row_blocks: int, k: int, block_k: int, group_size: int, slots: int, sms: int) -> int:
-    """Splits of K (whole BLOCK_K steps each) whose grid fills the resident slots best: wave
-    efficiency first, then the most resident programs (bytes in flight), then fewest splits."""
+    """Splits of K (whole BLOCK_K steps each) whose grid fills the resident slots best: at least
+    half the slots, two steps or more per program, wave efficiency, the most resident programs
+    (bytes in flight), then fewest splits."""
     units = triton_cdiv(k, block_k)
     best, best_score = 1, None
     for per_split in range(units, 0, -1):
@@ -99,7 +105,9 @@ def gemv_split_count(row_blocks: int, k: int, block_k: int, group_size: int, slo
         # A grid that leaves most resident slots empty keeps too few bytes in flight, however
         # evenly it spreads: such grids rank below any that uses half the slots or more.
         fills = grid >= slots / 2 or per_split == 1
-        score = (fills, round(min(eff, 0.9), 2), round(min(grid / slots, 1.0), 1), -splits)
+        # Two steps or more per program let the next step's loads overlap this step's math.
+        overlaps = per_split >= 2 or units < 2
+        score = (fills, overlaps, round(min(eff, 0.9), 2), round(min(grid / slots, 1.0), 1), -splits)
         if best_score is None or score > best_score:
             best, best_score = splits, score
     return best
@@ -111,13 +119,16 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int) -> list
         return gemv_configs(n, k, group_size, sms)
     if m <= 64:
         bm = max(16, m_bucket(m))
-        tiles = [(64, 128, 8, 2), (128, 128, 8, 2)]
         out = []
-        for bn, bk, warps, stages in tiles:
+        for bn, bk, warps, stages, per_sm90, per_sm80 in (DOT_TILES if bm == 16 else WIDE_DOT_TILES):
             bk = fit_block_k(bk, k)
-            split = _split_k(triton_cdiv(n, bn) * triton_cdiv(m, bm), k, bk, sms)
-            for s in sorted({split, max(1, split // 2)}):
-                out.append(Int4MatmulConfig(bm, bn, bk, s, 1, warps, stages))
+            per_sm = per_sm90 if sms >= H100_SMS else per_sm80
+            split = gemv_split_count(triton_cdiv(n, bn) * triton_cdiv(m, bm), k, bk, group_size, per_sm * sms, sms)
+            # The split that fills the GPU first: it is what untuned runs (graph capture,
+            # FASTCOT_AUTOTUNE=0) get.
+            for s in dict.fromkeys((split, max(1, split // 2))):
+                out.append(Int4MatmulConfig(bm, bn, bk, s, 1, warps, stages,
+                                            max_registers=DOT_REGISTERS if bm == 16 else None))
         return out
     tiles = [(128, 128, 64, 8, 3), (128, 256, 32, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3)]
     fused = [
@@ -229,8 +240,9 @@ def aot_specs():
         from fastcot.kernels.triton.int4_gemv import _int4_gemv_kernel
 
         gs = 4096 if group_size == -1 else group_size
-        cfg = Int4MatmulConfig(**{**cfg.__dict__, "block_k": min(cfg.block_k, gs)})  # a step inside a group
+        cfg = Int4MatmulConfig(**{**cfg.__dict__, "block_k": min(cfg.block_k, 2 * gs)})  # half-steps inside a group
         split = cfg.split_k > 1
+        x_pairs = dtype == "bf16" and not perm  # what the launcher passes for bfloat16 x
         name = (
             f"int4_gemv n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps}{' splitk' if split else ''} {dtype} "
             f"g{group_size}{'' if zeros or mins else ' sym'}{' perm' if perm else ''}{' bias' if bias else ''}"
@@ -239,14 +251,15 @@ def aot_specs():
         return KernelSpec(
             name=name, fn=_int4_gemv_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             signature={
-                "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
+                "x_ptr": "*i32" if x_pairs else f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
                 "partial_ptr": "*fp32", "lock_ptr": "*i32",
-                "N": "i32", "K": "i32", "words_per_row": "i32", "k_per_split": "i32", "nibble_mask": "i32",
+                "N": "i32", "K": "i32", "words_per_row": "i32", "k_per_split": "i32",
             },
             constexprs={
                 "GROUP_SIZE": gs, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k,
                 "EVEN_K": True, "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_BIAS": bias, "HAS_MINS": mins,
+                "X_PAIRS": x_pairs,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
                      "partial_ptr", "lock_ptr", "N", "K", "words_per_row", "k_per_split"),

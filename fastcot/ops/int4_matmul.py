@@ -206,9 +206,12 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         return
     n = out.shape[1]
     gs = k if group_size == -1 else group_size
-    if cfg.block_m == 1 and group_size != -1 and cfg.block_k > gs:
-        raise ValueError(f"GEMV configuration {cfg} spans several groups of {gs}; use block_k <= group size")
-    if cfg.block_m == 1 and m == 1:
+    if cfg.block_m == 1:
+        if m != 1:
+            raise ValueError(f"GEMV configuration {cfg} serves M = 1 only, got M = {m}")
+        if cfg.block_k % 64 or (group_size != -1 and cfg.block_k > 2 * gs):
+            raise ValueError(f"GEMV configuration {cfg}: block_k must be a multiple of 64 and at most twice "
+                             f"the group size ({gs})")
         _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg, mins)
         return
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
@@ -231,7 +234,9 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         IEEE_FP32=fp32_dot,
         DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype and mins is None,
         HAS_MINS=mins is not None,
+        BIASED_DOT=x.dtype in (torch.float16, torch.bfloat16) and tile_groups == 1 and mins is None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )
     if split_k > 1:
         block_n = 512
@@ -271,6 +276,12 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
     n = out.shape[1]
     k_per_split, split_k = gemv_split(k, cfg.block_k, cfg.split_k)
     row_blocks = triton_cdiv(n, cfg.block_n)
+    # bfloat16 activations are read as int32 pairs (two bit operations make both floats); an
+    # act-order gather reads them one by one.
+    x_pairs = x.dtype == torch.bfloat16 and perm is None
+    if x_pairs:
+        row = x[0]  # unit stride (checked by the op)
+        x = (row if row.storage_offset() % 2 == 0 else row.clone()).view(torch.int32)
     if split_k > 1:
         partial = torch.empty((split_k, n), dtype=torch.float32, device=x.device)
         locks = gemv_locks(x.device, row_blocks)
@@ -280,9 +291,10 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
         x_ptr=x, qweight_ptr=qweight, scales_ptr=scales, zeros_ptr=_zeros_arg(scales, zeros, mins),
         perm_ptr=qweight if perm is None else perm, bias_ptr=scales if bias is None else bias,
         out_ptr=out, partial_ptr=partial, lock_ptr=locks,
-        N=n, K=k, words_per_row=k // 8, k_per_split=k_per_split, nibble_mask=15,
+        N=n, K=k, words_per_row=k // 8, k_per_split=k_per_split,
         GROUP_SIZE=gs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split_k, EVEN_K=k % cfg.block_k == 0,
         HAS_ZEROS=zeros is not None or mins is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
-        HAS_MINS=mins is not None,
+        HAS_MINS=mins is not None, X_PAIRS=x_pairs,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )

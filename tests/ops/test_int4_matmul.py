@@ -137,8 +137,8 @@ def test_empty_batch(backend, device):
 # tiles with and without split-K, several groups per tile, grouped launch order.
 FORCED = [
     Int4MatmulConfig(1, 16, 64, split_k=1),
-    Int4MatmulConfig(1, 8, 32, split_k=4),
-    Int4MatmulConfig(1, 32, 64, split_k=2, num_warps=2),
+    Int4MatmulConfig(1, 8, 64, split_k=4),
+    Int4MatmulConfig(1, 32, 128, split_k=2, num_warps=2),  # a step spans two groups of 64
     Int4MatmulConfig(16, 32, 64, split_k=3),
     Int4MatmulConfig(16, 32, 256, split_k=1),  # 256-wide tile spans several 64-groups
     Int4MatmulConfig(32, 64, 128, split_k=1),

@@ -28,7 +28,9 @@ def run(x, w, zeros, perm, mins, bias, cfg):
 
 @needs_triton
 @pytest.mark.parametrize("form", ["zeros", "symmetric", "mins"])
-@pytest.mark.parametrize("n,k,group_size,block_k,split", [(45, 136, -1, 32, 3), (70, 448, 64, 64, 4), (33, 96, 32, 32, 1)])
+@pytest.mark.parametrize("n,k,group_size,block_k,split", [
+    (45, 136, -1, 64, 3), (45, 136, -1, 128, 1), (70, 448, 64, 128, 4), (70, 384, 128, 128, 2), (33, 96, 32, 64, 1),
+])
 def test_gemv_forms_act_order_and_ragged_k(form, n, k, group_size, block_k, split, device):
     torch.manual_seed(n * k)
     w = fastcot.quantize_int4(torch.randn(n, k, device=device), group_size=group_size, symmetric=form == "symmetric")
@@ -64,7 +66,7 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     """What FASTCOT_AUTOTUNE=0 and graph capture run: the heuristic first GEMV configuration,
     whose grid fills the SMs evenly (one wave, or several)."""
     cfg = candidate_configs(1, n, k, 128, sms)[0]
-    bn, _, warps, per_sm90, per_sm80 = GEMV_TILES[0]
+    bn, _, warps, _, per_sm90, per_sm80 = GEMV_TILES[0]
     assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (1, bn, warps)
     slots = (per_sm90 if sms == 132 else per_sm80) * sms
     _, splits = gemv_split(k, cfg.block_k, cfg.split_k)
@@ -78,3 +80,32 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     # gets 0.81 (176 programs in 324 slots) rather than 0.89 from 96 programs.
     assert grid >= slots / 2
     assert eff >= (0.9 if sms == 132 else 0.8)
+
+
+@needs_triton
+@pytest.mark.parametrize("form", ["zeros", "symmetric", "mins"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_16_bit_activations(form, dtype, device):
+    """16-bit x, scales in x's dtype: bfloat16 x is read as int32 pairs (also from an odd offset,
+    which the launcher copies), float16 x converted per element; ragged K, two groups per step."""
+    n, k = 70, 448
+    torch.manual_seed(k + (dtype == torch.bfloat16))
+    w = fastcot.quantize_int4(torch.randn(n, k, device=device).to(dtype), group_size=64,
+                              symmetric=form == "symmetric")
+    zeros, mins = w.zeros, None
+    if form == "mins":
+        zeros, mins = None, torch.randn(w.scales.shape, device=device).to(dtype)
+    x = torch.randn(1, k + 1, device=device).to(dtype)[:, 1:]  # storage offset 1
+    out = run(x, w, zeros, None, mins, torch.randn(n, device=device).to(dtype),
+              Int4MatmulConfig(1, 32, 128, split_k=2, num_warps=2))
+    assert torch.isfinite(out).all()
+
+
+def test_gemv_configurations_are_checked():
+    w = fastcot.quantize_int4(torch.randn(16, 256), group_size=32)
+    for m, cfg, msg in [(2, Int4MatmulConfig(1, 16, 64), "M = 1 only"),
+                        (1, Int4MatmulConfig(1, 16, 128), "at most twice the group size"),
+                        (1, Int4MatmulConfig(1, 16, 96), "multiple of 64")]:
+        x = torch.randn(m, 256)
+        with pytest.raises(ValueError, match=msg):
+            int4_matmul_triton(x, w.qweight, w.scales, w.zeros, None, 32, None, torch.empty(m, 16), config=cfg)

@@ -2,18 +2,21 @@
 
 Each program streams `BLOCK_N` weight rows over its share of K (`k_per_split`, a whole number
 of `BLOCK_K` steps; `BLOCK_K` divides the group size, so a step lies inside one group). Per step
-a thread holds 16-byte runs of packed words of several rows, and the arithmetic stays in that
-register layout (no shuffles in the loop):
+a thread holds 32-nibble runs (one 16-byte load: 4 packed words) of several rows, and the 32
+activations of that run (one contiguous 64-byte load); the arithmetic stays in that register
+layout (no shuffles or shared memory in the loop):
 
-- nibble -> float by the magic-number method: ``(word & (0xF << s)) | ((150 - s) << 23)`` is
-  the float ``2**(23 - s) + q`` exactly, so one LOP3 and one FADD give ``q`` (nibbles 4..7 are
-  shifted down by 16 once per word);
-- ``sum_k x_k q_k`` over the step in float32 (one FFMA per weight), then the group's scale is
-  applied once per packed word, not per weight;
-- the zero point (or the GGUF minimum) is applied once per group and row after the loop, by
-  ``sum_g s_g (P_g - z_g X_g)`` (``sum_g (s_g P_g + m_g X_g)`` with minimums), where ``X_g`` is
-  the group's sum of activations: algebraically the same as dequantizing each weight, and in
-  float32 throughout.
+- nibble -> float for free: ``word & (0xF << s)``, read as a float32, is the *subnormal*
+  ``q * 2**(s - 149)``, exact. The activation it meets is pre-scaled by ``2**(149 - s - 60)``
+  (a power of two, exact), so one LOP3 and one FFMA per weight accumulate ``q * x * 2**-60``
+  with exact products and float32 sums (``FFMA`` keeps subnormal inputs; nibbles 5..7 sit
+  on the exponent field and are shifted down by 12 once per word). The 2**-60 keeps every
+  product of a 16-bit activation in the normal range and every scaled activation below 2**38.
+- the group's scale is applied once per row and 32-weight run, the zero point (or the GGUF
+  minimum) through the run's sum of activations: ``s * (sum x q - z sum x)`` is the same
+  algebra as dequantizing each weight, in float32 throughout.
+- the next step's words, scales and zeros are loaded before the current step is used
+  (registers as a second buffer), so a program keeps two steps of loads in flight.
 
 A split of K is reduced inside the kernel: each program writes its float32 partial row block,
 then counts itself in with an atomic on that row block's counter; the program that arrives last
@@ -26,67 +29,181 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Products are accumulated as q * x * 2**ACC_EXP: see the module docstring.
+ACC_EXP = -60
+
 
 @triton.jit
-def _nibbles_times_x(src, nibble_mask, x_ptr, cols, kmask, SHIFT: tl.constexpr, EVEN_K: tl.constexpr):
-    """`q * x` for the nibble at bit `SHIFT` (0, 4, 8, 12) of every word in `src`; `q` exact.
-    `nibble_mask` (15) is a runtime value so that mask-and-or compiles to one LOP3 (it takes one
-    immediate operand)."""
-    magic_bits = (150 - SHIFT) << 23
-    bits = (src & (nibble_mask << SHIFT)) | magic_bits
-    magic = tl.full([], magic_bits, tl.int32).to(tl.float32, bitcast=True)
-    q = bits.to(tl.float32, bitcast=True) - magic
-    if EVEN_K:
-        x = tl.load(x_ptr + cols, eviction_policy="evict_last")
+def _split8(t, C: tl.constexpr):
+    """`t[C, 4, 8]` -> its eight `[C, 4]` slices along the last axis (register renames)."""
+    even, odd = tl.split(tl.reshape(t, (C, 4, 4, 2)))
+    e0, e1 = tl.split(tl.reshape(even, (C, 4, 2, 2)))
+    o0, o1 = tl.split(tl.reshape(odd, (C, 4, 2, 2)))
+    t0, t4 = tl.split(e0)
+    t2, t6 = tl.split(e1)
+    t1, t5 = tl.split(o0)
+    t3, t7 = tl.split(o1)
+    return t0, t1, t2, t3, t4, t5, t6, t7
+
+
+@triton.jit
+def _acc_nibble(acc, src, x, SHIFT: tl.constexpr):
+    """`acc + q * x * 2**ACC_EXP` for the nibble at bit `SHIFT` (0..16) of every word in `src`;
+    `x` is its column's activation (the power of two is an exact constant multiply)."""
+    q_sub = (src & (0xF << SHIFT)).to(tl.float32, bitcast=True)  # q * 2**(SHIFT - 149), exact
+    return acc + q_sub * (x * (2.0 ** (89 - SHIFT)))[None, :, :]
+
+
+@triton.jit
+def _run_dot(acc, words, xv, C: tl.constexpr, X_PAIRS: tl.constexpr):
+    """Adds `sum x q` (times 2**ACC_EXP) of each row and 32-nibble run to `acc [BLOCK_N, C, 4]`,
+    for `words [BLOCK_N, C, 4]` and their activations `xv` (see `_load_x`); returns it and each
+    run's sum of activations `[C]` (also times 2**ACC_EXP)."""
+    if X_PAIRS:
+        # bfloat16 pairs in int32: the low one is `bits << 16`, the high one `bits & 0xFFFF0000`.
+        even, odd = tl.split(tl.reshape(xv, (C, 4, 2, 2)))
+        p0, p2 = tl.split(even)
+        p1, p3 = tl.split(odd)
+        x0 = (p0 << 16).to(tl.float32, bitcast=True)
+        x1 = (p0 & -65536).to(tl.float32, bitcast=True)
+        x2 = (p1 << 16).to(tl.float32, bitcast=True)
+        x3 = (p1 & -65536).to(tl.float32, bitcast=True)
+        x4 = (p2 << 16).to(tl.float32, bitcast=True)
+        x5 = (p2 & -65536).to(tl.float32, bitcast=True)
+        x6 = (p3 << 16).to(tl.float32, bitcast=True)
+        x7 = (p3 & -65536).to(tl.float32, bitcast=True)
     else:
-        x = tl.load(x_ptr + cols, mask=kmask, other=0.0, eviction_policy="evict_last")
-    return q * x.to(tl.float32)[None, :]
+        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(xv.to(tl.float32), (C, 4, 8)), C)
+    x_run = tl.sum(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), axis=1) * (2.0 ** -60)
+    high = words >> 12  # nibbles 5, 6, 7 to bits 8, 12, 16
+    acc = _acc_nibble(acc, words, x0, 0)
+    acc = _acc_nibble(acc, words, x1, 4)
+    acc = _acc_nibble(acc, words, x2, 8)
+    acc = _acc_nibble(acc, words, x3, 12)
+    acc = _acc_nibble(acc, words, x4, 16)
+    acc = _acc_nibble(acc, high, x5, 8)
+    acc = _acc_nibble(acc, high, x6, 12)
+    acc = _acc_nibble(acc, high, x7, 16)
+    return acc, x_run
+
+
+@triton.jit
+def _load_words(w_rows, k, words_per_row, C: tl.constexpr, EVEN_K: tl.constexpr):
+    """The packed words of one half-step at column `k`, as `[BLOCK_N, C, 4]`."""
+    word = tl.multiple_of(k // 8, 4) + tl.arange(0, C * 4)
+    if EVEN_K:
+        words = tl.load(w_rows + word[None, :], eviction_policy="evict_first")
+    else:
+        words = tl.load(w_rows + word[None, :], mask=(word < words_per_row)[None, :], other=0,
+                        eviction_policy="evict_first")
+    return tl.reshape(words, (words.shape[0], C, 4))
+
+
+@triton.jit
+def _load_x(x_ptr, perm_ptr, k, K, C: tl.constexpr, EVEN_K: tl.constexpr, HAS_PERM: tl.constexpr,
+            X_PAIRS: tl.constexpr):
+    """The activations of one half-step at column `k` (zero past K): `[C * 32]` as loaded, or
+    with `X_PAIRS` (bfloat16 x read as int32) `[C * 16]` packed pairs."""
+    if X_PAIRS:
+        offs = k // 2 + tl.arange(0, C * 16)
+        inside = offs < K // 2
+    else:
+        offs = k + tl.arange(0, C * 32)
+        inside = offs < K
+        if HAS_PERM:
+            offs = tl.load(perm_ptr + offs, mask=inside, other=0)
+    if EVEN_K:
+        xv = tl.load(x_ptr + offs, eviction_policy="evict_last")
+    else:
+        xv = tl.load(x_ptr + offs, mask=inside, other=0, eviction_policy="evict_last")
+    return xv
+
+
+@triton.jit
+def _load_group(scales_ptr, zeros_ptr, rows, N, g, valid, EVEN_K: tl.constexpr, HAS_ZEROS: tl.constexpr):
+    """Group `g`'s float32 scale and zero point (or minimum) of each row, `[BLOCK_N, 1]` (loaded
+    in the layout of the rows' sums); zeros for a half-step past K (`valid` false)."""
+    offs = g * N + rows[:, None]
+    if EVEN_K:
+        scale = tl.load(scales_ptr + offs, eviction_policy="evict_first")
+    else:
+        scale = tl.load(scales_ptr + offs, mask=valid, other=0.0, eviction_policy="evict_first")
+    if HAS_ZEROS:
+        if EVEN_K:
+            zero = tl.load(zeros_ptr + offs, eviction_policy="evict_first")
+        else:
+            zero = tl.load(zeros_ptr + offs, mask=valid, other=0.0, eviction_policy="evict_first")
+    else:
+        zero = scale
+    return scale.to(tl.float32), zero.to(tl.float32)
+
+
+@triton.jit
+def _fold(total, acc, x_sum, scale, zero, HAS_ZEROS: tl.constexpr, HAS_MINS: tl.constexpr):
+    """`total += s * (sum x q - z * sum x)` per row (`s * sum x q + m * sum x` with minimums),
+    for one group's run sums `acc [BLOCK_N, C, 4]` and activation sums `x_sum [C]`."""
+    dot = tl.sum(acc, axis=2)  # inside each thread
+    if HAS_MINS:
+        return total + dot * scale + zero * x_sum[None, :]
+    if HAS_ZEROS:
+        return total + (dot - zero * x_sum[None, :]) * scale
+    return total + (dot - 8.0 * x_sum[None, :]) * scale
 
 
 @triton.jit
 def _int4_gemv_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr, partial_ptr, lock_ptr,
-    N, K, words_per_row, k_per_split, nibble_mask,
+    N, K, words_per_row, k_per_split,
     GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_MINS: tl.constexpr,
+    HAS_MINS: tl.constexpr, X_PAIRS: tl.constexpr = False,
 ):
+    HALF: tl.constexpr = BLOCK_K // 2  # a step is two half-steps: see the loop
+    C: tl.constexpr = HALF // 32  # 32-nibble runs per row and half-step
+    ONE_GROUP: tl.constexpr = GROUP_SIZE >= BLOCK_K  # else each half-step is its own group
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    # Rows past N read row N - 1 (never stored): the loads need no mask.
+    # Rows past N read row N - 1 (never stored): the loads need no row mask.
     rows = tl.minimum(offs_n, N - 1)
     w_rows = qweight_ptr + rows.to(tl.int64)[:, None] * words_per_row
-    offs_w = tl.arange(0, BLOCK_K // 8)
+    # The scales and zeros of the rows: a multiply by a runtime one hides their contiguity from the
+    # compiler, which then loads them one per thread and row, already in the rows' register layout
+    # when each row's run is one thread's (C = 1), instead of 16-byte loads and a shared-memory
+    # shuffle each step.
+    sz_rows = rows * ((N + 1) // (N + 1))
 
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    total = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+    total = tl.zeros((BLOCK_N, C), dtype=tl.float32)  # in units of 2**ACC_EXP
+    words_a = _load_words(w_rows, k_start, words_per_row, C, EVEN_K)
+    # Each step streams its second half while it computes the first, and the next step's first
+    # half while it computes the second: two half-step buffers and no register copies, so only
+    # the loads of the half-step in use are ever waited for.
     for k0 in range(k_start, k_end, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        word = tl.multiple_of(k0 // 8, BLOCK_K // 8) + offs_w
-        kmask = word < words_per_row
-        if EVEN_K:
-            words = tl.load(w_rows + word[None, :], eviction_policy="evict_first")
+        words_b = _load_words(w_rows, k0 + HALF, words_per_row, C, EVEN_K)
+        scale_a, zero_a = _load_group(scales_ptr, zeros_ptr, sz_rows, N, k0 // GROUP_SIZE, True, EVEN_K,
+                                      HAS_ZEROS or HAS_MINS)
+        if not ONE_GROUP:
+            scale_b, zero_b = _load_group(scales_ptr, zeros_ptr, sz_rows, N, (k0 + HALF) // GROUP_SIZE,
+                                          k0 + HALF < K, EVEN_K, HAS_ZEROS or HAS_MINS)
+        acc = tl.zeros((BLOCK_N, C, 4), dtype=tl.float32)
+        acc, x_sum = _run_dot(acc, words_a, _load_x(x_ptr, perm_ptr, k0, K, C, EVEN_K, HAS_PERM, X_PAIRS), C, X_PAIRS)
+        if not ONE_GROUP:
+            total = _fold(total, acc, x_sum, scale_a, zero_a, HAS_ZEROS, HAS_MINS)
+            acc = tl.zeros((BLOCK_N, C, 4), dtype=tl.float32)
+        # The last step loads its own first half again (an L2 hit) rather than a masked load.
+        k_next = tl.minimum(k0 + BLOCK_K, k_end - 1) // BLOCK_K * BLOCK_K
+        words_a = _load_words(w_rows, k_next, words_per_row, C, EVEN_K)
+        acc, x_sum_b = _run_dot(acc, words_b, _load_x(x_ptr, perm_ptr, k0 + HALF, K, C, EVEN_K, HAS_PERM, X_PAIRS), C,
+                                 X_PAIRS)
+        if ONE_GROUP:  # the whole step lies in one group
+            total = _fold(total, acc, x_sum + x_sum_b, scale_a, zero_a, HAS_ZEROS, HAS_MINS)
         else:
-            words = tl.load(w_rows + word[None, :], mask=kmask[None, :], other=0, eviction_policy="evict_first")
-        high = words >> 16
-        scale = tl.load(scales_ptr + (k0 // GROUP_SIZE) * N + rows).to(tl.float32)
-        part = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
-        for j in tl.static_range(8):
-            if HAS_PERM:
-                cols = tl.load(perm_ptr + word * 8 + j, mask=kmask, other=0)
-            else:
-                cols = word * 8 + j
-            if j < 4:
-                part += _nibbles_times_x(words, nibble_mask, x_ptr, cols, kmask, 4 * j, EVEN_K)
-            else:
-                part += _nibbles_times_x(high, nibble_mask, x_ptr, cols, kmask, 4 * (j - 4), EVEN_K)
-        total += part * scale[:, None]
-    result = tl.sum(total, axis=1)
-    result += _zero_term(x_ptr, scales_ptr, zeros_ptr, perm_ptr, rows, N, K, k_start, k_end,
-                         GROUP_SIZE, BLOCK_K, HAS_ZEROS, HAS_PERM, HAS_MINS)
+            total = _fold(total, acc, x_sum_b, scale_b, zero_b, HAS_ZEROS, HAS_MINS)
+    result = tl.sum(total, axis=1) * (2.0 ** 60)
 
     if SPLIT_K == 1:
         if HAS_BIAS:
@@ -98,39 +215,12 @@ def _int4_gemv_kernel(
         tl.debug_barrier()
         arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
-            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            acc_out = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            # The bound is a runtime value so the compiler does not unroll SPLIT_K loads.
             for s in range(0, SPLIT_K):
                 # .cg: read the other programs' partials from L2, never a stale L1 line.
-                acc += tl.load(partial_ptr + s * N + offs_n, mask=mask_n, other=0.0, cache_modifier=".cg")
+                acc_out += tl.load(partial_ptr + s * N + offs_n, mask=mask_n, other=0.0, cache_modifier=".cg")
             if HAS_BIAS:
-                acc += tl.load(bias_ptr + rows).to(tl.float32)
-            tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+                acc_out += tl.load(bias_ptr + rows).to(tl.float32)
+            tl.store(out_ptr + offs_n, acc_out.to(out_ptr.dtype.element_ty), mask=mask_n)
             tl.atomic_xchg(lock_ptr + pid_n, 0)  # ready for the next launch
-
-
-@triton.jit
-def _zero_term(x_ptr, scales_ptr, zeros_ptr, perm_ptr, rows, N, K, k_start, k_end,
-               GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr,
-               HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_MINS: tl.constexpr):
-    """Per row, `-sum_g s_g z_g X_g` (or `+sum_g m_g X_g` with minimums) over the program's
-    steps, `X_g` being the step's sum of activations (a step lies inside one group)."""
-    term = tl.zeros(rows.shape, dtype=tl.float32)
-    offs_k = tl.arange(0, BLOCK_K)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        k = k0 + offs_k
-        if HAS_PERM:
-            cols = tl.load(perm_ptr + k, mask=k < K, other=0)
-        else:
-            cols = k
-        xs = tl.sum(tl.load(x_ptr + cols, mask=k < K, other=0.0).to(tl.float32), axis=0)
-        g = k0 // GROUP_SIZE
-        if HAS_MINS:
-            term += tl.load(zeros_ptr + g * N + rows).to(tl.float32) * xs
-        else:
-            scale = tl.load(scales_ptr + g * N + rows).to(tl.float32)
-            if HAS_ZEROS:
-                zero = tl.load(zeros_ptr + g * N + rows).to(tl.float32)
-            else:
-                zero = tl.full(rows.shape, 8.0, dtype=tl.float32)
-            term -= scale * zero * xs
-    return term

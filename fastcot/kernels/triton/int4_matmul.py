@@ -1,10 +1,8 @@
 """W4A16 matmul: `out[M, N] = x[M, K] @ dequant(W)[N, K].T (+ bias)` over fastcot's int4 layout.
 
-One kernel serves every M:
-- ``BLOCK_M == 1`` (decode, M = 1): a GEMV on CUDA cores. Many small programs, each streaming
-  ``BLOCK_N`` weight rows, with an optional split of K so batch 1 fills every SM.
-- ``BLOCK_M >= 16``: tensor-core ``tl.dot`` tiles. Decode sizes (M <= 64) pad M to one tile and
-  split K; prefill sizes use large tiles with a grouped launch order for L2 reuse.
+One kernel serves every M > 1 (M = 1 is the GEMV of `int4_gemv.py`): tensor-core ``tl.dot``
+tiles of ``BLOCK_M >= 16`` rows. Decode sizes (M <= 64) pad M to one tile and split K; prefill
+sizes use large tiles with a grouped launch order for L2 reuse.
 Weights are dequantized in registers right before use, in float32 exactly as the reference
 does, and accumulated in float32. A split of K writes float32 partials that a second small
 kernel sums (deterministic, unlike atomics), adding the bias and rounding once. With
@@ -30,6 +28,43 @@ def _group_scale_zero(scales_ptr, zeros_ptr, group, N, offs_n, mask_n, HAS_ZEROS
 
 
 @triton.jit
+def _biased_weights(words, BF16: tl.constexpr):
+    """`16 + q` in 16-bit floats, `[BLOCK_N, 8 * W]` in column order, from `words [BLOCK_N, W]`:
+    per packed word four shifts and four mask-and-ORs put nibbles i and i + 4 into the top
+    mantissa bits of the two halves of an int32 whose exponent is 16's (`0x4C00 | q << 6` is
+    float16 `16 + q`, `0x4180 | q << 3` bfloat16 `16 + q`, both exact); no conversions."""
+    if BF16:
+        S: tl.constexpr = 3
+        MASK: tl.constexpr = 0x00780078
+        MAGIC: tl.constexpr = 0x41804180
+        FLOAT: tl.constexpr = tl.bfloat16
+    else:
+        S: tl.constexpr = 6
+        MASK: tl.constexpr = 0x03C003C0
+        MAGIC: tl.constexpr = 0x4C004C00
+        FLOAT: tl.constexpr = tl.float16
+    t0 = ((words << S) & MASK) | MAGIC
+    t1 = ((words >> (4 - S)) & MASK) | MAGIC if S < 4 else ((words << (S - 4)) & MASK) | MAGIC
+    t2 = ((words >> (8 - S)) & MASK) | MAGIC
+    t3 = ((words >> (12 - S)) & MASK) | MAGIC
+    lo0 = (t0 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
+    lo1 = (t1 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
+    lo2 = (t2 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
+    lo3 = (t3 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
+    hi0 = (t0 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
+    hi1 = (t1 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
+    hi2 = (t2 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
+    hi3 = (t3 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
+    # [.., h, a, b] holds nibble 4h + 2a + b: the joins' order puts the columns in order.
+    p0 = tl.join(lo0, hi0)
+    p1 = tl.join(lo1, hi1)
+    p2 = tl.join(lo2, hi2)
+    p3 = tl.join(lo3, hi3)
+    w = tl.join(tl.join(p0, p2), tl.join(p1, p3))
+    return tl.reshape(w, (words.shape[0], words.shape[1] * 8))
+
+
+@triton.jit
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
     M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
@@ -38,6 +73,7 @@ def _int4_matmul_kernel(
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr, HAS_MINS: tl.constexpr,
+    BIASED_DOT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -61,12 +97,7 @@ def _int4_matmul_kernel(
     offs_g = tl.arange(0, TILE_GROUPS)
     num_groups = K // GROUP_SIZE
 
-    if BLOCK_M == 1:
-        # GEMV: a float32 partial sum per packed word; the cross-thread reduction over K
-        # happens once, after the loop.
-        acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     k_start = pid_k * k_per_split
     k_end = k_start + k_per_split
@@ -81,71 +112,62 @@ def _int4_matmul_kernel(
             w_rows + word[None, :], mask=mask_n[:, None] & (word < words_per_row)[None, :],
             other=0, eviction_policy="evict_first",
         )
-        if BLOCK_M == 1:
-            # GEMV tiles lie inside one group (the launcher keeps BLOCK_K <= group size).
-            scale, zero = _group_scale_zero(scales_ptr, zeros_ptr, k0 // GROUP_SIZE, N, offs_n, mask_n, HAS_ZEROS)
-            x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
-            # Nibble by nibble: every operand keeps the layout of `words`, so the loop needs no
-            # layout conversions or cross-thread shuffles (x comes from L1).
-            for j in tl.static_range(8):
-                k_j = k0 + offs_w * 8 + j
-                if HAS_PERM:
-                    cols = tl.load(perm_ptr + k_j, mask=k_j < K, other=0)
-                else:
-                    cols = k_j
-                x_j = tl.load(x_row + cols, mask=k_j < K, other=0.0, eviction_policy="evict_last")
-                q_j = ((words >> (4 * j)) & 0xF).to(tl.float32)
-                if HAS_MINS:
-                    w_j = q_j * scale[:, None] + zero[:, None]
-                else:
-                    w_j = (q_j - zero[:, None]) * scale[:, None]
-                acc += w_j * x_j.to(tl.float32)[None, :]
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        # A tile spans TILE_GROUPS whole groups (or lies inside one): one scale per row per group.
+        group = k0 // GROUP_SIZE + offs_g
+        sz_offs = group.to(tl.int64)[None, :] * N + offs_n[:, None]
+        sz_mask = mask_n[:, None] & (group < num_groups)[None, :]
+        scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0)
+        if HAS_ZEROS:
+            zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
         else:
-            q3 = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_K // 8, 8]
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < K
-            # A tile spans TILE_GROUPS whole groups (or lies inside one): one scale per row per group.
-            group = k0 // GROUP_SIZE + offs_g
-            sz_offs = group.to(tl.int64)[None, :] * N + offs_n[:, None]
-            sz_mask = mask_n[:, None] & (group < num_groups)[None, :]
-            scale = tl.load(scales_ptr + sz_offs, mask=sz_mask, other=0.0)
-            if HAS_ZEROS:
-                zero = tl.load(zeros_ptr + sz_offs, mask=sz_mask, other=0.0)
-            else:
-                # A float32 constant, exact in any dtype: the interpreter cannot build bfloat16 ones.
-                zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=tl.float32)
-            # (q - zero) is a small exact integer, so one multiply in the scales' own dtype
-            # rounds exactly like float32 math rounded once: dequantize natively when that is
-            # the dot's dtype. `q * scale + min` would round twice natively: never DEQUANT_NATIVE.
+            # A float32 constant, exact in any dtype: the interpreter cannot build bfloat16 ones.
+            zero = tl.full((BLOCK_N, TILE_GROUPS), 8.0, dtype=tl.float32)
+        # (q - zero) is a small exact integer, so one multiply in the scales' own dtype
+        # rounds exactly like float32 math rounded once: dequantize natively when that is
+        # the dot's dtype. `q * scale + min` would round twice natively: never DEQUANT_NATIVE.
+        if BIASED_DOT:
+            w = _biased_weights(words, x_ptr.dtype.element_ty == tl.bfloat16)
+        else:
             if DEQUANT_NATIVE:
                 dq_dtype = scale.dtype
             else:
                 dq_dtype = tl.float32
+            q3 = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_K // 8, 8]
             qg = tl.reshape(q3, (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS)).to(dq_dtype)
             if HAS_MINS:
                 w = qg * scale.to(dq_dtype)[:, :, None] + zero.to(dq_dtype)[:, :, None]
             else:
                 w = (qg - zero.to(dq_dtype)[:, :, None]) * scale.to(dq_dtype)[:, :, None]
             w = tl.reshape(w, (BLOCK_N, BLOCK_K))
-            if HAS_PERM:
-                cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
-            else:
-                cols = offs_k
-            x = tl.load(
-                x_rows[:, None] + cols[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                other=0.0, eviction_policy="evict_last",
-            )
+        if HAS_PERM:
+            cols = tl.load(perm_ptr + offs_k, mask=mask_k, other=0)
+        else:
+            cols = offs_k
+        x = tl.load(
+            x_rows[:, None] + cols[None, :], mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0, eviction_policy="evict_last",
+        )
+        if BIASED_DOT:
+            # The tile lies in one group: `s * (sum x (16 + q) - (16 + z) sum x)`, scale and zero
+            # applied once per output and tile. Products are exact, offsets small (16 vs 0..15).
             if IEEE_FP32:
-                # float32 operands (float32 activations, or bfloat16 ones under the interpreter,
-                # which has no bfloat16 arithmetic), full-precision products.
-                acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+                dot = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
             else:
-                acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+                dot = tl.dot(x, tl.trans(w))
+            x_sum = tl.sum(x.to(tl.float32), axis=1)
+            scale_f = tl.reshape(scale, (BLOCK_N,)).to(tl.float32)
+            zero_f = tl.reshape(zero, (BLOCK_N,)).to(tl.float32) + 16.0
+            acc += (dot - x_sum[:, None] * zero_f[None, :]) * scale_f[None, :]
+        elif IEEE_FP32:
+            # float32 operands (float32 activations, or bfloat16 ones under the interpreter,
+            # which has no bfloat16 arithmetic), full-precision products.
+            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
 
-    if BLOCK_M == 1:
-        result = tl.sum(acc, axis=1)[None, :]
-    else:
-        result = acc
+    result = acc
     out_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
