@@ -33,6 +33,8 @@ class KernelSpec:
     constexprs: dict
     num_warps: int = 4
     num_stages: int = 2
+    # The launch's `maxnreg` (a register cap some configurations launch with), None for none.
+    maxnreg: int | None = None
     # Arguments that are multiples of 16 at run time (pointers from torch, aligned sizes), so
     # the compiled code matches what Triton specializes to on the device.
     aligned: tuple = field(default=())
@@ -75,6 +77,8 @@ def compile_spec(spec: KernelSpec, arch: int):
         signature[k] = "constexpr"
     src = ASTSource(fn=spec.fn, signature=signature, constexprs=dict(spec.constexprs), attrs=attrs)
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    if spec.maxnreg:
+        options["maxnreg"] = spec.maxnreg
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 

@@ -219,6 +219,7 @@ def aot_specs():
         )
         return KernelSpec(
             name=name, fn=_int4_matmul_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            maxnreg=cfg.max_registers,
             signature={
                 "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}",
@@ -231,6 +232,9 @@ def aot_specs():
                 "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k, "GROUP_M": cfg.group_m,
                 "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_BIAS": bias, "IEEE_FP32": False,
                 "DEQUANT_NATIVE": cfg.block_m > 1 and not mins, "HAS_MINS": mins,
+                # The launcher's rule for 16-bit x (decode tiles only: prefill tiles keep the
+                # dequantize-then-dot path, which fits their registers on sm_80).
+                "BIASED_DOT": cfg.block_m <= 64 and tile_groups == 1 and not mins,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
                      "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
@@ -250,6 +254,7 @@ def aot_specs():
         )
         return KernelSpec(
             name=name, fn=_int4_gemv_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            maxnreg=cfg.max_registers,
             signature={
                 "x_ptr": "*i32" if x_pairs else f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",

@@ -234,7 +234,7 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         IEEE_FP32=fp32_dot,
         DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype and mins is None,
         HAS_MINS=mins is not None,
-        BIASED_DOT=x.dtype in (torch.float16, torch.bfloat16) and tile_groups == 1 and mins is None,
+        BIASED_DOT=cfg.block_m <= 64 and x.dtype in (torch.float16, torch.bfloat16) and tile_groups == 1 and mins is None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )
