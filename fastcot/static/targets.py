@@ -311,10 +311,9 @@ def decode_group_tile(group: int) -> int:
     return 1 if group <= 1 else 2 if group <= 2 else 4 if group <= 4 else 8
 
 
-def decode_tile_tokens(head_dim: int, g: int) -> int:
-    """DecodeTraits::kTile: tokens a block covers per step (teams of D / 8 threads, kChunk each)."""
-    teams = DECODE_WARPS * (32 // (head_dim // 8))
-    return teams * (4 if g <= 4 else 2)
+def decode_tile_tokens(element_size: int) -> int:
+    """DecodeTraits::kTile: tokens a block covers per step, kWarpTokens = 32 / element size per warp."""
+    return DECODE_WARPS * (32 // element_size)
 
 
 def decode_cuda(target: Target, sms: int) -> Plan:
@@ -338,7 +337,7 @@ def decode_cuda(target: Target, sms: int) -> Plan:
         launches.append(Launch("paged_decode_merge_kernel", (s["batch"], s["q_heads"]), d,
                                symbol="_ZN7fastcot25paged_decode_merge_kernelENS_15PagedDecodeArgsEi",
                                source="paged_decode.cu"))
-    tile = decode_tile_tokens(d, g)
+    tile = decode_tile_tokens(cache.element_size())
     per_split = math.ceil(math.ceil(s["context"] / splits) / tile) * tile
     return Plan(
         target=target, backend="cuda", sms=sms,
