@@ -7,10 +7,11 @@
 // m16n8k16 tensor-core products, so every key and value is read once for the whole GQA tile
 // and each score and exponential is formed once: S = Q.K^T (K as the B operand, 8 tokens per
 // product) and O += P.V (P as the A operand straight from S's accumulators, 16 tokens per
-// product). A lane's loads are its fragments: lane (g, c) loads token g's quarter c of the
-// head dims for K (the order of the D terms of a dot product is free, so Q's fragments use the
-// same order), and dims [g D/8, (g+1) D/8) of tokens 2c, 2c+1, 2c+8, 2c+9 for V, paired into
-// B fragments with byte permutes. Each warp keeps an online softmax per row (base 2); warps
+// product). A lane's loads are its fragments: lane (g, c) loads quarter c of the head dims of
+// the key in column g of each score tile (the order of the D terms of a dot product is free, so
+// Q's fragments use the same order), and dims [g D/8, (g+1) D/8) of the values in rows 2c,
+// 2c+1, 2c+8, 2c+9 of each P.V step, paired into B fragments with byte permutes; the tokens
+// behind tiles and rows are numbered so that each lane's are consecutive (one table lookup). Each warp keeps an online softmax per row (base 2); warps
 // merge through shared memory, splits in the merge kernel with their log2-sum-exp2.
 //
 // The memory pipeline: the split's slice of the block table is staged in shared memory
@@ -187,7 +188,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
   for (int j = 0; j < Traits::kDTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 
   // This lane's K quarter and V slice of KV head kv_head in slot 0; a slot is stride_bytes further.
-  const int stride_bytes = int(args.stride_slot) * kElem;
+  const uint32_t stride_bytes = uint32_t(args.stride_slot) * kElem;  // < 2^31: the launcher checks
   const uint8_t* k_base = static_cast<const uint8_t*>(args.k_cache) + (int64_t(kv_head) * D + quad * (D / 4)) * kElem;
   const uint8_t* v_base = static_cast<const uint8_t*>(args.v_cache) + (int64_t(kv_head) * D + row * (D / 8)) * kElem;
   const int32_t* table = args.block_tables + int64_t(b) * args.stride_table_b;
@@ -209,11 +210,18 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
     window = first;
     __syncthreads();
   };
-  int32_t k_slot[Traits::kKTiles];      // token 8 i + row of the warp's step
-  int32_t v_slot[Traits::kVSteps][4];   // tokens 16 i + 2 quad + {0, 1, 8, 9}
-  auto slot_of = [&](int t) {
-    t = min(t, end - 1);
-    return (table_window[(t >> args.block_shift) - window] << args.block_shift) | (t & block_mask);
+  // Token 8 i + n of the warp's step is kKTiles n + i (the order of a softmax's terms is free):
+  // a lane's K tokens (column `row` of the kKTiles score tiles) are then kKTiles consecutive
+  // ones and its V tokens (rows 2 quad, 2 quad + 1, 2 quad + 8, 2 quad + 9 of the P.V steps)
+  // 2 kKTiles consecutive ones, inside one cache block (blocks hold at least 8 tokens): one
+  // table lookup per group. A group is its first token's slot and how far past it tokens may
+  // go before they clamp to the last one.
+  constexpr int kKTiles = Traits::kKTiles;
+  int32_t k_slot = 0, k_room = 0, v_slot = 0, v_room = 0;
+  auto group_slot = [&](int first, int32_t& slot, int32_t& room) {
+    const int t = min(first, end - 1);
+    slot = (table_window[(t >> args.block_shift) - window] << args.block_shift) | (t & block_mask);
+    room = max(end - 1 - first, 0);
   };
   auto ensure_window = [&](int t0) {
     // The window must hold the step's last block; a step never spans more than one window.
@@ -221,31 +229,26 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
       stage_table(t0 >> args.block_shift);
     }
   };
-  auto k_slots = [&](int t0) {
+  auto k_slots = [&](int t0) { group_slot(t0 + warp * kWarpTokens + kKTiles * row, k_slot, k_room); };
+  auto v_slots = [&](int t0) { group_slot(t0 + warp * kWarpTokens + 2 * kKTiles * quad, v_slot, v_room); };
+
+  uint32_t k_raw[kKTiles][Traits::kKWords];
+  uint32_t v_raw[Traits::kVSteps][4][Traits::kVWords];
+  auto load_k = [&] {
+    const uint8_t* first = k_base + uint64_t(uint32_t(k_slot)) * stride_bytes;
 #pragma unroll
-    for (int i = 0; i < Traits::kKTiles; ++i) k_slot[i] = slot_of(t0 + warp * kWarpTokens + 8 * i + row);
+    for (int i = 0; i < kKTiles; ++i) load_words(first + uint64_t(uint32_t(min(i, k_room))) * stride_bytes, k_raw[i]);
   };
-  auto v_slots = [&](int t0) {
+  auto load_v = [&] {
+    const uint8_t* first = v_base + uint64_t(uint32_t(v_slot)) * stride_bytes;
 #pragma unroll
     for (int i = 0; i < Traits::kVSteps; ++i) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        v_slot[i][r] = slot_of(t0 + warp * kWarpTokens + 16 * i + 2 * quad + (r & 1) + 8 * (r >> 1));
+        // P.V step i, row r of the lane's B fragment: score tile 2 i + (r >> 1), column 2 quad + (r & 1).
+        const int j = kKTiles * (r & 1) + 2 * i + (r >> 1);
+        load_words(first + uint64_t(uint32_t(min(j, v_room))) * stride_bytes, v_raw[i][r]);
       }
-    }
-  };
-
-  uint32_t k_raw[Traits::kKTiles][Traits::kKWords];
-  uint32_t v_raw[Traits::kVSteps][4][Traits::kVWords];
-  auto load_k = [&] {
-#pragma unroll
-    for (int i = 0; i < Traits::kKTiles; ++i) load_words(k_base + int64_t(k_slot[i]) * stride_bytes, k_raw[i]);
-  };
-  auto load_v = [&] {
-#pragma unroll
-    for (int i = 0; i < Traits::kVSteps; ++i) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) load_words(v_base + int64_t(v_slot[i][r]) * stride_bytes, v_raw[i][r]);
     }
   };
   if (start < end) {
@@ -268,7 +271,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
       v_slots(t0);
     }
 
-    // s[i][e]: the score of head `row` and token 8 i + 2 quad + e of the warp's step.
+    // s[i][e]: the score of head `row` and token kKTiles (2 quad + e) + i of the warp's step.
     float s[Traits::kKTiles][4];
 #pragma unroll
     for (int i = 0; i < Traits::kKTiles; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
@@ -296,13 +299,13 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
 
     // Online softmax of the row. A row that has seen no visible key keeps m = -inf and is
     // shifted by 0 instead, so no exp2(-inf - -inf) is ever formed.
-    const int visible = end - (t0 + warp * kWarpTokens + 2 * quad);  // token 8 i + e is visible when < this
-    float top = m;
+    const int visible = end - (t0 + warp * kWarpTokens + 2 * kKTiles * quad);  // s[i][e] is visible when
+    float top = m;                                                              // kKTiles e + i < this
 #pragma unroll
     for (int i = 0; i < Traits::kKTiles; ++i) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[i][e] = 8 * i + e < visible ? s[i][e] * args.qk_scale : -INFINITY;
+        s[i][e] = kKTiles * e + i < visible ? s[i][e] * args.qk_scale : -INFINITY;
         top = fmaxf(top, s[i][e]);
       }
     }
@@ -328,7 +331,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
       acc[j][1] *= alpha;
     }
 
-    // O += P.V: P's A fragment is two score tiles; V's B fragments pair the lane's tokens
+    // O += P.V: P's A fragment is two score tiles; V's B fragments pair the lane's rows
     // (2 quad, 2 quad + 1) and (2 quad + 8, 2 quad + 9) dim by dim.
 #pragma unroll
     for (int i = 0; i < Traits::kVSteps; ++i) {
