@@ -1,7 +1,6 @@
 // Launcher for split-KV paged decode attention: checks what the kernels rely on, picks the
 // query-head tile, dispatches on cache dtype and head size, enqueues the attention kernel
 // and (when split) the merge on the caller's stream.
-#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -52,11 +51,8 @@ PagedDecodeArgs make_args(const PagedDecodeParams& p) {
   a.stride_out_h = p.stride_out_h;
   a.stride_table_b = p.stride_table_b;
   a.stride_slot = p.num_kv_heads * p.head_dim;
-  // An fp8 cache is widened to its values times 2^-120 (fastcot/fp8.cuh) and q is scaled by
-  // 2^kFp8QExponent in the kernel; the output gets 2^kFp8PExponent there, the rest here.
-  const bool fp8 = p.cache_dtype == DType::kFloat8E4M3;
-  a.qk_scale = fp8 ? std::ldexp(p.qk_scale, kE4m3ToBf16Exponent - kFp8QExponent) : p.qk_scale;
-  a.v_scale = fp8 ? std::ldexp(p.v_scale, kE4m3ToBf16Exponent - kFp8PExponent) : p.v_scale;
+  a.qk_scale = p.qk_scale;  // an fp8 cache's widening factor is the kernel's business (fastcot/fp8.cuh)
+  a.v_scale = p.v_scale;
   a.q_code = static_cast<int>(p.q_dtype);
   return a;
 }

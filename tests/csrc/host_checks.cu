@@ -55,8 +55,8 @@ int main(int argc, char** argv) {
       uint32_t word = 0;
       for (uint32_t j = 0; j < 4; ++j) word |= (b + j) << (8 * j);
       float out[4];
-      fastcot::e4m3x4_to_float_scaled(word, out);  // the element times 2^-120: the kernel folds 2^120 into its scales
-      for (float& x : out) x = std::ldexp(x, fastcot::kE4m3ToBf16Exponent);
+      fastcot::e4m3x4_to_float_scaled(word, out);  // the bit operations' element times 2^-8
+      for (float& x : out) x = std::ldexp(x, -fastcot::kE4m3HalfExponent);
       print_bits(out, 4);
     }
     return 0;

@@ -196,11 +196,10 @@ class Decode:
         longest = max(self.seq_lens + (1,))
         bound = half_ulp(ref, self.q_dtype) + U32 * v_max * (4 * (d + longest) + 8 * logit + 64)
         # The tensor-core products take P (and, over an fp8 cache, q) rounded to their 16-bit
-        # type: bfloat16 for fp8 and bf16 caches, float16 for fp16 ones. A relative error u in
+        # type: bfloat16 for bf16 caches, float16 for fp16 and fp8 ones. A relative error u in
         # every p moves the output by at most u * v_max; one in q moves each score by u * logit.
-        mma_bf16 = self.cache == "fp8" or self.q_dtype == BF16
-        u_p = 2.0**-9 if mma_bf16 else 2.0**-11
-        u_q = 2.0**-9 if self.cache == "fp8" and self.q_dtype != BF16 else 0.0
+        u_p = 2.0**-9 if self.cache != "fp8" and self.q_dtype == BF16 else 2.0**-11
+        u_q = 2.0**-11 if self.cache == "fp8" and self.q_dtype != F16 else 0.0
         bound = bound + 1.5 * v_max * (u_p + 2 * u_q * logit)
         outcome = compare(out, ref, bound, "paged_decode_attention")
         if (out[lens == 0] != 0).any():

@@ -1,37 +1,59 @@
-// float8 e4m3 (float8_e4m3fn) widening by bit operations: no conversion instructions, the
-// same code on sm_80 (which has none for fp8) and sm_90, and on the host for tests.
+// float8 e4m3 (float8_e4m3fn) widening to float16 pairs for the tensor cores.
 //
-// An e4m3 byte s.eeee.mmm with its sign at bit 15 and eeee.mmm at bits 10..4 of a 16-bit word
-// is the bfloat16 whose value is the e4m3 value times 2^-120 (exponent bias 7 against 127):
-// normals and subnormals alike, exactly, -0 included. The kernel folds the 2^120 into its
-// scales. Unlike torch, the NaN codes (s.1111.111) read as +-480 x 2^-120: a NaN in an fp8
-// cache does not propagate (a float8 write never stores one unless its input was NaN).
+// sm_89 and later (sm_90 included) convert with their cvt.rn.f16x2.e4m3x2 instruction through
+// cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2: two values per instruction, exact. sm_80, which has
+// no fp8 instructions, and the host (tests, the CPU emulator) use bit operations: an e4m3 byte
+// s.eeee.mmm with its sign at bit 15 and eeee.mmm at bits 13..7 of a 16-bit word is the float16
+// whose value is the e4m3 value times 2^-8 (exponent bias 7 against 15), normals and subnormals
+// alike, exactly, -0 included. kE4m3HalfExponent says which (0 or -8); the kernel folds it into
+// its scales. The NaN codes (s.1111.111) stay NaN on sm_89+; the bit operations read them as
+// +-480 (a float8 write never stores one unless its input was NaN).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 namespace fastcot {
 
-// log2 of the factor the bfloat16 images below are short of: 2^(127 - 7).
-constexpr int kE4m3ToBf16Exponent = 120;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+constexpr int kE4m3HalfExponent = 0;
+#else
+constexpr int kE4m3HalfExponent = -8;
+#endif
 
-// Four e4m3 bytes (memory order b0..b3 in `w`) to bfloat16 pairs scaled by 2^-120: `even`
-// holds (b0, b2), `odd` holds (b1, b3), low half first. Seven integer operations: each byte's
-// sign goes to bit 15 of its half and its other seven bits to bits 10..4.
-__host__ __device__ __forceinline__ void e4m3x4_to_bf16x2x2(uint32_t w, uint32_t& even, uint32_t& odd) {
-  even = ((w << 8) & 0x80008000u) | ((w & 0x007F007Fu) << 4);
-  odd = (w & 0x80008000u) | ((w & 0x7F007F00u) >> 4);
+// Bit-operation widening: the bytes at bits 7..0 and 23..16 of `x` to float16 at halves 0 and 1,
+// each times 2^-8 (the other bytes of x are ignored).
+__host__ __device__ __forceinline__ uint32_t e4m3_bytes02_to_half2_scaled(uint32_t x) {
+  return ((x << 8) & 0x80008000u) | ((x & 0x007F007Fu) << 7);
 }
 
-// Host check of the above: four e4m3 bytes to fp32, each the element times 2^-120.
-__host__ __device__ __forceinline__ void e4m3x4_to_float_scaled(uint32_t w, float (&dst)[4]) {
-  uint32_t even, odd;
-  e4m3x4_to_bf16x2x2(w, even, odd);
-  const uint32_t halves[4] = {even << 16, odd << 16, even & 0xFFFF0000u, odd & 0xFFFF0000u};
-  for (int i = 0; i < 4; ++i) memcpy(&dst[i], &halves[i], sizeof(float));  // bf16 = fp32's top half
+// Four e4m3 bytes (memory order b0..b3 in `w`) to float16 pairs times 2^kE4m3HalfExponent:
+// `lo` holds (b0, b1), `hi` holds (b2, b3), low half first.
+__host__ __device__ __forceinline__ void e4m3x4_to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  const __half2_raw l = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xFFFFu), __NV_E4M3);
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3);
+  lo = uint32_t(l.x) | (uint32_t(l.y) << 16);
+  hi = uint32_t(h.x) | (uint32_t(h.y) << 16);
+#else
+  lo = e4m3_bytes02_to_half2_scaled((w & 0xFFu) | ((w & 0xFF00u) << 8));
+  hi = e4m3_bytes02_to_half2_scaled((w >> 16) | ((w >> 8) & 0x00FF0000u));
+#endif
+}
+
+// Host check of the above: four e4m3 bytes to fp32, each the element times 2^kE4m3HalfExponent.
+inline void e4m3x4_to_float_scaled(uint32_t w, float (&dst)[4]) {
+  uint32_t pairs[2];
+  e4m3x4_to_half2x2(w, pairs[0], pairs[1]);
+  for (int i = 0; i < 4; ++i) {
+    const uint16_t bits = static_cast<uint16_t>(pairs[i / 2] >> (16 * (i % 2)));
+    __half h;
+    memcpy(&h, &bits, sizeof(h));
+    dst[i] = __half2float(h);
+  }
 }
 
 }  // namespace fastcot

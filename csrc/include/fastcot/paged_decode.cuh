@@ -21,9 +21,9 @@
 // issues the next step's K loads right after its scores and the next V loads right after its
 // P.V, in the same registers: 8 KB of K and V (D = 128) per warp always in flight.
 //
-// fp8 caches: the products run in bfloat16 on the bit-widened bytes (fastcot/fp8.cuh), each
-// the element times 2^-120; q is scaled by 2^kFp8QExponent, p by 2^kFp8PExponent (products
-// stay far from fp32's subnormals), and the launcher folds the rest into qk_scale and v_scale.
+// fp8 caches: the products run in float16 on the widened bytes (fastcot/fp8.cuh: a conversion
+// instruction on sm_89+, bit operations on sm_80, giving the element times 2^kE4m3HalfExponent,
+// which the kernel folds into its score and output scales); q is rounded to float16.
 #pragma once
 
 #include <cstdint>
@@ -42,10 +42,6 @@ constexpr int kDecodeThreads = kDecodeWarps * 32;
 // Block-table entries a block stages in shared memory at a time (at least 2048 tokens).
 constexpr int kTableSlots = 256;
 static_assert(kTableSlots % kDecodeThreads == 0, "whole rounds of the block");
-// fp8 caches: q times 2^kFp8QExponent, p times 2^kFp8PExponent; the output takes 2^kFp8PExponent
-// back in the kernel, the launcher the remaining 2^(kE4m3ToBf16Exponent - kFp8PExponent).
-constexpr int kFp8QExponent = 56;
-constexpr int kFp8PExponent = 64;
 
 struct PagedDecodeArgs {
   const void* q;
@@ -76,7 +72,7 @@ template <typename CacheT, int D>
 struct DecodeTraits {
   static constexpr int kElem = sizeof(CacheT);
   static constexpr bool kFp8 = kElem == 1;
-  using MmaT = std::conditional_t<kFp8, __nv_bfloat16, CacheT>;
+  using MmaT = std::conditional_t<kFp8, __half, CacheT>;
   static constexpr int kWarpTokens = 32 / kElem;   // a warp's tokens per step: 8 KB of K and V at D = 128
   static constexpr int kTile = kDecodeWarps * kWarpTokens;  // the block's tokens per step
   static constexpr int kKTiles = kWarpTokens / 8;   // n8 tiles of scores per warp step
@@ -85,10 +81,10 @@ struct DecodeTraits {
   static constexpr int kDTiles = D / 8;             // n8 tiles of the output
   static constexpr int kKWords = D * kElem / 16;    // 32-bit words of K a lane loads per token (D / 4 dims)
   static constexpr int kVWords = D * kElem / 32;    // and of V (D / 8 dims)
-  static constexpr float kQScale = kFp8 ? 72057594037927936.0f : 1.0f;  // 2^kFp8QExponent
-  static constexpr float kPExponent = kFp8 ? float(kFp8PExponent) : 0.0f;
-  static constexpr float kOutScale = kFp8 ? 18446744073709551616.0f : 1.0f;  // 2^kFp8PExponent
-  static_assert(kFp8QExponent == 56 && kFp8PExponent == 64, "kQScale and kOutScale");
+  // K and V images are the elements times 2^kE4m3HalfExponent (fp8) or exact: scores and
+  // outputs take the inverse.
+  static constexpr float kImageScale = kFp8 ? (kE4m3HalfExponent == 0 ? 1.0f : 256.0f) : 1.0f;
+  static_assert(kE4m3HalfExponent == 0 || kE4m3HalfExponent == -8, "kImageScale");
   // Up to D = 128 the next step's K and V are loaded while this step computes; at D = 256 that
   // would not fit in 255 registers, so V is loaded after the scores and K after the P.V.
   static constexpr bool kPrefetch = D <= 128;
@@ -158,27 +154,26 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
   const int start = split * per_split;
   const int end = min(start + per_split, seq_len);
 
-  // Q's A fragments, [k16 step][lane]: row `row`, the dims of quarter `quad` that K's B
-  // fragments hold (16-bit cache: dims 4j..4j+3 in order; fp8: the even bytes 4j, 4j+2 then the
-  // odd ones). Heads past the group are zero rows and never stored.
+  // Q's A fragments, [k16 step][lane]: row `row`, dims 4j..4j+3 of quarter `quad`, those K's B
+  // fragments hold. Heads past the group are zero rows and never stored.
   __shared__ uint4 q_frag[Traits::kDSteps][32];
   if (warp == 0) {
-    const bool real = row < G && g0 + row < args.group;
+    const bool real = row < G && g0 + row < args.group;  // (fp8: q rounded to float16)
     const int64_t q_row = int64_t(b) * args.stride_q_b + int64_t(kv_head * args.group + g0 + row) * args.stride_q_h;
 #pragma unroll
     for (int j = 0; j < Traits::kDSteps; ++j) {
       float x[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        x[e] = real ? load_float(args.q, args.q_code, q_row + quad * (D / 4) + 4 * j + e) * Traits::kQScale : 0.0f;
+        x[e] = real ? load_float(args.q, args.q_code, q_row + quad * (D / 4) + 4 * j + e) : 0.0f;
       }
       // Rows 8..15 of A are zero: the tensor core's rows g + 8 stay zero throughout.
-      q_frag[j][lane] = Traits::kFp8 ? make_uint4(pack_pair<MmaT>(x[0], x[2]), 0u, pack_pair<MmaT>(x[1], x[3]), 0u)
-                                     : make_uint4(pack_pair<MmaT>(x[0], x[1]), 0u, pack_pair<MmaT>(x[2], x[3]), 0u);
+      q_frag[j][lane] = make_uint4(pack_pair<MmaT>(x[0], x[1]), 0u, pack_pair<MmaT>(x[2], x[3]), 0u);
     }
   }
   __syncthreads();
 
+  const float qk_scale = args.qk_scale * Traits::kImageScale;
   float m = -INFINITY;  // the row's running max (scaled scores, base 2), the same in its 4 lanes
   float l = 0.0f;       // this lane's share of the row's sum of exp2(score - m)
   // O[row][(2 quad + e) D / 8 + j] in acc[j][e]; acc[j][2..3] are the zero rows g + 8 (kept as
@@ -283,7 +278,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
       for (int i = 0; i < Traits::kKTiles; ++i) {
         uint32_t bk[2];
         if constexpr (Traits::kFp8) {
-          e4m3x4_to_bf16x2x2(k_raw[i][j], bk[0], bk[1]);
+          e4m3x4_to_half2x2(k_raw[i][j], bk[0], bk[1]);
         } else {
           bk[0] = k_raw[i][2 * j];
           bk[1] = k_raw[i][2 * j + 1];
@@ -305,7 +300,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
     for (int i = 0; i < Traits::kKTiles; ++i) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[i][e] = kKTiles * e + i < visible ? s[i][e] * args.qk_scale : -INFINITY;
+        s[i][e] = kKTiles * e + i < visible ? s[i][e] * qk_scale : -INFINITY;
         top = fmaxf(top, s[i][e]);
       }
     }
@@ -314,13 +309,12 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
     const float shift = top == -INFINITY ? 0.0f : top;
     const float alpha = exp2f(m - shift);
     m = top;
-    const float offset = shift - Traits::kPExponent;
     float p_sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < Traits::kKTiles; ++i) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[i][e] = exp2f(s[i][e] - offset);
+        s[i][e] = exp2f(s[i][e] - shift);
         p_sum += s[i][e];
       }
     }
@@ -340,21 +334,20 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
 #pragma unroll
       for (int w = 0; w < Traits::kVWords; ++w) {
         const uint32_t t0w = v_raw[i][0][w], t1w = v_raw[i][1][w], t2w = v_raw[i][2][w], t3w = v_raw[i][3][w];
-        // Low and high halves of two tokens' words side by side.
-        const uint32_t lo01 = (t0w & 0xFFFFu) | (t1w << 16), hi01 = (t0w >> 16) | (t1w & 0xFFFF0000u);
-        const uint32_t lo23 = (t2w & 0xFFFFu) | (t3w << 16), hi23 = (t2w >> 16) | (t3w & 0xFFFF0000u);
         if constexpr (Traits::kFp8) {
-          // Word w holds dims 4w..4w+3: lo pairs bytes 0 and 1 of two tokens, hi bytes 2 and 3.
+          // Word w holds dims 4w..4w+3: byte permutes pair dims 4w, 4w + 1 and 4w + 2, 4w + 3 of
+          // two tokens, each widening gives two of them.
           uint32_t b[4][2];
-          e4m3x4_to_bf16x2x2(lo01, b[0][0], b[1][0]);
-          e4m3x4_to_bf16x2x2(lo23, b[0][1], b[1][1]);
-          e4m3x4_to_bf16x2x2(hi01, b[2][0], b[3][0]);
-          e4m3x4_to_bf16x2x2(hi23, b[2][1], b[3][1]);
+          e4m3x4_to_half2x2(__byte_perm(t0w, t1w, 0x5140), b[0][0], b[1][0]);
+          e4m3x4_to_half2x2(__byte_perm(t0w, t1w, 0x7362), b[2][0], b[3][0]);
+          e4m3x4_to_half2x2(__byte_perm(t2w, t3w, 0x5140), b[0][1], b[1][1]);
+          e4m3x4_to_half2x2(__byte_perm(t2w, t3w, 0x7362), b[2][1], b[3][1]);
 #pragma unroll
           for (int k = 0; k < 4; ++k) mma_16816<MmaT>(acc[4 * w + k], pa, b[k]);
         } else {
-          // Word w holds dims 2w, 2w + 1.
-          const uint32_t b0[2] = {lo01, lo23}, b1[2] = {hi01, hi23};
+          // Word w holds dims 2w, 2w + 1: low and high halves of two tokens side by side.
+          const uint32_t b0[2] = {__byte_perm(t0w, t1w, 0x5410), __byte_perm(t2w, t3w, 0x5410)};
+          const uint32_t b1[2] = {__byte_perm(t0w, t1w, 0x7632), __byte_perm(t2w, t3w, 0x7632)};
           mma_16816<MmaT>(acc[2 * w], pa, b0);
           mma_16816<MmaT>(acc[2 * w + 1], pa, b1);
         }
@@ -405,14 +398,14 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
       }
     }
     // An empty sequence or split has l == 0 and acc == 0: its output is 0, never 0/0.
-    const float o = (l_total > 0.0f ? o_sum / l_total * Traits::kOutScale : 0.0f) * args.v_scale;
+    const float o = (l_total > 0.0f ? o_sum / l_total * Traits::kImageScale : 0.0f) * args.v_scale;
     const int head = kv_head * args.group + g0 + h;
     if (args.num_splits == 1) {
       store_float(args.out, args.q_code, int64_t(b) * args.stride_out_b + int64_t(head) * args.stride_out_h + d, o);
     } else {
       const int64_t row_index = (int64_t(b) * args.q_heads + head) * args.num_splits + split;
       args.part_out[row_index * D + d] = o;
-      if (d == 0) args.part_lse[row_index] = l_total > 0.0f ? top + log2f(l_total) - Traits::kPExponent : -INFINITY;
+      if (d == 0) args.part_lse[row_index] = l_total > 0.0f ? top + log2f(l_total) : -INFINITY;
     }
   }
 }
