@@ -80,3 +80,27 @@ def test_mma_16816_equals_fallback_on_exact_inputs(lib, dtype):
     assert lib.ptx_mma_device(_ptr(a_d), _ptr(b_d), _ptr(c_d), _ptr(d_mma), _ptr(d_fallback), ctypes.c_int(bf16)) == 0
     assert torch.equal(d_mma, d_fallback), (d_mma - d_fallback).abs().max()
     assert not torch.equal(d_mma.cpu(), c), "the mma changed nothing"
+
+
+def test_fp8_widening_on_the_device_is_the_host_bit_operations_rescaled(lib):
+    # Every byte in every position of a word; the device uses the conversion instruction on
+    # sm_89+ (exact values) and the bit operations on sm_80 (values times 2^-8, as the host).
+    n = 256
+    b = torch.arange(n, dtype=torch.int64)
+    words = (b | ((b * 7 + 1) % 256) << 8 | ((b * 13 + 2) % 256) << 16 | ((b * 29 + 3) % 256) << 24).to(torch.int32)
+    host = [torch.empty(n, dtype=torch.int32) for _ in range(2)]
+    lib.ptx_fp8_widen_host(_ptr(words), _ptr(host[0]), _ptr(host[1]), ctypes.c_int(n))
+    device = [torch.empty(n, dtype=torch.int32, device="cuda") for _ in range(2)]
+    words_d = words.cuda()
+    assert lib.ptx_fp8_widen_device(_ptr(words_d), _ptr(device[0]), _ptr(device[1]), ctypes.c_int(n)) == 0
+    major, minor = torch.cuda.get_device_capability()
+    device_exponent = 0 if 10 * major + minor >= 89 else -8
+    host_values = torch.stack(host).view(torch.float16).float() * 2.0 ** (device_exponent - lib.ptx_fp8_host_exponent())
+    device_values = torch.stack(device).cpu().view(torch.float16).float()
+    codes = torch.stack([words & 0xFF, (words >> 8) & 0xFF, (words >> 16) & 0xFF, (words >> 24) & 0xFF], dim=1)
+    expected = codes.to(torch.uint8).view(torch.float8_e4m3fn).float() * 2.0 ** device_exponent  # [n, 4]
+    expected = expected.view(n, 2, 2).permute(1, 0, 2)  # (lo, hi) x word x (low half, high half)
+    device_values = device_values.view(2, n, 2)
+    nan = expected.isnan()
+    assert torch.equal(device_values[~nan], expected[~nan])
+    assert torch.equal(host_values.view(2, n, 2)[~nan], expected[~nan])
