@@ -255,6 +255,7 @@ CASES = {
         Decode(F16, "same", 4, 1, 64, 16, (100, 1), q_scale=300.0),           # logits in the thousands
         Decode(F16, "same", 4, 1, 64, 8, (2101, 3)),                           # 263 blocks: the table window moves
         Decode(F32, "fp8", 8, 2, 128, 32, (0, 97, 33), num_splits=5),         # fp8 scales, odd lengths, merge
+        Decode(F16, "fp8", 4, 2, 256, 8, (40, 0, 77), num_splits=2),          # fp8, D 256 (no prefetch), blocks of 8
     ]},
 }
 
