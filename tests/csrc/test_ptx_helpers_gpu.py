@@ -104,3 +104,23 @@ def test_fp8_widening_on_the_device_is_the_host_bit_operations_rescaled(lib):
     nan = expected.isnan()
     assert torch.equal(device_values[~nan], expected[~nan])
     assert torch.equal(host_values.view(2, n, 2)[~nan], expected[~nan])
+
+
+def test_cvt_e4m3_instruction_equals_fallback_for_every_byte(lib):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("cvt.rn.f16x2.e4m3x2 needs sm_89 or later")
+    n = 256
+    b = torch.arange(n, dtype=torch.int64)
+    words = (b | ((b * 7 + 1) % 256) << 8 | ((b * 13 + 2) % 256) << 16 | ((b * 29 + 3) % 256) << 24).to(torch.int32)
+    host = [torch.empty(n, dtype=torch.int32) for _ in range(2)]
+    lib.ptx_cvt_e4m3_host(_ptr(words), _ptr(host[0]), _ptr(host[1]), ctypes.c_int(n))
+    device = [torch.empty(n, dtype=torch.int32, device="cuda") for _ in range(2)]
+    words_d = words.cuda()
+    assert lib.ptx_cvt_e4m3_device(_ptr(words_d), _ptr(device[0]), _ptr(device[1]), ctypes.c_int(n)) == 0
+    got = torch.stack(device).cpu().view(torch.float16).float()
+    want = torch.stack(host).view(torch.float16).float()
+    same = (got == want) | (got.isnan() & want.isnan())  # a NaN's payload is not data
+    assert bool(same.all()), (got[~same], want[~same])
+    codes = torch.stack([words & 0xFF, (words >> 8) & 0xFF, (words >> 16) & 0xFF, (words >> 24) & 0xFF], dim=1)
+    exact = codes.to(torch.uint8).view(torch.float8_e4m3fn).float().view(n, 2, 2).permute(1, 0, 2).reshape(2, -1)
+    assert bool(((want == exact) | (want.isnan() & exact.isnan())).all())

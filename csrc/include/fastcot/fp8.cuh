@@ -1,7 +1,7 @@
 // float8 e4m3 (float8_e4m3fn) widening to float16 pairs for the tensor cores.
 //
-// sm_89 and later (sm_90 included) convert with their cvt.rn.f16x2.e4m3x2 instruction through
-// cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2: two values per instruction, exact. sm_80, which has
+// sm_89 and later (sm_90 included) convert with their cvt.rn.f16x2.e4m3x2 instruction
+// (cvt_e4m3x4_to_half2x2 in common.cuh): two values per instruction, exact. sm_80, which has
 // no fp8 instructions, and the host (tests, the CPU emulator) use bit operations: an e4m3 byte
 // s.eeee.mmm with its sign at bit 15 and eeee.mmm at bits 13..7 of a 16-bit word is the float16
 // whose value is the e4m3 value times 2^-8 (exponent bias 7 against 15), normals and subnormals
@@ -14,7 +14,8 @@
 #include <cstring>
 
 #include <cuda_fp16.h>
-#include <cuda_fp8.h>
+
+#include "fastcot/common.cuh"
 
 namespace fastcot {
 
@@ -34,10 +35,7 @@ __host__ __device__ __forceinline__ uint32_t e4m3_bytes02_to_half2_scaled(uint32
 // `lo` holds (b0, b1), `hi` holds (b2, b3), low half first.
 __host__ __device__ __forceinline__ void e4m3x4_to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  const __half2_raw l = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xFFFFu), __NV_E4M3);
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3);
-  lo = uint32_t(l.x) | (uint32_t(l.y) << 16);
-  hi = uint32_t(h.x) | (uint32_t(h.y) << 16);
+  cvt_e4m3x4_to_half2x2(w, lo, hi);
 #else
   lo = e4m3_bytes02_to_half2_scaled((w & 0xFFu) | ((w & 0xFF00u) << 8));
   hi = e4m3_bytes02_to_half2_scaled((w >> 16) | ((w >> 8) & 0x00FF0000u));
