@@ -34,6 +34,7 @@ MMA_CHUNK = 128  # kMmaChunk
 MMA_MAX_WARPS = 16  # kMmaMaxWarps
 DECODE_THREADS = 128  # kDecodeThreads
 DECODE_WARPS = 4  # kDecodeWarps
+DECODE_SPLIT_ALIGN = 16  # kSplitAlign
 CUDA_TYPES = {"fp16": "6__half", "bf16": "13__nv_bfloat16", "fp8": "13__nv_fp8_e4m3", "fp32": "f"}
 
 
@@ -338,11 +339,11 @@ def decode_cuda(target: Target, sms: int) -> Plan:
                                symbol="_ZN7fastcot25paged_decode_merge_kernelENS_15PagedDecodeArgsEi",
                                source="paged_decode.cu"))
     tile = decode_tile_tokens(cache.element_size())
-    per_split = math.ceil(math.ceil(s["context"] / splits) / tile) * tile
+    per_split = math.ceil(math.ceil(s["context"] / splits) / DECODE_SPLIT_ALIGN) * DECODE_SPLIT_ALIGN
     return Plan(
         target=target, backend="cuda", sms=sms,
         config={"group_tile": g, "tile_tokens": tile, "splits": splits, "threads": DECODE_THREADS},
-        launches=launches, iterations=per_split // tile,
+        launches=launches, iterations=math.ceil(per_split / tile),
         bytes_per_iteration=2 * tile * d * cache.element_size(),
         call_bytes=_decode_call_bytes(s), extra_bytes=_split_bytes(s, splits),
     )

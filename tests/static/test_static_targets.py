@@ -109,6 +109,7 @@ def test_cuda_mirrors_match_the_headers():
     assert "kWarpTokens = 32 / kElem;" in decode and "kTile = kDecodeWarps * kWarpTokens;" in decode
     assert [targets.decode_tile_tokens(e) for e in (2, 1)] == [4 * 16, 4 * 32]
     assert "return D > 128 ? 2 : 3;" in decode  # decode_blocks_per_sm (head_dim <= 128)
+    assert f"constexpr int kSplitAlign = {targets.DECODE_SPLIT_ALIGN};" in decode
     assert [cuda.decode_blocks_per_sm(g) for g in (1, 2, 4, 8, 16)] == [3, 3, 3, 3, 3]
     assert "return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;" in launcher
     gemv_launcher = (REPO / "csrc/int4_gemv.cu").read_text()

@@ -42,6 +42,7 @@ constexpr int kDecodeThreads = kDecodeWarps * 32;
 // Block-table entries a block stages in shared memory at a time (at least 2048 tokens).
 constexpr int kTableSlots = 256;
 static_assert(kTableSlots % kDecodeThreads == 0, "whole rounds of the block");
+constexpr int kSplitAlign = 16;
 
 struct PagedDecodeArgs {
   const void* q;
@@ -150,7 +151,9 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
   const int quad = lane % 4;  // fragment column pair
 
   const int seq_len = __ldg(args.seq_lens + b);
-  const int per_split = int(ceil_div(ceil_div(seq_len, args.num_splits), Traits::kTile)) * Traits::kTile;
+  // Splits start at multiples of kSplitAlign tokens, so that each lane's group of consecutive
+  // tokens (at most 8) lies in one cache block; not of kTile, which would leave splits empty.
+  const int per_split = int(ceil_div(ceil_div(seq_len, args.num_splits), kSplitAlign)) * kSplitAlign;
   const int start = split * per_split;
   const int end = min(start + per_split, seq_len);
 
