@@ -82,9 +82,17 @@ def test_mma_16816_equals_fallback_on_exact_inputs(lib, dtype):
     assert not torch.equal(d_mma.cpu(), c), "the mma changed nothing"
 
 
+def _byte_order(pairs: list[torch.Tensor], even_odd: bool) -> torch.Tensor:
+    """(lo, hi) float16 pair words [n] each -> the four values of each word in byte order [n, 4]."""
+    halves = torch.stack([p.cpu() for p in pairs]).view(torch.float16).float().view(2, -1, 2)  # pair x word x half
+    order = [(0, 0), (1, 0), (0, 1), (1, 1)] if even_odd else [(0, 0), (0, 1), (1, 0), (1, 1)]
+    return torch.stack([halves[p, :, h] for p, h in order], dim=1)
+
+
 def test_fp8_widening_on_the_device_is_the_host_bit_operations_rescaled(lib):
     # Every byte in every position of a word; the device uses the conversion instruction on
-    # sm_89+ (exact values) and the bit operations on sm_80 (values times 2^-8, as the host).
+    # sm_89+ (exact values, adjacent pairs) and the bit operations on sm_80 (values times 2^-8,
+    # even and odd bytes paired), as the host.
     n = 256
     b = torch.arange(n, dtype=torch.int64)
     words = (b | ((b * 7 + 1) % 256) << 8 | ((b * 13 + 2) % 256) << 16 | ((b * 29 + 3) % 256) << 24).to(torch.int32)
@@ -93,17 +101,15 @@ def test_fp8_widening_on_the_device_is_the_host_bit_operations_rescaled(lib):
     device = [torch.empty(n, dtype=torch.int32, device="cuda") for _ in range(2)]
     words_d = words.cuda()
     assert lib.ptx_fp8_widen_device(_ptr(words_d), _ptr(device[0]), _ptr(device[1]), ctypes.c_int(n)) == 0
-    major, minor = torch.cuda.get_device_capability()
-    device_exponent = 0 if 10 * major + minor >= 89 else -8
-    host_values = torch.stack(host).view(torch.float16).float() * 2.0 ** (device_exponent - lib.ptx_fp8_host_exponent())
-    device_values = torch.stack(device).cpu().view(torch.float16).float()
+    instruction = torch.cuda.get_device_capability() >= (8, 9)
+    device_exponent = 0 if instruction else -8
     codes = torch.stack([words & 0xFF, (words >> 8) & 0xFF, (words >> 16) & 0xFF, (words >> 24) & 0xFF], dim=1)
-    expected = codes.to(torch.uint8).view(torch.float8_e4m3fn).float() * 2.0 ** device_exponent  # [n, 4]
-    expected = expected.view(n, 2, 2).permute(1, 0, 2)  # (lo, hi) x word x (low half, high half)
-    device_values = device_values.view(2, n, 2)
-    nan = expected.isnan()
-    assert torch.equal(device_values[~nan], expected[~nan])
-    assert torch.equal(host_values.view(2, n, 2)[~nan], expected[~nan])
+    exact = codes.to(torch.uint8).view(torch.float8_e4m3fn).float()  # [n, 4]
+    nan = exact.isnan()
+    got_device = _byte_order(device, even_odd=not instruction) * 2.0 ** -device_exponent
+    got_host = _byte_order(host, even_odd=True) * 2.0 ** -lib.ptx_fp8_host_exponent()
+    assert torch.equal(got_device[~nan], exact[~nan])
+    assert torch.equal(got_host[~nan], exact[~nan])
 
 
 def test_cvt_e4m3_instruction_equals_fallback_for_every_byte(lib):

@@ -21,24 +21,21 @@ namespace fastcot {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 constexpr int kE4m3HalfExponent = 0;
+constexpr bool kE4m3EvenOddPairs = false;
 #else
 constexpr int kE4m3HalfExponent = -8;
+constexpr bool kE4m3EvenOddPairs = true;
 #endif
 
-// Bit-operation widening: the bytes at bits 7..0 and 23..16 of `x` to float16 at halves 0 and 1,
-// each times 2^-8 (the other bytes of x are ignored).
-__host__ __device__ __forceinline__ uint32_t e4m3_bytes02_to_half2_scaled(uint32_t x) {
-  return ((x << 8) & 0x80008000u) | ((x & 0x007F007Fu) << 7);
-}
-
-// Four e4m3 bytes (memory order b0..b3 in `w`) to float16 pairs times 2^kE4m3HalfExponent:
-// `lo` holds (b0, b1), `hi` holds (b2, b3), low half first.
+// Four e4m3 bytes (memory order b0..b3 in `w`) to float16 pairs times 2^kE4m3HalfExponent, low
+// half first: `lo` holds (b0, b1) and `hi` (b2, b3) on sm_89+; with bit operations (seven per
+// word) `lo` holds (b0, b2) and `hi` (b1, b3) (kE4m3EvenOddPairs).
 __host__ __device__ __forceinline__ void e4m3x4_to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   cvt_e4m3x4_to_half2x2(w, lo, hi);
 #else
-  lo = e4m3_bytes02_to_half2_scaled((w & 0xFFu) | ((w & 0xFF00u) << 8));
-  hi = e4m3_bytes02_to_half2_scaled((w >> 16) | ((w >> 8) & 0x00FF0000u));
+  lo = ((w << 8) & 0x80008000u) | ((w & 0x007F007Fu) << 7);
+  hi = (w & 0x80008000u) | ((w & 0x7F007F00u) >> 1);
 #endif
 }
 
@@ -47,7 +44,8 @@ inline void e4m3x4_to_float_scaled(uint32_t w, float (&dst)[4]) {
   uint32_t pairs[2];
   e4m3x4_to_half2x2(w, pairs[0], pairs[1]);
   for (int i = 0; i < 4; ++i) {
-    const uint16_t bits = static_cast<uint16_t>(pairs[i / 2] >> (16 * (i % 2)));
+    const int pair = kE4m3EvenOddPairs ? i % 2 : i / 2, half = kE4m3EvenOddPairs ? i / 2 : i % 2;
+    const uint16_t bits = static_cast<uint16_t>(pairs[pair] >> (16 * half));
     __half h;
     memcpy(&h, &bits, sizeof(h));
     dst[i] = __half2float(h);

@@ -157,8 +157,9 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
   const int start = split * per_split;
   const int end = min(start + per_split, seq_len);
 
-  // Q's A fragments, [k16 step][lane]: row `row`, dims 4j..4j+3 of quarter `quad`, those K's B
-  // fragments hold. Heads past the group are zero rows and never stored.
+  // Q's A fragments, [k16 step][lane]: row `row`, dims 4j..4j+3 of quarter `quad`, in the order
+  // K's B fragments hold them (fp8 widened by bit operations: 4j, 4j + 2, then 4j + 1, 4j + 3).
+  // Heads past the group are zero rows and never stored.
   __shared__ uint4 q_frag[Traits::kDSteps][32];
   if (warp == 0) {
     const bool real = row < G && g0 + row < args.group;  // (fp8: q rounded to float16)
@@ -171,7 +172,9 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
         x[e] = real ? load_float(args.q, args.q_code, q_row + quad * (D / 4) + 4 * j + e) : 0.0f;
       }
       // Rows 8..15 of A are zero: the tensor core's rows g + 8 stay zero throughout.
-      q_frag[j][lane] = make_uint4(pack_pair<MmaT>(x[0], x[1]), 0u, pack_pair<MmaT>(x[2], x[3]), 0u);
+      q_frag[j][lane] = Traits::kFp8 && kE4m3EvenOddPairs
+                            ? make_uint4(pack_pair<MmaT>(x[0], x[2]), 0u, pack_pair<MmaT>(x[1], x[3]), 0u)
+                            : make_uint4(pack_pair<MmaT>(x[0], x[1]), 0u, pack_pair<MmaT>(x[2], x[3]), 0u);
     }
   }
   __syncthreads();
@@ -341,10 +344,11 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
           // Word w holds dims 4w..4w+3: byte permutes pair dims 4w, 4w + 1 and 4w + 2, 4w + 3 of
           // two tokens, each widening gives two of them.
           uint32_t b[4][2];
-          e4m3x4_to_half2x2(__byte_perm(t0w, t1w, 0x5140), b[0][0], b[1][0]);
-          e4m3x4_to_half2x2(__byte_perm(t0w, t1w, 0x7362), b[2][0], b[3][0]);
-          e4m3x4_to_half2x2(__byte_perm(t2w, t3w, 0x5140), b[0][1], b[1][1]);
-          e4m3x4_to_half2x2(__byte_perm(t2w, t3w, 0x7362), b[2][1], b[3][1]);
+          constexpr uint32_t kLow = kE4m3EvenOddPairs ? 0x5410 : 0x5140, kHigh = kE4m3EvenOddPairs ? 0x7632 : 0x7362;
+          e4m3x4_to_half2x2(__byte_perm(t0w, t1w, kLow), b[0][0], b[1][0]);
+          e4m3x4_to_half2x2(__byte_perm(t0w, t1w, kHigh), b[2][0], b[3][0]);
+          e4m3x4_to_half2x2(__byte_perm(t2w, t3w, kLow), b[0][1], b[1][1]);
+          e4m3x4_to_half2x2(__byte_perm(t2w, t3w, kHigh), b[2][1], b[3][1]);
 #pragma unroll
           for (int k = 0; k < 4; ++k) mma_16816<MmaT>(acc[4 * w + k], pa, b[k]);
         } else {
