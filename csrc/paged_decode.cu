@@ -51,10 +51,8 @@ PagedDecodeArgs make_args(const PagedDecodeParams& p) {
   a.stride_out_h = p.stride_out_h;
   a.stride_table_b = p.stride_table_b;
   a.stride_slot = p.num_kv_heads * p.head_dim;
-  // An fp8 cache is widened to its values times 2^-8 (fastcot/fp8.cuh): the scales take the 2^8.
-  const float widen = p.cache_dtype == DType::kFloat8E4M3 ? kE4m3ToHalfBias : 1.0f;
-  a.qk_scale = p.qk_scale * widen;
-  a.v_scale = p.v_scale * widen;
+  a.qk_scale = p.qk_scale;  // an fp8 cache's widening factor is the kernel's business (fastcot/fp8.cuh)
+  a.v_scale = p.v_scale;
   a.q_code = static_cast<int>(p.q_dtype);
   return a;
 }
@@ -149,10 +147,11 @@ Status check_paged_decode(const PagedDecodeParams& p) {
   if (p.num_splits > 1 && (p.part_out == nullptr || p.part_lse == nullptr)) {
     return Status::InvalidArgument(op + "num_splits > 1 needs the part_out and part_lse scratch buffers");
   }
-  const int64_t load_bytes = 8 * element_size(p.cache_dtype);
-  if (reinterpret_cast<uintptr_t>(p.k_cache) % load_bytes != 0 ||
-      reinterpret_cast<uintptr_t>(p.v_cache) % load_bytes != 0) {
-    return Status::InvalidArgument(op + "k_cache and v_cache must be " + str(load_bytes) + "-byte aligned");
+  if (reinterpret_cast<uintptr_t>(p.k_cache) % 16 != 0 || reinterpret_cast<uintptr_t>(p.v_cache) % 16 != 0) {
+    return Status::InvalidArgument(op + "k_cache and v_cache must be 16-byte aligned");
+  }
+  if (p.num_kv_heads * p.head_dim * element_size(p.cache_dtype) > 0x7FFFFFFF) {
+    return Status::InvalidArgument(op + "a cache slot (Hkv * head_dim elements) must fit in 31 bits of bytes");
   }
   return Status::Ok();
 }

@@ -288,12 +288,12 @@ def decode_group_tiles(group: int) -> int:
 
 
 def decode_blocks_per_sm(group: int) -> int:
-    """Blocks of the decode kernel an SM holds: its `__launch_bounds__` minimum, which caps
-    registers at 128 up to 4 query heads per block and 255 for 8 (csrc/include/fastcot/
-    paged_decode.cuh decode_min_blocks; shared memory stays under 40 KB a block). The one
-    exception there, 3 blocks for an fp8 cache with head_dim 256, is not seen here: the split
-    count depends on shapes the op knows before dtypes, and is then a little too large."""
-    return 4 if decode_group_tile(group) <= 4 else 2
+    """Blocks of the decode kernel an SM holds: its `__launch_bounds__` minimum, 3 blocks of 4
+    warps (registers capped at 168) for every query-head tile and cache dtype up to head_dim 128
+    (csrc/include/fastcot/paged_decode.cuh decode_min_blocks; shared memory stays under 20 KB a
+    block). The exception there, 2 blocks for head_dim 256, is not seen here: the split count
+    depends on shapes the op knows before the head size, and is then a little too large."""
+    return 3
 
 
 DECODE_MIN_WAVE_EFFICIENCY = 0.95

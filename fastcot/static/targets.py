@@ -33,6 +33,7 @@ MMA_MAX_WARPS = 16  # kMmaMaxWarps
 MMA_STAGES = 4  # kMmaStages: weight stages of a warp's shared-memory ring
 DECODE_THREADS = 128  # kDecodeThreads
 DECODE_WARPS = 4  # kDecodeWarps
+DECODE_SPLIT_ALIGN = 16  # kSplitAlign
 CUDA_TYPES = {"fp16": "6__half", "bf16": "13__nv_bfloat16", "fp8": "13__nv_fp8_e4m3", "fp32": "f"}
 
 
@@ -333,10 +334,9 @@ def decode_group_tile(group: int) -> int:
     return 1 if group <= 1 else 2 if group <= 2 else 4 if group <= 4 else 8
 
 
-def decode_tile_tokens(head_dim: int, g: int) -> int:
-    """DecodeTraits::kTile: tokens a block covers per step (teams of D / 8 threads, kChunk each)."""
-    teams = DECODE_WARPS * (32 // (head_dim // 8))
-    return teams * (4 if g <= 4 else 2)
+def decode_tile_tokens(element_size: int) -> int:
+    """DecodeTraits::kTile: tokens a block covers per step, kWarpTokens = 32 / element size per warp."""
+    return DECODE_WARPS * (32 // element_size)
 
 
 def decode_cuda(target: Target, sms: int) -> Plan:
@@ -360,12 +360,12 @@ def decode_cuda(target: Target, sms: int) -> Plan:
         launches.append(Launch("paged_decode_merge_kernel", (s["batch"], s["q_heads"]), d,
                                symbol="_ZN7fastcot25paged_decode_merge_kernelENS_15PagedDecodeArgsEi",
                                source="paged_decode.cu"))
-    tile = decode_tile_tokens(d, g)
-    per_split = math.ceil(math.ceil(s["context"] / splits) / tile) * tile
+    tile = decode_tile_tokens(cache.element_size())
+    per_split = math.ceil(math.ceil(s["context"] / splits) / DECODE_SPLIT_ALIGN) * DECODE_SPLIT_ALIGN
     return Plan(
         target=target, backend="cuda", sms=sms,
         config={"group_tile": g, "tile_tokens": tile, "splits": splits, "threads": DECODE_THREADS},
-        launches=launches, iterations=per_split // tile,
+        launches=launches, iterations=math.ceil(per_split / tile),
         bytes_per_iteration=2 * tile * d * cache.element_size(),
         call_bytes=_decode_call_bytes(s), extra_bytes=_split_bytes(s, splits),
     )

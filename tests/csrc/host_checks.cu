@@ -5,6 +5,7 @@
 //   host_checks int4 (<word hex> <scale> <zero>)... -> per triple, 8 dequantized weights in K order
 //   host_checks fp8                              -> all 256 float8_e4m3fn bytes widened (and rescaled)
 //   host_checks bf16 | fp16 <16-bit hex>...      -> each widened
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -28,10 +29,8 @@ void widen16(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     const uint32_t half = static_cast<uint32_t>(std::strtoul(argv[i], nullptr, 16)) & 0xFFFFu;
     const uint32_t word = half | (half << 16);
-    fastcot::KV8<T> kv;
-    kv.raw = make_uint4(word, word, word, word);
     float out[8];
-    kv.widen(out);
+    fastcot::unpack8_as_float(make_uint4(word, word, word, word), static_cast<const T*>(nullptr), out);
     print_bits(out, 1);
   }
 }
@@ -52,16 +51,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc == 2 && std::strcmp(argv[1], "fp8") == 0) {
-    for (uint32_t b = 0; b < 256; b += 8) {
-      uint32_t lo = 0, hi = 0;
-      for (uint32_t j = 0; j < 4; ++j) lo |= (b + j) << (8 * j);
-      for (uint32_t j = 0; j < 4; ++j) hi |= (b + 4 + j) << (8 * j);
-      fastcot::KV8<__nv_fp8_e4m3> kv;
-      kv.raw = make_uint2(lo, hi);
-      float out[8];
-      kv.widen(out);  // the element times 2^-8: the kernel folds 2^8 into its scales
-      for (float& x : out) x *= fastcot::kE4m3ToHalfBias;
-      print_bits(out, 8);
+    for (uint32_t b = 0; b < 256; b += 4) {
+      uint32_t word = 0;
+      for (uint32_t j = 0; j < 4; ++j) word |= (b + j) << (8 * j);
+      float out[4];
+      fastcot::e4m3x4_to_float_scaled(word, out);  // the bit operations' element times 2^-8
+      for (float& x : out) x = std::ldexp(x, -fastcot::kE4m3HalfExponent);
+      print_bits(out, 4);
     }
     return 0;
   }

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "fastcot/common.cuh"
+#include "fastcot/fp8.cuh"
 
 namespace {
 
@@ -56,9 +57,43 @@ __global__ void opaque_kernel(const uint32_t* a, uint32_t* out, int n) {
   if (i < n) out[i] = fastcot::opaque_u32(a[i]);
 }
 
+// fp8 widening: the device's path (the conversion instruction on sm_89+) for each word.
+__global__ void fp8_widen_kernel(const uint32_t* words, uint32_t* lo, uint32_t* hi, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) fastcot::e4m3x4_to_half2x2(words[i], lo[i], hi[i]);
+}
+
+__global__ void cvt_e4m3_kernel(const uint32_t* words, uint32_t* lo, uint32_t* hi, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) fastcot::cvt_e4m3x4_to_half2x2(words[i], lo[i], hi[i]);
+}
+
 }  // namespace
 
 extern "C" {
+
+// cvt_e4m3x4_to_half2x2: the instruction on the device (sm_89+), cuda_fp8.h's conversion on the host.
+void ptx_cvt_e4m3_host(const uint32_t* words, uint32_t* lo, uint32_t* hi, int n) {
+  for (int i = 0; i < n; ++i) fastcot::cvt_e4m3x4_to_half2x2(words[i], lo[i], hi[i]);
+}
+
+int ptx_cvt_e4m3_device(const uint32_t* words, uint32_t* lo, uint32_t* hi, int n) {
+  cvt_e4m3_kernel<<<(n + 255) / 256, 256>>>(words, lo, hi, n);
+  return static_cast<int>(cudaDeviceSynchronize());
+}
+
+// fp8 widening on the host (the bit operations, each value times 2^kE4m3HalfExponent) and on
+// the device, with the device's exponent.
+int ptx_fp8_host_exponent() { return fastcot::kE4m3HalfExponent; }
+
+void ptx_fp8_widen_host(const uint32_t* words, uint32_t* lo, uint32_t* hi, int n) {
+  for (int i = 0; i < n; ++i) fastcot::e4m3x4_to_half2x2(words[i], lo[i], hi[i]);
+}
+
+int ptx_fp8_widen_device(const uint32_t* words, uint32_t* lo, uint32_t* hi, int n) {
+  fp8_widen_kernel<<<(n + 255) / 256, 256>>>(words, lo, hi, n);
+  return static_cast<int>(cudaDeviceSynchronize());
+}
 
 // Host side of and_or: nvcc's host pass compiles the portable fallback.
 void ptx_and_or_host(const uint32_t* a, const uint32_t* b, const uint32_t* c, uint32_t* out, int n) {

@@ -97,3 +97,53 @@ def test_opaque_u32_returns_its_argument(lib):
     out = torch.zeros_like(a)
     assert lib.ptx_opaque_device(_ptr(a), _ptr(out), ctypes.c_int(a.numel())) == 0
     assert torch.equal(out, a)
+
+
+def _byte_order(pairs: list[torch.Tensor], even_odd: bool) -> torch.Tensor:
+    """(lo, hi) float16 pair words [n] each -> the four values of each word in byte order [n, 4]."""
+    halves = torch.stack([p.cpu() for p in pairs]).view(torch.float16).float().view(2, -1, 2)  # pair x word x half
+    order = [(0, 0), (1, 0), (0, 1), (1, 1)] if even_odd else [(0, 0), (0, 1), (1, 0), (1, 1)]
+    return torch.stack([halves[p, :, h] for p, h in order], dim=1)
+
+
+def test_fp8_widening_on_the_device_is_the_host_bit_operations_rescaled(lib):
+    # Every byte in every position of a word; the device uses the conversion instruction on
+    # sm_89+ (exact values, adjacent pairs) and the bit operations on sm_80 (values times 2^-8,
+    # even and odd bytes paired), as the host.
+    n = 256
+    b = torch.arange(n, dtype=torch.int64)
+    words = (b | ((b * 7 + 1) % 256) << 8 | ((b * 13 + 2) % 256) << 16 | ((b * 29 + 3) % 256) << 24).to(torch.int32)
+    host = [torch.empty(n, dtype=torch.int32) for _ in range(2)]
+    lib.ptx_fp8_widen_host(_ptr(words), _ptr(host[0]), _ptr(host[1]), ctypes.c_int(n))
+    device = [torch.empty(n, dtype=torch.int32, device="cuda") for _ in range(2)]
+    words_d = words.cuda()
+    assert lib.ptx_fp8_widen_device(_ptr(words_d), _ptr(device[0]), _ptr(device[1]), ctypes.c_int(n)) == 0
+    instruction = torch.cuda.get_device_capability() >= (8, 9)
+    device_exponent = 0 if instruction else -8
+    codes = torch.stack([words & 0xFF, (words >> 8) & 0xFF, (words >> 16) & 0xFF, (words >> 24) & 0xFF], dim=1)
+    exact = codes.to(torch.uint8).view(torch.float8_e4m3fn).float()  # [n, 4]
+    nan = exact.isnan()
+    got_device = _byte_order(device, even_odd=not instruction) * 2.0 ** -device_exponent
+    got_host = _byte_order(host, even_odd=True) * 2.0 ** -lib.ptx_fp8_host_exponent()
+    assert torch.equal(got_device[~nan], exact[~nan])
+    assert torch.equal(got_host[~nan], exact[~nan])
+
+
+def test_cvt_e4m3_instruction_equals_fallback_for_every_byte(lib):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("cvt.rn.f16x2.e4m3x2 needs sm_89 or later")
+    n = 256
+    b = torch.arange(n, dtype=torch.int64)
+    words = (b | ((b * 7 + 1) % 256) << 8 | ((b * 13 + 2) % 256) << 16 | ((b * 29 + 3) % 256) << 24).to(torch.int32)
+    host = [torch.empty(n, dtype=torch.int32) for _ in range(2)]
+    lib.ptx_cvt_e4m3_host(_ptr(words), _ptr(host[0]), _ptr(host[1]), ctypes.c_int(n))
+    device = [torch.empty(n, dtype=torch.int32, device="cuda") for _ in range(2)]
+    words_d = words.cuda()
+    assert lib.ptx_cvt_e4m3_device(_ptr(words_d), _ptr(device[0]), _ptr(device[1]), ctypes.c_int(n)) == 0
+    got = torch.stack(device).cpu().view(torch.float16).float()
+    want = torch.stack(host).view(torch.float16).float()
+    same = (got == want) | (got.isnan() & want.isnan())  # a NaN's payload is not data
+    assert bool(same.all()), (got[~same], want[~same])
+    codes = torch.stack([words & 0xFF, (words >> 8) & 0xFF, (words >> 16) & 0xFF, (words >> 24) & 0xFF], dim=1)
+    exact = codes.to(torch.uint8).view(torch.float8_e4m3fn).float().view(n, 2, 2).permute(1, 0, 2).reshape(2, -1)
+    assert bool(((want == exact) | (want.isnan() & exact.isnan())).all())

@@ -112,9 +112,11 @@ def test_cuda_mirrors_match_the_headers():
     assert "constexpr int kGemvThreads = kGemvWarps * 32;" in gemv and "constexpr int kGemvWarps = 4;" in gemv
     assert f"constexpr int kDecodeWarps = {targets.DECODE_WARPS};" in decode
     assert "kDecodeThreads = kDecodeWarps * 32;" in decode and targets.DECODE_THREADS == 32 * targets.DECODE_WARPS
-    assert "kChunk = G <= 4 ? 4 : 2;" in decode
-    assert "return G > 4 ? 2 : (sizeof(CacheT) == 1 && D > 128) ? 3 : 4;" in decode  # decode_blocks_per_sm
-    assert [cuda.decode_blocks_per_sm(g) for g in (1, 2, 4, 8, 16)] == [4, 4, 4, 2, 2]
+    assert "kWarpTokens = 32 / kElem;" in decode and "kTile = kDecodeWarps * kWarpTokens;" in decode
+    assert [targets.decode_tile_tokens(e) for e in (2, 1)] == [4 * 16, 4 * 32]
+    assert "return D > 128 ? 2 : 3;" in decode  # decode_blocks_per_sm (head_dim <= 128)
+    assert f"constexpr int kSplitAlign = {targets.DECODE_SPLIT_ALIGN};" in decode
+    assert [cuda.decode_blocks_per_sm(g) for g in (1, 2, 4, 8, 16)] == [3, 3, 3, 3, 3]
     assert "return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;" in launcher
     gemv_launcher = (REPO / "csrc/int4_gemv.cu").read_text()
     assert re.search(r"dim3 grid\(static_cast<unsigned>\(ceil_div\(p\.n, kGemvRows\)\)\)", gemv_launcher)

@@ -271,3 +271,27 @@ __device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
 }
 
 }  // namespace fastcot
+
+#include <cuda_fp8.h>
+
+namespace fastcot {
+
+// Four float8 e4m3 bytes (memory order b0..b3 in `w`) to two float16 pairs, exactly: `lo` holds
+// (b0, b1), `hi` holds (b2, b3), low half first; NaN codes give NaN. Two cvt.rn.f16x2.e4m3x2
+// on sm_89 and later (the second reads the upper half of `w` directly, no shift); elsewhere
+// cuda_fp8.h's conversion (the host and the emulator; sm_80 has no fp8 instructions, and its
+// kernels widen by bit operations instead, fastcot/fp8.cuh).
+__host__ __device__ __forceinline__ void cvt_e4m3x4_to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+      : "=r"(lo), "=r"(hi)
+      : "r"(w));
+#else
+  const __half2_raw l = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xFFFFu), __NV_E4M3);
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3);
+  lo = uint32_t(l.x) | (uint32_t(l.y) << 16);
+  hi = uint32_t(h.x) | (uint32_t(h.y) << 16);
+#endif
+}
+
+}  // namespace fastcot
