@@ -73,7 +73,7 @@ def test_int4_matmul_with_mins(backend, m, device):
 
 
 FORCED = [
-    Int4MatmulConfig(1, 16, 32, split_k=2),  # GEMV, nibble by nibble
+    Int4MatmulConfig(1, 16, 64, split_k=2),  # GEMV, K split in two
     Int4MatmulConfig(16, 32, 64, split_k=1),  # tl.dot, a tile spanning two groups
     Int4MatmulConfig(1, 32, 32, dequant_then_matmul=True),
 ]
