@@ -223,7 +223,7 @@ def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
             dict(KV_FP8=True, K_BF16=k_bf16))
 
 
-def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
+def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale, arch=90):
     """Cache views, scales and float8 switches for the decode kernel. A float8 cache goes in as
     its codes (int32 words of four when the head size is a multiple of 4, converted two at a
     time; else bytes), keys and values both rebuilt as float16 holding value * 2^-8 (the scales
@@ -231,13 +231,17 @@ def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
     (`_query_as_f16`), so the dots run in float16 on a GPU and under the interpreter alike."""
     qk_scale = scale * k_scale * LOG2E
     if k_cache.dtype != torch.float8_e4m3fn:
-        consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "IEEE_FP32": _fp32_dots(q)}
+        consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "FP8_PAIRS": False, "FP8_CVT": False,
+                  "IEEE_FP32": _fp32_dots(q)}
         return k_cache, v_cache, qk_scale, v_scale, consts
-    words = k_cache.shape[-1] % 4 == 0
-    view = torch.int32 if words else torch.uint8
-    consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words,
-              "IEEE_FP32": q.dtype == torch.float32}
-    return k_cache.view(view), v_cache.view(view), qk_scale * 2.0 ** 8, v_scale * 2.0 ** 8, consts
+    pairs = k_cache.shape[-1] % 2 == 0 and arch >= 89
+    words = k_cache.shape[-1] % 4 == 0 and not pairs
+    view = torch.int16 if pairs else torch.int32 if words else torch.uint8
+    cvt = pairs and not _backend.triton_interpreted(q.device)
+    consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words, "FP8_PAIRS": pairs,
+              "FP8_CVT": cvt, "IEEE_FP32": q.dtype == torch.float32}
+    pow2 = 1.0 if cvt else 2.0 ** 8
+    return k_cache.view(view), v_cache.view(view), qk_scale * pow2, v_scale * pow2, consts
 
 
 def _pow2(n: int) -> int:
@@ -306,7 +310,8 @@ def _decode_tiles(head_dim: int, kv_fp8: bool = False) -> tuple[int, int]:
 DECODE_STAGES = 3
 
 
-def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
+def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None,
+                        arch=None):
     """Launch the split-KV decode kernel (and the merge when split). `num_splits` forces a
     split count (tests compare counts); by default `decode_num_splits` decides."""
     from fastcot.kernels.triton.paged_attention import _decode_merge_kernel, _paged_decode_kernel
@@ -315,14 +320,17 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = q_heads // num_kv_heads
     block_d, block_n = _decode_tiles(head_dim, k_cache.element_size() == 1)
+    if arch is None:
+        arch = sm_version(q.device)
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
-                                   num_sms(q.device), arch=sm_version(q.device), kv_fp8=k_cache.element_size() == 1)
+                                   num_sms(q.device), arch=arch, kv_fp8=k_cache.element_size() == 1)
     part_out = part_lse = out  # unused when not split
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
-    k_cache, v_cache, qk_scale, v_scale, kv_consts = _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
+    k_cache, v_cache, qk_scale, v_scale, kv_consts = _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale,
+                                                                         arch)
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables, seq_lens_ptr=seq_lens,
         out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
@@ -410,14 +418,17 @@ def aot_specs():
     aligned_common = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "block_tables_ptr", "seq_lens_ptr", "out_ptr",
                       "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
 
-    def decode(dtype, cache, head_dim, group, splits):
-        fp8 = cache == "fp8e4nv"  # passed as int32 words of four codes (head_dim % 4 == 0)
+    def decode(dtype, cache, head_dim, group, splits, arch=None):
+        # A float8 cache is passed as int16 pairs of codes converted by `cvt` on sm_90 and as
+        # int32 words of four converted by bit operations on sm_80 (head_dim % 4 == 0).
+        fp8 = cache == "fp8e4nv"
+        pairs = fp8 and arch == 90
+        view = "*i16" if pairs else "*i32" if fp8 else f"*{cache}"
         block_d, block_n = _decode_tiles(head_dim, fp8)
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
             fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,
-            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": "*i32" if fp8 else f"*{cache}",
-                       "v_cache_ptr": "*i32" if fp8 else f"*{cache}",
+            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": view, "v_cache_ptr": view,
                        "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",
                        "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
                        "stride_q_b": "i32", "stride_q_h": "i32", "stride_out_b": "i32", "stride_out_h": "i32",
@@ -425,13 +436,15 @@ def aot_specs():
                        "qk_scale": "fp32", "v_scale": "fp32"},
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
                         "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
-                        "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
+                        "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8 and not pairs,
+                        "FP8_PAIRS": pairs, "FP8_CVT": pairs},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
+            **({"archs": (arch,)} if arch else {}),
         )
 
     specs = [decode("fp16", "fp16", d, g, s) for d in (64, 128, 256) for g in (1, 4, 8) for s in (1, 16)]
     specs += [decode("bf16", "bf16", 128, 4, s) for s in (1, 16)]
-    specs += [decode("bf16", "fp8e4nv", 128, 4, s) for s in (1, 16)]
+    specs += [decode("bf16", "fp8e4nv", 128, 4, s, arch) for s in (1, 16) for arch in (80, 90)]
     for head_dim in (64, 128, 256):
         block_d, _ = _decode_tiles(head_dim)
         specs.append(KernelSpec(
