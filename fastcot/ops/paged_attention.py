@@ -234,7 +234,7 @@ def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale, arch=90):
         consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "FP8_PAIRS": False, "FP8_CVT": False,
                   "IEEE_FP32": _fp32_dots(q)}
         return k_cache, v_cache, qk_scale, v_scale, consts
-    pairs = k_cache.shape[-1] % 2 == 0 and arch >= 89
+    pairs = _fp8_pairs(k_cache.shape[-1], arch)
     words = k_cache.shape[-1] % 4 == 0 and not pairs
     view = torch.int16 if pairs else torch.int32 if words else torch.uint8
     cvt = pairs and not _backend.triton_interpreted(q.device)
@@ -252,7 +252,7 @@ def _pow2(n: int) -> int:
 # resident per SM, from its compiled registers and shared memory as `fastcot bench static`
 # reports them, by (SM version, float8 cache). tests/static recomputes them from the compiled
 # kernel. Other versions use the smallest entry.
-TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 6, (90, True): 4, (80, False): 4, (80, True): 2}
+TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 6, (90, True): 2, (80, False): 4, (80, True): 2}
 
 
 def triton_decode_blocks_per_sm(arch: int, kv_fp8: bool) -> int:
@@ -295,13 +295,24 @@ def sm_version(device: torch.device) -> int:
     return 90
 
 
-def _decode_tiles(head_dim: int, kv_fp8: bool = False) -> tuple[int, int]:
+def _decode_tiles(head_dim: int, kv_fp8: bool = False, fp8_pairs: bool = False) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_N) for a head size and cache: K and V tiles of 8 KB each where 16 to 64
     tokens allow it (32 tokens at D = 128 with a 16-bit cache, 64 with float8), so that the
-    pipeline's two tiles in flight (DECODE_STAGES) leave 6 programs per SM on sm_90 (4 with
-    float8, whose conversion needs more shared memory)."""
+    pipeline's two tiles in flight (DECODE_STAGES) leave 6 programs per SM on sm_90 (2 on sm_80
+    with float8, whose conversion needs more shared memory). A float8 cache converted in pairs
+    by `cvt` (`fp8_pairs`, sm_89+) takes tiles of 16 KB, up to 128 tokens (128 at D = 128):
+    its per-token work is small enough that the per-tile work (cross-warp softmax reductions,
+    rescaling the accumulator, the pipeline's waits) decides the instructions per byte."""
     block_d = max(16, _pow2(head_dim))
+    if fp8_pairs:
+        return block_d, max(16, min(128, 16384 // block_d))
     return block_d, max(16, min(64, 8192 // (block_d * (1 if kv_fp8 else 2))))
+
+
+def _fp8_pairs(head_dim: int, arch: int) -> bool:
+    """Whether a float8 cache of this head size is read as int16 pairs of codes and converted by
+    sm_89+'s `cvt` (by bit operations under the interpreter)."""
+    return head_dim % 2 == 0 and arch >= 89
 
 
 # Triton decode software pipeline depth: the loads of one tile are in flight while the previous
@@ -319,12 +330,13 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = q_heads // num_kv_heads
-    block_d, block_n = _decode_tiles(head_dim, k_cache.element_size() == 1)
     if arch is None:
         arch = sm_version(q.device)
+    kv_fp8 = k_cache.element_size() == 1
+    block_d, block_n = _decode_tiles(head_dim, kv_fp8, kv_fp8 and _fp8_pairs(head_dim, arch))
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
-                                   num_sms(q.device), arch=arch, kv_fp8=k_cache.element_size() == 1)
+                                   num_sms(q.device), arch=arch, kv_fp8=kv_fp8)
     part_out = part_lse = out  # unused when not split
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
@@ -424,7 +436,7 @@ def aot_specs():
         fp8 = cache == "fp8e4nv"
         pairs = fp8 and arch == 90
         view = "*i16" if pairs else "*i32" if fp8 else f"*{cache}"
-        block_d, block_n = _decode_tiles(head_dim, fp8)
+        block_d, block_n = _decode_tiles(head_dim, fp8, pairs)
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
             fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,

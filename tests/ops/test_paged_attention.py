@@ -10,8 +10,10 @@ from fastcot.ops import _backend
 from fastcot.ops.paged_attention import (
     TRITON_DECODE_BLOCKS_PER_SM,
     _decode_tiles,
+    _fp8_pairs,
     decode_num_splits,
     paged_decode_triton,
+    sm_version,
 )
 
 FP8 = torch.float8_e4m3fn
@@ -242,7 +244,7 @@ def test_decode_pipeline_tile_edges(cache, block_size, device):
     torch.manual_seed(block_size)
     dtype, head_dim, hkv, group = DTYPES[0], 64, 2, 4
     fp8 = cache == "fp8"
-    _, block_n = _decode_tiles(head_dim, fp8)
+    _, block_n = _decode_tiles(head_dim, fp8, fp8 and _fp8_pairs(head_dim, sm_version(torch.device(device))))
     seq_lens = [block_n - 1, block_n, block_n + 1, 2 * block_n, 3 * block_n + 5, 0]
     num_blocks = sum(-(-n // block_size) for n in seq_lens) + 2
     k_scale, v_scale = (0.3, 0.2) if fp8 else (1.0, 1.0)

@@ -227,8 +227,9 @@ def _token_rows(table_row_ptr, offs_t, mask_t, kv_head, stride_block, stride_slo
                 BLOCK_SIZE: tl.constexpr):
     """Cache offsets (int64, in elements of the cache view) of tokens `offs_t` of one sequence
     and KV head: one block-table read per token, shared by the K and V loads."""
-    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.int64)
-    return block * stride_block + (offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head
+    offs_t = offs_t.to(tl.uint32)  # non-negative: shifts and masks, no signed division
+    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.uint32)
+    return block.to(tl.int64) * stride_block + ((offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head)
 
 
 @triton.jit
