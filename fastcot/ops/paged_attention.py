@@ -224,10 +224,12 @@ def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
 
 
 def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale, arch=90):
-    """Cache views, scales and float8 switches for the decode kernel. A float8 cache goes in as
-    its codes (int32 words of four when the head size is a multiple of 4, converted two at a
-    time; else bytes), keys and values both rebuilt as float16 holding value * 2^-8 (the scales
-    carry the 2^8); a bfloat16 query is turned into a float16 one in the kernel
+    """Cache views, scales and float8 switches for the decode kernel on SM version `arch`. A
+    float8 cache goes in as its codes: on sm_89+ int16 pairs converted by `cvt` into float16
+    holding the values (by bit operations, value * 2^-8, under the interpreter, which cannot run
+    inline PTX); else int32 words of four when the head size is a multiple of 4 (bit operations,
+    two values per 32-bit operation), or bytes, both as float16 holding value * 2^-8 (the scales
+    carry the 2^8). A bfloat16 query is turned into a float16 one in the kernel
     (`_query_as_f16`), so the dots run in float16 on a GPU and under the interpreter alike."""
     qk_scale = scale * k_scale * LOG2E
     if k_cache.dtype != torch.float8_e4m3fn:
@@ -324,7 +326,9 @@ DECODE_STAGES = 3
 def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None,
                         arch=None):
     """Launch the split-KV decode kernel (and the merge when split). `num_splits` forces a
-    split count (tests compare counts); by default `decode_num_splits` decides."""
+    split count (tests compare counts); by default `decode_num_splits` decides. `arch` is the
+    SM version to build for (default the device's, 90 off CUDA): it picks the float8 path and
+    tiles; the static report passes its target's, tests pass 80 to run the sm_80 path."""
     from fastcot.kernels.triton.paged_attention import _decode_merge_kernel, _paged_decode_kernel
 
     batch, q_heads, head_dim = q.shape
@@ -333,7 +337,9 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     if arch is None:
         arch = sm_version(q.device)
     kv_fp8 = k_cache.element_size() == 1
-    block_d, block_n = _decode_tiles(head_dim, kv_fp8, kv_fp8 and _fp8_pairs(head_dim, arch))
+    # float32 queries (float32 dots) keep the smaller tiles: their operands take twice the registers
+    pairs_tiles = kv_fp8 and _fp8_pairs(head_dim, arch) and q.dtype != torch.float32
+    block_d, block_n = _decode_tiles(head_dim, kv_fp8, pairs_tiles)
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
                                    num_sms(q.device), arch=arch, kv_fp8=kv_fp8)
