@@ -234,14 +234,14 @@ def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale, arch=90):
     qk_scale = scale * k_scale * LOG2E
     if k_cache.dtype != torch.float8_e4m3fn:
         consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "FP8_PAIRS": False, "FP8_CVT": False,
-                  "IEEE_FP32": _fp32_dots(q)}
+                  "POS_SCALE": False, "IEEE_FP32": _fp32_dots(q)}
         return k_cache, v_cache, qk_scale, v_scale, consts
     pairs = _fp8_pairs(k_cache.shape[-1], arch)
     words = k_cache.shape[-1] % 4 == 0 and not pairs
     view = torch.int16 if pairs else torch.int32 if words else torch.uint8
     cvt = pairs and not _backend.triton_interpreted(q.device)
     consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words, "FP8_PAIRS": pairs,
-              "FP8_CVT": cvt, "IEEE_FP32": q.dtype == torch.float32}
+              "FP8_CVT": cvt, "POS_SCALE": qk_scale > 0, "IEEE_FP32": q.dtype == torch.float32}
     pow2 = 1.0 if cvt else 2.0 ** 8
     return k_cache.view(view), v_cache.view(view), qk_scale * pow2, v_scale * pow2, consts
 
@@ -455,7 +455,7 @@ def aot_specs():
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
                         "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
                         "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8 and not pairs,
-                        "FP8_PAIRS": pairs, "FP8_CVT": pairs},
+                        "FP8_PAIRS": pairs, "FP8_CVT": pairs, "POS_SCALE": fp8},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
             **({"archs": (arch,)} if arch else {}),
         )

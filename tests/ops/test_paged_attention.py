@@ -270,7 +270,7 @@ def test_decode_split_choice_fills_the_chip_and_depends_on_shapes_only():
     assert decode_num_splits(1, 8, 1024, 132) == 4  # capacity caps the split count
     assert decode_num_splits(1, 8, 32768, 108, arch=80) == 52  # 416 of 432 slots
     assert decode_num_splits(64, 8, 8192, 108, arch=80) == 5  # 2560 programs: 5.93 of 6 waves
-    assert decode_num_splits(64, 8, 8192, 132, kv_fp8=True) == 1  # 512 of 528 slots
+    assert decode_num_splits(64, 8, 8192, 132, kv_fp8=True) == 1  # 512 programs: 1.94 of 2 waves of 264
     assert decode_num_splits(256, 8, 131072, 132) == 3  # 2.6 waves unsplit: 7.8 of 8 once split
     assert decode_num_splits(512, 8, 131072, 132) == 1  # four waves or more: no split
     for batch in (1, 3, 64):

@@ -120,6 +120,24 @@ def test_fp8_decode_paths_match_reference(head_dim, block_size, group, lens, spl
     assert_close(out, expected, **tolerance(expected))
 
 
+@pytest.mark.parametrize("arch", [90, 80])
+def test_fp8_decode_with_a_negative_scale(arch):
+    """A negative softmax scale flips which key is largest: the float8 paths keep the running
+    maximum in unscaled units only for a positive scale, and match the reference either way."""
+    torch.manual_seed(arch)
+    k_cache = torch.randn(6, 8, 2, 32).to(FP8).to(DEVICE)
+    v_cache = torch.randn(6, 8, 2, 32).to(FP8).to(DEVICE)
+    tables = torch.tensor([[4, 1, 5], [0, 2, 3]], dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor([21, 9], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(2, 8, 32).half().to(DEVICE)
+    for scale in (-0.4, 0.4):
+        out = poisoned(q.shape, q.dtype, DEVICE)
+        paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, scale, 0.5, 2.0, num_splits=2, arch=arch)
+        expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, seq_lens, scale,
+                                                    k_scale=0.5, v_scale=2.0, compute_dtype=torch.float64)
+        assert_close(out, expected, **tolerance(expected))
+
+
 def test_fp8_nan_code_reaches_the_output():
     """A NaN code in K makes its sequence's output NaN, as the reference does; others stay finite."""
     k_cache = torch.randn(4, 8, 1, 16).to(FP8).to(DEVICE)

@@ -197,20 +197,30 @@ def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constex
 
 @triton.jit
 def _attention_step_pairs(q_a, q_b, k_a, k_b, v_a, v_b, m, l, acc_a, acc_b, visible, qk_scale,
-                          IEEE_FP32: tl.constexpr):
+                          IEEE_FP32: tl.constexpr, POS_SCALE: tl.constexpr):
     """`_attention_step` with the head dims in two parts (a and b): scores from two dots, the
-    output in two accumulators. Used by the float8 word path, whose K and V tiles come as two
-    parts so that each thread's pair of float16 values stays in one register."""
+    output in two accumulators. Used by the float8 paths, whose K and V tiles come as two parts
+    so that each thread's pair of float16 values stays in one register. With POS_SCALE
+    (qk_scale > 0, so scaling keeps the maximum's place) `m` is kept in unscaled score units
+    and each exponent is one multiply-add, `s * qk_scale - shift`; the caller scales `m`
+    after the loop."""
     if IEEE_FP32:
         s = tl.dot(q_a, tl.trans(k_a.to(tl.float32)), input_precision="ieee")
         s = tl.dot(q_b, tl.trans(k_b.to(tl.float32)), s, input_precision="ieee")
     else:
         s = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
-    s = tl.where(visible, s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, axis=1))
-    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m - shift)
-    p = tl.exp2(s - shift[:, None])
+    if POS_SCALE:
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new * qk_scale)
+        alpha = tl.exp2(m * qk_scale - shift)
+        p = tl.exp2(s * qk_scale - shift[:, None])
+    else:
+        s = tl.where(visible, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - shift)
+        p = tl.exp2(s - shift[:, None])
     l = l * alpha + tl.sum(p, axis=1)
     if IEEE_FP32:
         acc_a = acc_a * alpha[:, None] + tl.dot(p, v_a.to(tl.float32), input_precision="ieee")
@@ -242,7 +252,7 @@ def _paged_decode_kernel(
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
     KV_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, FP8_WORDS: tl.constexpr, FP8_PAIRS: tl.constexpr,
-    FP8_CVT: tl.constexpr,
+    FP8_CVT: tl.constexpr, POS_SCALE: tl.constexpr,
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
@@ -313,7 +323,9 @@ def _paged_decode_kernel(
                 k_a, k_b = _fp8_word_pairs(k_raw)
                 v_a, v_b = _fp8_word_pairs(v_raw)
             m, l, acc_a, acc_b = _attention_step_pairs(q_a, q_b, k_a, k_b, v_a, v_b, m, l, acc_a, acc_b,
-                                                       mask_t[None, :], qk_scale, IEEE_FP32)
+                                                       mask_t[None, :], qk_scale, IEEE_FP32, POS_SCALE)
+        if POS_SCALE:
+            m = m * qk_scale  # in log2 units for the log-sum-exp
         _store_decode_out(acc_a, dims_a, mask_a, m, l, v_scale, b, heads, mask_g, split, out_ptr, part_out_ptr,
                           part_lse_ptr, stride_out_b, stride_out_h, GROUP, BLOCK_D, NUM_SPLITS, True)
         _store_decode_out(acc_b, dims_b, mask_b, m, l, v_scale, b, heads, mask_g, split, out_ptr, part_out_ptr,
