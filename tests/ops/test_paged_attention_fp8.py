@@ -10,7 +10,11 @@ import triton.language as tl
 from helpers import TOLERANCE, assert_close, poisoned
 
 from fastcot.kernels import reference
-from fastcot.kernels.triton.paged_attention import _e4m3_pairs, _e4m3_scaled, _fp8_code_pairs
+from fastcot.kernels.triton.paged_attention import (
+    _e4m3_pairs,
+    _e4m3_scaled,
+    _fp8_code_pairs,
+)
 from fastcot.ops import _backend
 from fastcot.ops.paged_attention import paged_decode_triton
 
