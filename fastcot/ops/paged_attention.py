@@ -223,21 +223,27 @@ def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
             dict(KV_FP8=True, K_BF16=k_bf16))
 
 
-def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
-    """Cache views, scales and float8 switches for the decode kernel. A float8 cache goes in as
-    its codes (int32 words of four when the head size is a multiple of 4, converted two at a
-    time; else bytes), keys and values both rebuilt as float16 holding value * 2^-8 (the scales
-    carry the 2^8); a bfloat16 query is turned into a float16 one in the kernel
+def _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale, arch=90):
+    """Cache views, scales and float8 switches for the decode kernel on SM version `arch`. A
+    float8 cache goes in as its codes: on sm_89+ int16 pairs converted by `cvt` into float16
+    holding the values (by bit operations, value * 2^-8, under the interpreter, which cannot run
+    inline PTX); else int32 words of four when the head size is a multiple of 4 (bit operations,
+    two values per 32-bit operation), or bytes, both as float16 holding value * 2^-8 (the scales
+    carry the 2^8). A bfloat16 query is turned into a float16 one in the kernel
     (`_query_as_f16`), so the dots run in float16 on a GPU and under the interpreter alike."""
     qk_scale = scale * k_scale * LOG2E
     if k_cache.dtype != torch.float8_e4m3fn:
-        consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "IEEE_FP32": _fp32_dots(q)}
+        consts = {"KV_FP8": False, "Q_TO_F16": False, "FP8_WORDS": False, "FP8_PAIRS": False, "FP8_CVT": False,
+                  "POS_SCALE": False, "IEEE_FP32": _fp32_dots(q)}
         return k_cache, v_cache, qk_scale, v_scale, consts
-    words = k_cache.shape[-1] % 4 == 0
-    view = torch.int32 if words else torch.uint8
-    consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words,
-              "IEEE_FP32": q.dtype == torch.float32}
-    return k_cache.view(view), v_cache.view(view), qk_scale * 2.0 ** 8, v_scale * 2.0 ** 8, consts
+    pairs = _fp8_pairs(k_cache.shape[-1], arch)
+    words = k_cache.shape[-1] % 4 == 0 and not pairs
+    view = torch.int16 if pairs else torch.int32 if words else torch.uint8
+    cvt = pairs and not _backend.triton_interpreted(q.device)
+    consts = {"KV_FP8": True, "Q_TO_F16": q.dtype == torch.bfloat16, "FP8_WORDS": words, "FP8_PAIRS": pairs,
+              "FP8_CVT": cvt, "POS_SCALE": qk_scale > 0, "IEEE_FP32": q.dtype == torch.float32}
+    pow2 = 1.0 if cvt else 2.0 ** 8
+    return k_cache.view(view), v_cache.view(view), qk_scale * pow2, v_scale * pow2, consts
 
 
 def _pow2(n: int) -> int:
@@ -248,7 +254,7 @@ def _pow2(n: int) -> int:
 # resident per SM, from its compiled registers and shared memory as `fastcot bench static`
 # reports them, by (SM version, float8 cache). tests/static recomputes them from the compiled
 # kernel. Other versions use the smallest entry.
-TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 6, (90, True): 4, (80, False): 4, (80, True): 2}
+TRITON_DECODE_BLOCKS_PER_SM = {(90, False): 6, (90, True): 2, (80, False): 4, (80, True): 2}
 
 
 def triton_decode_blocks_per_sm(arch: int, kv_fp8: bool) -> int:
@@ -291,13 +297,24 @@ def sm_version(device: torch.device) -> int:
     return 90
 
 
-def _decode_tiles(head_dim: int, kv_fp8: bool = False) -> tuple[int, int]:
+def _decode_tiles(head_dim: int, kv_fp8: bool = False, fp8_pairs: bool = False) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_N) for a head size and cache: K and V tiles of 8 KB each where 16 to 64
     tokens allow it (32 tokens at D = 128 with a 16-bit cache, 64 with float8), so that the
-    pipeline's two tiles in flight (DECODE_STAGES) leave 6 programs per SM on sm_90 (4 with
-    float8, whose conversion needs more shared memory)."""
+    pipeline's two tiles in flight (DECODE_STAGES) leave 6 programs per SM on sm_90 (2 on sm_80
+    with float8, whose conversion needs more shared memory). A float8 cache converted in pairs
+    by `cvt` (`fp8_pairs`, sm_89+) takes tiles of 16 KB, up to 128 tokens (128 at D = 128):
+    its per-token work is small enough that the per-tile work (cross-warp softmax reductions,
+    rescaling the accumulator, the pipeline's waits) decides the instructions per byte."""
     block_d = max(16, _pow2(head_dim))
+    if fp8_pairs:
+        return block_d, max(16, min(128, 16384 // block_d))
     return block_d, max(16, min(64, 8192 // (block_d * (1 if kv_fp8 else 2))))
+
+
+def _fp8_pairs(head_dim: int, arch: int) -> bool:
+    """Whether a float8 cache of this head size is read as int16 pairs of codes and converted by
+    sm_89+'s `cvt` (by bit operations under the interpreter)."""
+    return head_dim % 2 == 0 and arch >= 89
 
 
 # Triton decode software pipeline depth: the loads of one tile are in flight while the previous
@@ -306,23 +323,32 @@ def _decode_tiles(head_dim: int, kv_fp8: bool = False) -> tuple[int, int]:
 DECODE_STAGES = 3
 
 
-def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None):
+def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale, k_scale, v_scale, num_splits=None,
+                        arch=None):
     """Launch the split-KV decode kernel (and the merge when split). `num_splits` forces a
-    split count (tests compare counts); by default `decode_num_splits` decides."""
+    split count (tests compare counts); by default `decode_num_splits` decides. `arch` is the
+    SM version to build for (default the device's, 90 off CUDA): it picks the float8 path and
+    tiles; the static report passes its target's, tests pass 80 to run the sm_80 path."""
     from fastcot.kernels.triton.paged_attention import _decode_merge_kernel, _paged_decode_kernel
 
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = q_heads // num_kv_heads
-    block_d, block_n = _decode_tiles(head_dim, k_cache.element_size() == 1)
+    if arch is None:
+        arch = sm_version(q.device)
+    kv_fp8 = k_cache.element_size() == 1
+    # float32 queries (float32 dots) keep the smaller tiles: their operands take twice the registers
+    pairs_tiles = kv_fp8 and _fp8_pairs(head_dim, arch) and q.dtype != torch.float32
+    block_d, block_n = _decode_tiles(head_dim, kv_fp8, pairs_tiles)
     if num_splits is None:
         num_splits = decode_splits("triton", batch, q_heads, num_kv_heads, block_tables.shape[1] * block_size,
-                                   num_sms(q.device), arch=sm_version(q.device), kv_fp8=k_cache.element_size() == 1)
+                                   num_sms(q.device), arch=arch, kv_fp8=kv_fp8)
     part_out = part_lse = out  # unused when not split
     if num_splits > 1:
         part_out = torch.empty((batch, q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((batch, q_heads, num_splits), dtype=torch.float32, device=q.device)
-    k_cache, v_cache, qk_scale, v_scale, kv_consts = _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
+    k_cache, v_cache, qk_scale, v_scale, kv_consts = _decode_kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale,
+                                                                         arch)
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_tables_ptr=block_tables, seq_lens_ptr=seq_lens,
         out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
@@ -410,14 +436,17 @@ def aot_specs():
     aligned_common = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "block_tables_ptr", "seq_lens_ptr", "out_ptr",
                       "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
 
-    def decode(dtype, cache, head_dim, group, splits):
-        fp8 = cache == "fp8e4nv"  # passed as int32 words of four codes (head_dim % 4 == 0)
-        block_d, block_n = _decode_tiles(head_dim, fp8)
+    def decode(dtype, cache, head_dim, group, splits, arch=None):
+        # A float8 cache is passed as int16 pairs of codes converted by `cvt` on sm_90 and as
+        # int32 words of four converted by bit operations on sm_80 (head_dim % 4 == 0).
+        fp8 = cache == "fp8e4nv"
+        pairs = fp8 and arch == 90
+        view = "*i16" if pairs else "*i32" if fp8 else f"*{cache}"
+        block_d, block_n = _decode_tiles(head_dim, fp8, pairs)
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
             fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,
-            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": "*i32" if fp8 else f"*{cache}",
-                       "v_cache_ptr": "*i32" if fp8 else f"*{cache}",
+            signature={"q_ptr": f"*{dtype}", "k_cache_ptr": view, "v_cache_ptr": view,
                        "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",
                        "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
                        "stride_q_b": "i32", "stride_q_h": "i32", "stride_out_b": "i32", "stride_out_h": "i32",
@@ -425,13 +454,15 @@ def aot_specs():
                        "qk_scale": "fp32", "v_scale": "fp32"},
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
                         "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
-                        "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8},
+                        "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8 and not pairs,
+                        "FP8_PAIRS": pairs, "FP8_CVT": pairs, "POS_SCALE": fp8},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
+            **({"archs": (arch,)} if arch else {}),
         )
 
     specs = [decode("fp16", "fp16", d, g, s) for d in (64, 128, 256) for g in (1, 4, 8) for s in (1, 16)]
     specs += [decode("bf16", "bf16", 128, 4, s) for s in (1, 16)]
-    specs += [decode("bf16", "fp8e4nv", 128, 4, s) for s in (1, 16)]
+    specs += [decode("bf16", "fp8e4nv", 128, 4, s, arch) for s in (1, 16) for arch in (80, 90)]
     for head_dim in (64, 128, 256):
         block_d, _ = _decode_tiles(head_dim)
         specs.append(KernelSpec(

@@ -10,8 +10,10 @@ from fastcot.ops import _backend
 from fastcot.ops.paged_attention import (
     TRITON_DECODE_BLOCKS_PER_SM,
     _decode_tiles,
+    _fp8_pairs,
     decode_num_splits,
     paged_decode_triton,
+    sm_version,
 )
 
 FP8 = torch.float8_e4m3fn
@@ -240,9 +242,10 @@ def test_decode_pipeline_tile_edges(cache, block_size, device):
     split and across several, against shuffled tables whose unused columns hold garbage (-7),
     which a read past a split's end would hit."""
     torch.manual_seed(block_size)
-    dtype, head_dim, hkv, group = DTYPES[0], 64, 2, 4
     fp8 = cache == "fp8"
-    _, block_n = _decode_tiles(head_dim, fp8)
+    # a 16-bit query with float8: the tiles of the pairs path (128 tokens) where the device has it
+    dtype, head_dim, hkv, group = DTYPES[-1] if fp8 else DTYPES[0], 64, 2, 4
+    _, block_n = _decode_tiles(head_dim, fp8, fp8 and _fp8_pairs(head_dim, sm_version(torch.device(device))))
     seq_lens = [block_n - 1, block_n, block_n + 1, 2 * block_n, 3 * block_n + 5, 0]
     num_blocks = sum(-(-n // block_size) for n in seq_lens) + 2
     k_scale, v_scale = (0.3, 0.2) if fp8 else (1.0, 1.0)
@@ -267,7 +270,7 @@ def test_decode_split_choice_fills_the_chip_and_depends_on_shapes_only():
     assert decode_num_splits(1, 8, 1024, 132) == 4  # capacity caps the split count
     assert decode_num_splits(1, 8, 32768, 108, arch=80) == 52  # 416 of 432 slots
     assert decode_num_splits(64, 8, 8192, 108, arch=80) == 5  # 2560 programs: 5.93 of 6 waves
-    assert decode_num_splits(64, 8, 8192, 132, kv_fp8=True) == 1  # 512 of 528 slots
+    assert decode_num_splits(64, 8, 8192, 132, kv_fp8=True) == 1  # 512 programs: 1.94 of 2 waves of 264
     assert decode_num_splits(256, 8, 131072, 132) == 3  # 2.6 waves unsplit: 7.8 of 8 once split
     assert decode_num_splits(512, 8, 131072, 132) == 1  # four waves or more: no split
     for batch in (1, 3, 64):

@@ -1,5 +1,7 @@
-"""The Triton kernels' float8 e4m3 decoding by bit operations, code by code, and fp8 decode
-through both of its paths (words of four codes, single bytes for head sizes not divisible by 4)."""
+"""The Triton kernels' float8 e4m3 decoding, code by code (by bit operations; by sm_89+'s
+`cvt` on a GPU that has it), and fp8 decode through each of its paths: pairs of codes (sm_89+;
+under the interpreter with the bit-operation conversion), words of four codes (sm_80), single
+bytes (sm_80, head sizes not divisible by 4)."""
 
 import pytest
 import torch
@@ -8,7 +10,11 @@ import triton.language as tl
 from helpers import TOLERANCE, assert_close, poisoned
 
 from fastcot.kernels import reference
-from fastcot.kernels.triton.paged_attention import _e4m3_pairs, _e4m3_scaled
+from fastcot.kernels.triton.paged_attention import (
+    _e4m3_pairs,
+    _e4m3_scaled,
+    _fp8_code_pairs,
+)
 from fastcot.ops import _backend
 from fastcot.ops.paged_attention import paged_decode_triton
 
@@ -43,25 +49,42 @@ def _words_kernel(word_ptr, out_ptr):
     tl.store(out_ptr + offs * 4 + 3, (odd >> 16).to(tl.int32))
 
 
-def _decoded(bf16: bool, words: bool) -> torch.Tensor:
-    """All 256 codes through `_e4m3_scaled` (bytes) or `_e4m3_pairs` (words, float16 only), as
-    float64, scaled back."""
+@triton.jit
+def _pairs_kernel(pair_ptr, out_ptr, CVT: tl.constexpr):
+    """The two results of each int16 pair of codes, back in byte order."""
+    offs = tl.arange(0, 128)
+    a, b = _fp8_code_pairs(tl.load(pair_ptr + offs), CVT)
+    tl.store(out_ptr + offs * 2, a.to(tl.int16, bitcast=True).to(tl.int32))
+    tl.store(out_ptr + offs * 2 + 1, b.to(tl.int16, bitcast=True).to(tl.int32))
+
+
+def _decoded(bf16: bool, path: str) -> torch.Tensor:
+    """All 256 codes through `_e4m3_scaled` ("bytes"), `_e4m3_pairs` ("words", float16 only) or
+    `_fp8_code_pairs` ("pairs" by bit operations, "cvt" by sm_89+'s instruction), as float64,
+    scaled back."""
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).to(DEVICE)
     bits = torch.empty(256, dtype=torch.int32, device=DEVICE)
-    if words:
+    if path == "words":
         _words_kernel[(1,)](codes.view(torch.int32), bits)
+    elif path in ("pairs", "cvt"):
+        _pairs_kernel[(1,)](codes.view(torch.int16), bits, CVT=path == "cvt")
     else:
         _bytes_kernel[(1,)](codes, bits, BF16=bf16)
     values = bits.to(torch.int16).view(torch.bfloat16 if bf16 else torch.float16).double()
-    return values * 2.0 ** (120 if bf16 else 8)
+    return values * (1.0 if path == "cvt" else 2.0 ** (120 if bf16 else 8))
 
 
-@pytest.mark.parametrize("bf16,words", [(False, False), (True, False), (False, True)],
-                         ids=["f16-bytes", "bf16-bytes", "f16-words"])
-def test_every_e4m3_code_decodes_exactly(bf16, words):
+CVT_ON_GPU = ON_GPU and torch.cuda.get_device_capability() >= (8, 9)
+
+
+@pytest.mark.parametrize("bf16,path", [
+    (False, "bytes"), (True, "bytes"), (False, "words"), (False, "pairs"),
+    pytest.param(False, "cvt", marks=pytest.mark.skipif(not CVT_ON_GPU, reason="cvt e4m3x2 needs an sm_89+ GPU")),
+], ids=["f16-bytes", "bf16-bytes", "f16-words", "f16-pairs", "f16-cvt"])
+def test_every_e4m3_code_decodes_exactly(bf16, path):
     """Every code equals torch's float8_e4m3fn value bit for bit after the folded scale: ±0 keep
     their sign, subnormals are exact, and the NaN codes 0x7F and 0xFF decode to NaN."""
-    got = _decoded(bf16, words).cpu()
+    got = _decoded(bf16, path).cpu()
     want = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).double()
     nan = want.isnan()
     assert nan.sum() == 2 and got[nan].isnan().all()
@@ -69,12 +92,19 @@ def test_every_e4m3_code_decodes_exactly(bf16, words):
     assert torch.equal(torch.signbit(got[~nan]), torch.signbit(want[~nan]))  # -0 stays -0
 
 
-@pytest.mark.parametrize("head_dim, block_size, group, lens, splits", [
-    (64, 8, 1, [37, 0, 1], 1),          # words; an empty and a one-token sequence
-    (128, 16, 4, [200, 5], 3),          # words, split with merge
-    (20, 32, 8, [77], 2),               # head size not divisible by 4: the byte path
+@pytest.mark.parametrize("head_dim, block_size, group, lens, splits, arch", [
+    (64, 8, 1, [37, 0, 1], 1, 90),      # pairs; an empty and a one-token sequence
+    (128, 16, 4, [200, 5], 3, 90),      # pairs, split with merge
+    (18, 32, 8, [77], 2, 90),           # pairs, head size not divisible by 4
+    (64, 8, 1, [37, 0, 1], 1, 80),      # words
+    (128, 16, 4, [200, 5], 3, 80),      # words, split with merge
+    (18, 32, 8, [77], 2, 80),           # head size not divisible by 4 on sm_80: the byte path
 ])
-def test_fp8_decode_paths_match_reference(head_dim, block_size, group, lens, splits):
+def test_fp8_decode_paths_match_reference(head_dim, block_size, group, lens, splits, arch):
+    """Each float8 path against the float64 reference; `arch` picks the path (on a GPU, the
+    kernel must also compile there: only the GPU's own version, or sm_80 paths, run)."""
+    if ON_GPU and arch > 80 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("the pairs path with cvt needs sm_89+")
     torch.manual_seed(head_dim + block_size)
     hkv, dtype = 2, torch.float16
     width = max(-(-n // block_size) for n in lens) + 1
@@ -88,10 +118,28 @@ def test_fp8_decode_paths_match_reference(head_dim, block_size, group, lens, spl
     q = torch.randn(len(lens), hkv * group, head_dim).to(dtype).to(DEVICE)
     out = poisoned(q.shape, dtype, DEVICE)
     paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, head_dim ** -0.5, k_scale, v_scale,
-                        num_splits=splits)
+                        num_splits=splits, arch=arch)
     expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, seq_lens,
                                                 k_scale=k_scale, v_scale=v_scale, compute_dtype=torch.float64)
     assert_close(out, expected, **tolerance(expected))
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_fp8_decode_with_a_negative_scale(arch):
+    """A negative softmax scale flips which key is largest: the float8 paths keep the running
+    maximum in unscaled units only for a positive scale, and match the reference either way."""
+    torch.manual_seed(arch)
+    k_cache = torch.randn(6, 8, 2, 32).to(FP8).to(DEVICE)
+    v_cache = torch.randn(6, 8, 2, 32).to(FP8).to(DEVICE)
+    tables = torch.tensor([[4, 1, 5], [0, 2, 3]], dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor([21, 9], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(2, 8, 32).half().to(DEVICE)
+    for scale in (-0.4, 0.4):
+        out = poisoned(q.shape, q.dtype, DEVICE)
+        paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, scale, 0.5, 2.0, num_splits=2, arch=arch)
+        expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, seq_lens, scale,
+                                                    k_scale=0.5, v_scale=2.0, compute_dtype=torch.float64)
+        assert_close(out, expected, **tolerance(expected))
 
 
 def test_fp8_nan_code_reaches_the_output():
@@ -107,8 +155,9 @@ def test_fp8_nan_code_reaches_the_output():
     assert out[0].isnan().all() and out[1].isfinite().all()
 
 
-@pytest.mark.parametrize("magnitude", [1e25, 3e4, 1e-3, 1e-25, 0.0])
-def test_bfloat16_query_over_fp8_cache_at_any_magnitude(magnitude):
+@pytest.mark.parametrize("magnitude,arch", [(1e25, 90), (3e4, 90), (1e-3, 90), (1e-25, 90), (0.0, 90),
+                                            (1e25, 80), (1e-25, 80)])
+def test_bfloat16_query_over_fp8_cache_at_any_magnitude(magnitude, arch):
     """With a float8 cache a bfloat16 query runs as float16, rescaled by a power of two per
     program (`_query_as_f16`): magnitudes far outside float16's range, tiny ones and zero
     attend as the float64 reference does."""
@@ -127,7 +176,7 @@ def test_bfloat16_query_over_fp8_cache_at_any_magnitude(magnitude):
     # arithmetic rather than a one-hot softmax.
     scale = 1.0 / max(magnitude, 1e-30) / head_dim ** 0.5 if magnitude else 1.0
     out = poisoned(q.shape, q.dtype, DEVICE)
-    paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, scale, k_scale, v_scale, num_splits=2)
+    paged_decode_triton(q, k_cache, v_cache, tables, seq_lens, out, scale, k_scale, v_scale, num_splits=2, arch=arch)
     expected = reference.paged_decode_attention(q.double(), k_cache, v_cache, tables, seq_lens, scale,
                                                 k_scale=k_scale, v_scale=v_scale, compute_dtype=torch.float64)
     tol = TOLERANCE[torch.bfloat16]

@@ -98,21 +98,51 @@ def _e4m3_pairs(w):
 
 
 @triton.jit
-def _fp8_words_to_halves(w):
-    """int32 words of four float8 codes `[N, W]` as float16 like `_e4m3_scaled`, `[N, 4 * W]`,
-    head dims in the order of `_fp8_dim_order` (bytes 0, 2, 1, 3 of each word): the order in
-    which the word operations leave them."""
-    even, odd = _e4m3_pairs(w.to(tl.uint32, bitcast=True))
-    # join(join(a, b), join(c, d)) flattens to a, c, b, d: bytes 0, 2, 1, 3, each word's halves adjacent
-    halves = tl.join(tl.join(even & 0xFFFF, odd & 0xFFFF), tl.join(even >> 16, odd >> 16)).to(tl.uint16)
-    bits = tl.reshape(halves, (w.shape[0], 4 * w.shape[1]))
-    return bits.to(tl.float16, bitcast=True)
+def _word_halves(w):
+    """uint32 words holding two float16 values each, `[N, W]`, as float16 `[N, 2 * W]` (low half
+    first): each word's pair stays in one register, so a dot takes it with no repacking."""
+    halves = tl.join(w & 0xFFFF, w >> 16).to(tl.uint16)
+    return tl.reshape(halves, (w.shape[0], 2 * w.shape[1])).to(tl.float16, bitcast=True)
 
 
 @triton.jit
-def _fp8_dim_order(offs_d):
-    """Head dim held at position d of a `_fp8_words_to_halves` tile: bits 0 and 1 of d swapped."""
-    return (offs_d & ~3) | ((offs_d & 1) << 1) | ((offs_d >> 1) & 1)
+def _fp8_word_pairs(w):
+    """int32 words of four float8 codes `[N, W]` as two float16 tiles `[N, 2 * W]` holding
+    value * 2^-8 (`_e4m3_pairs`, 9 integer operations a word, no float8 instruction): `a` with
+    codes 0 and 2 of each word, `b` with codes 1 and 3 (head dims `_fp8_pair_dims`)."""
+    even, odd = _e4m3_pairs(w.to(tl.uint32, bitcast=True))
+    return _word_halves(even), _word_halves(odd)
+
+
+@triton.jit
+def _fp8_code_pairs(x, CVT: tl.constexpr):
+    """int16 elements of two float8 codes `[N, P]` as two float16 tiles `[N, P]`: `a` from the
+    low byte (even head dims), `b` from the high byte (odd head dims). With CVT, sm_89+'s
+    `cvt.rn.f16x2.e4m3x2` on two elements (one 32-bit word) at a time: a byte permute puts
+    the two low bytes side by side, then one instruction per pair gives the values themselves,
+    exact for every code (float16 holds all of e4m3, NaN stays NaN, -0 stays -0). Without CVT
+    (inline PTX does not run under the interpreter), `_e4m3_scaled` byte by byte: value * 2^-8."""
+    if CVT:
+        a, b = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; .reg .b16 l, h; prmt.b32 t, $2, 0, 0x3120; mov.b32 {l, h}, t;"
+            " cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h; }",
+            "=r,=r,r", [x], dtype=(tl.float16, tl.float16), is_pure=True, pack=2)
+    else:
+        u = x.to(tl.uint16, bitcast=True)
+        a = _e4m3_scaled((u & 0xFF).to(tl.uint8), False)
+        b = _e4m3_scaled((u >> 8).to(tl.uint8), False)
+    return a, b
+
+
+@triton.jit
+def _fp8_pair_dims(offs_p, PAIRS: tl.constexpr):
+    """Head dims at position p of the `a` tile (add 1 for the `b` tile) of `_fp8_code_pairs`
+    (PAIRS: 2p) or of `_fp8_word_pairs` (word p // 2, code 2 * (p % 2))."""
+    if PAIRS:
+        dims = offs_p * 2
+    else:
+        dims = (offs_p // 2) * 4 + (offs_p % 2) * 2
+    return dims
 
 
 @triton.jit
@@ -125,16 +155,18 @@ def _prescale_q(q, ON: tl.constexpr):
 
 
 @triton.jit
-def _query_as_f16(q, qk_scale):
-    """A bfloat16 query tile as float16 for dots with float16 keys (float8 caches): scaled by the
-    power of two 2^s that puts its largest magnitude in [2^14, 2^15), so no element overflows
-    and every one at least 2^-29 of the largest keeps all of bfloat16's bits; `qk_scale / 2^s`
-    undoes it in the softmax. An all-zero tile gets 2^127; NaN and infinity stay as they are."""
-    q = q.to(tl.float32)
-    top = tl.max(tl.max(tl.abs(q), axis=1), axis=0)
+def _query_as_f16(q_a, q_b, qk_scale):
+    """A bfloat16 query tile, in two parts `q_a` and `q_b` (head dims split between them), as
+    float16 for dots with float16 keys (float8 caches): scaled by the power of two 2^s that puts
+    its largest magnitude in [2^14, 2^15), so no element overflows and every one at least 2^-29
+    of the largest keeps all of bfloat16's bits; `qk_scale / 2^s` undoes it in the softmax. An
+    all-zero tile gets 2^127; NaN and infinity stay as they are."""
+    q_a = q_a.to(tl.float32)
+    q_b = q_b.to(tl.float32)
+    top = tl.maximum(tl.max(tl.max(tl.abs(q_a), axis=1), axis=0), tl.max(tl.max(tl.abs(q_b), axis=1), axis=0))
     exponent = (top.to(tl.int32, bitcast=True) >> 23) & 0xFF  # 127 + floor(log2(top))
     pow2 = (tl.minimum(268 - exponent, 254) << 23).to(tl.float32, bitcast=True)  # 2^(141 - exponent)
-    return (q * pow2).to(tl.float16), qk_scale / pow2
+    return (q_a * pow2).to(tl.float16), (q_b * pow2).to(tl.float16), qk_scale / pow2
 
 
 @triton.jit
@@ -164,12 +196,50 @@ def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constex
 
 
 @triton.jit
+def _attention_step_pairs(q_a, q_b, k_a, k_b, v_a, v_b, m, l, acc_a, acc_b, visible, qk_scale,
+                          IEEE_FP32: tl.constexpr, POS_SCALE: tl.constexpr):
+    """`_attention_step` with the head dims in two parts (a and b): scores from two dots, the
+    output in two accumulators. Used by the float8 paths, whose K and V tiles come as two parts
+    so that each thread's pair of float16 values stays in one register. With POS_SCALE
+    (qk_scale > 0, so scaling keeps the maximum's place) `m` is kept in unscaled score units
+    and each exponent is one multiply-add, `s * qk_scale - shift`; the caller scales `m`
+    after the loop."""
+    if IEEE_FP32:
+        s = tl.dot(q_a, tl.trans(k_a.to(tl.float32)), input_precision="ieee")
+        s = tl.dot(q_b, tl.trans(k_b.to(tl.float32)), s, input_precision="ieee")
+    else:
+        s = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
+    if POS_SCALE:
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new * qk_scale)
+        alpha = tl.exp2(m * qk_scale - shift)
+        p = tl.exp2(s * qk_scale - shift[:, None])
+    else:
+        s = tl.where(visible, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - shift)
+        p = tl.exp2(s - shift[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    if IEEE_FP32:
+        acc_a = acc_a * alpha[:, None] + tl.dot(p, v_a.to(tl.float32), input_precision="ieee")
+        acc_b = acc_b * alpha[:, None] + tl.dot(p, v_b.to(tl.float32), input_precision="ieee")
+    else:
+        p = p.to(tl.float16)
+        acc_a = acc_a * alpha[:, None] + tl.dot(p, v_a)
+        acc_b = acc_b * alpha[:, None] + tl.dot(p, v_b)
+    return m_new, l, acc_a, acc_b
+
+
+@triton.jit
 def _token_rows(table_row_ptr, offs_t, mask_t, kv_head, stride_block, stride_slot, stride_head,
                 BLOCK_SIZE: tl.constexpr):
     """Cache offsets (int64, in elements of the cache view) of tokens `offs_t` of one sequence
     and KV head: one block-table read per token, shared by the K and V loads."""
-    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.int64)
-    return block * stride_block + (offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head
+    offs_t = offs_t.to(tl.uint32)  # non-negative: shifts and masks, no signed division
+    block = tl.load(table_row_ptr + offs_t // BLOCK_SIZE, mask=mask_t, other=0).to(tl.uint32)
+    return block.to(tl.int64) * stride_block + ((offs_t % BLOCK_SIZE) * stride_slot + kv_head * stride_head)
 
 
 @triton.jit
@@ -181,7 +251,8 @@ def _paged_decode_kernel(
     qk_scale, v_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
-    KV_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, FP8_WORDS: tl.constexpr,
+    KV_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, FP8_WORDS: tl.constexpr, FP8_PAIRS: tl.constexpr,
+    FP8_CVT: tl.constexpr, POS_SCALE: tl.constexpr,
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
@@ -205,58 +276,101 @@ def _paged_decode_kernel(
     offs_g = tl.arange(0, GROUP_PAD)
     heads = kv_head * GROUP + offs_g
     mask_g = offs_g < GROUP
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
-    if FP8_WORDS:  # the tiles are read as int32 words of four codes
-        offs_c = tl.arange(0, BLOCK_D // 4)
-        mask_c = offs_c < HEAD_DIM // 4
-        offs_d = _fp8_dim_order(offs_d)  # q, and the output, in the order of the K and V tiles
-    else:
-        offs_c = offs_d
-        mask_c = mask_d
-    q = tl.load(q_ptr + b * stride_q_b + heads[:, None] * stride_q_h + offs_d[None, :],
-                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
-    if IEEE_FP32:
-        q = q.to(tl.float32)  # then K and V follow q's dtype in _attention_step
-    if Q_TO_F16:
-        q, qk_scale = _query_as_f16(q, qk_scale)
-
+    q_rows = q_ptr + b * stride_q_b + heads[:, None] * stride_q_h
     m = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
-    acc = tl.zeros((GROUP_PAD, BLOCK_D), dtype=tl.float32)
     table_row = block_tables_ptr + b * stride_table_b
     offs_n = tl.arange(0, BLOCK_N)
     # The block-table entries of tile i + 1 are read during tile i.
     rows = _token_rows(table_row, start + offs_n, start + offs_n < end, kv_head, stride_block, stride_slot,
                        stride_head, BLOCK_SIZE)
-    for t0 in range(start, end, BLOCK_N):
-        mask_t = t0 + offs_n < end
-        mask_kv = mask_t[:, None] & mask_c[None, :]
-        k_raw = tl.load(k_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
-        v_raw = tl.load(v_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
-        offs_t = t0 + BLOCK_N + offs_n
-        rows = _token_rows(table_row, offs_t, offs_t < end, kv_head, stride_block, stride_slot, stride_head,
-                           BLOCK_SIZE)
-        if FP8_WORDS:
-            k = _fp8_words_to_halves(k_raw)
-            v = _fp8_words_to_halves(v_raw)
-        elif KV_FP8:
-            k, v = _e4m3_scaled(k_raw, False), _e4m3_scaled(v_raw, False)
+    if FP8_WORDS or FP8_PAIRS:
+        # The tiles are read as int32 words of four codes (FP8_WORDS) or int16 elements of two
+        # (FP8_PAIRS) and become two float16 tiles, a and b, that split the head dims between
+        # them (`_fp8_word_pairs`, `_fp8_code_pairs`); q and the output follow that split. Two
+        # tiles rather than one joined tile keep each thread's float16 pairs in whole registers
+        # and the dots' operands in the plain 16-bit layout.
+        if FP8_PAIRS:
+            offs_c = tl.arange(0, BLOCK_D // 2)
+            mask_c = offs_c < HEAD_DIM // 2
         else:
-            k, v = k_raw, v_raw
-        m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
+            offs_c = tl.arange(0, BLOCK_D // 4)
+            mask_c = offs_c < HEAD_DIM // 4
+        dims_a = _fp8_pair_dims(tl.arange(0, BLOCK_D // 2), FP8_PAIRS)
+        dims_b = dims_a + 1
+        mask_a = mask_g[:, None] & (dims_a < HEAD_DIM)[None, :]
+        mask_b = mask_g[:, None] & (dims_b < HEAD_DIM)[None, :]
+        q_a = tl.load(q_rows + dims_a[None, :], mask=mask_a, other=0.0)
+        q_b = tl.load(q_rows + dims_b[None, :], mask=mask_b, other=0.0)
+        if IEEE_FP32:
+            q_a, q_b = q_a.to(tl.float32), q_b.to(tl.float32)
+        if Q_TO_F16:
+            q_a, q_b, qk_scale = _query_as_f16(q_a, q_b, qk_scale)
+        acc_a = tl.zeros((GROUP_PAD, BLOCK_D // 2), dtype=tl.float32)
+        acc_b = tl.zeros((GROUP_PAD, BLOCK_D // 2), dtype=tl.float32)
+        for t0 in range(start, end, BLOCK_N):
+            mask_t = t0 + offs_n < end
+            mask_kv = mask_t[:, None] & mask_c[None, :]
+            k_raw = tl.load(k_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
+            v_raw = tl.load(v_cache_ptr + rows[:, None] + offs_c[None, :], mask=mask_kv, other=0)
+            offs_t = t0 + BLOCK_N + offs_n
+            rows = _token_rows(table_row, offs_t, offs_t < end, kv_head, stride_block, stride_slot, stride_head,
+                               BLOCK_SIZE)
+            if FP8_PAIRS:
+                k_a, k_b = _fp8_code_pairs(k_raw, FP8_CVT)
+                v_a, v_b = _fp8_code_pairs(v_raw, FP8_CVT)
+            else:
+                k_a, k_b = _fp8_word_pairs(k_raw)
+                v_a, v_b = _fp8_word_pairs(v_raw)
+            m, l, acc_a, acc_b = _attention_step_pairs(q_a, q_b, k_a, k_b, v_a, v_b, m, l, acc_a, acc_b,
+                                                       mask_t[None, :], qk_scale, IEEE_FP32, POS_SCALE)
+        if POS_SCALE:
+            m = m * qk_scale  # in log2 units for the log-sum-exp
+        _store_decode_out(acc_a, dims_a, mask_a, m, l, v_scale, b, heads, mask_g, split, out_ptr, part_out_ptr,
+                          part_lse_ptr, stride_out_b, stride_out_h, GROUP, BLOCK_D, NUM_SPLITS, True)
+        _store_decode_out(acc_b, dims_b, mask_b, m, l, v_scale, b, heads, mask_g, split, out_ptr, part_out_ptr,
+                          part_lse_ptr, stride_out_b, stride_out_h, GROUP, BLOCK_D, NUM_SPLITS, False)
+    else:
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
+        mask_q = mask_g[:, None] & mask_d[None, :]
+        q = tl.load(q_rows + offs_d[None, :], mask=mask_q, other=0.0)
+        if IEEE_FP32:
+            q = q.to(tl.float32)  # then K and V follow q's dtype in _attention_step
+        acc = tl.zeros((GROUP_PAD, BLOCK_D), dtype=tl.float32)
+        for t0 in range(start, end, BLOCK_N):
+            mask_t = t0 + offs_n < end
+            mask_kv = mask_t[:, None] & mask_d[None, :]
+            k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=mask_kv, other=0)
+            v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=mask_kv, other=0)
+            offs_t = t0 + BLOCK_N + offs_n
+            rows = _token_rows(table_row, offs_t, offs_t < end, kv_head, stride_block, stride_slot, stride_head,
+                               BLOCK_SIZE)
+            if KV_FP8:  # codes byte by byte (head sizes not divisible by 4)
+                k, v = _e4m3_scaled(k, False), _e4m3_scaled(v, False)
+            m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
+        _store_decode_out(acc, offs_d, mask_q, m, l, v_scale, b, heads, mask_g, split, out_ptr, part_out_ptr,
+                          part_lse_ptr, stride_out_b, stride_out_h, GROUP, BLOCK_D, NUM_SPLITS, True)
 
+
+@triton.jit
+def _store_decode_out(acc, offs_d, mask, m, l, v_scale, b, heads, mask_g, split, out_ptr, part_out_ptr,
+                      part_lse_ptr, stride_out_b, stride_out_h, GROUP: tl.constexpr, BLOCK_D: tl.constexpr,
+                      NUM_SPLITS: tl.constexpr, STORE_LSE: tl.constexpr):
+    """Head dims `offs_d` of a decode program's output (unsplit), or of its partial output and,
+    with STORE_LSE, its log2-sum-exp2 (split)."""
     # An empty sequence or split has l == 0 and acc == 0: its output is 0, never 0/0.
     o = acc / tl.where(l > 0, l, 1.0)[:, None] * v_scale
     if NUM_SPLITS == 1:
         tl.store(out_ptr + b * stride_out_b + heads[:, None] * stride_out_h + offs_d[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+                 o.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         # Partials [B, Hq, NUM_SPLITS, BLOCK_D] and log2-sum-exp2 [B, Hq, NUM_SPLITS], float32.
         row = (b * (tl.num_programs(1) * GROUP) + heads) * NUM_SPLITS + split
-        lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))
-        tl.store(part_lse_ptr + row, lse, mask=mask_g)
-        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], o, mask=mask_g[:, None] & mask_d[None, :])
+        if STORE_LSE:
+            lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))
+            tl.store(part_lse_ptr + row, lse, mask=mask_g)
+        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], o, mask=mask)
 
 
 @triton.jit
