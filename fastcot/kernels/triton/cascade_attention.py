@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fastcot.kernels.triton.paged_attention import _attention_step  # one base-2 online-softmax step
+
 
 @triton.jit
 def _e4m3_as_16bit(code, BF16: tl.constexpr):
@@ -47,28 +49,6 @@ def _gather_tile(cache_ptr, table_row_ptr, offs_t, mask_t, kv_head, offs_d, mask
 
 
 @triton.jit
-def _online_softmax_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constexpr):
-    """One base-2 online-softmax step over a key tile. Rows that have seen no visible key keep
-    m = -inf and are shifted by 0, so no `-inf - -inf` reaches exp2."""
-    k = k.to(q.dtype)
-    if IEEE_FP32:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = tl.where(visible, s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, axis=1))
-    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m - shift)
-    p = tl.exp2(s - shift[:, None])
-    l = l * alpha + tl.sum(p, axis=1)
-    if IEEE_FP32:
-        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l, acc
-
-
-@triton.jit
 def _attend_range(q, cache_k_ptr, cache_v_ptr, table_row, start, end, kv_head, offs_d, mask_d,
                   stride_block, stride_slot, stride_head, qk_scale,
                   M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -85,7 +65,7 @@ def _attend_range(q, cache_k_ptr, cache_v_ptr, table_row, start, end, kv_head, o
                          stride_block, stride_slot, stride_head, BLOCK_SIZE, KV_FP8, K_BF16)
         v = _gather_tile(cache_v_ptr, table_row, offs_t, mask_t, kv_head, offs_d, mask_d,
                          stride_block, stride_slot, stride_head, BLOCK_SIZE, KV_FP8, False)
-        m, l, acc = _online_softmax_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
+        m, l, acc = _attention_step(q, k, v, m, l, acc, mask_t[None, :], qk_scale, IEEE_FP32)
     return m, l, acc
 
 
