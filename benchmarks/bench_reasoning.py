@@ -411,10 +411,7 @@ class Bench:
                     if k is None:
                         base = (tokens, row["tokens_per_s"])
                     else:
-                        row["matches_plain"] = tokens == base[0]
-                        row["speedup"] = row["tokens_per_s"] / base[1]
-                        if not row["matches_plain"]:
-                            row |= {"status": "wrong", "reason": "speculative tokens differ from plain greedy"}
+                        against_plain(row, tokens, base)
                     rows.append(row)
         return rows
 
@@ -564,12 +561,17 @@ def suffix_rows(bench: Bench) -> list[dict]:
             if k is None:
                 base = (tokens, row["tokens_per_s"])
             elif base is not None:
-                row["matches_plain"] = tokens == base[0]
-                row["speedup"] = row["tokens_per_s"] / base[1]
-                if not row["matches_plain"]:
-                    row |= {"status": "wrong", "reason": "speculative tokens differ from plain greedy"}
+                against_plain(row, tokens, base)
             rows.append(row)
     return rows
+
+
+def against_plain(row: dict, tokens: list, base: tuple) -> None:
+    """A speculative row next to the plain row's (tokens, tokens/s): equal tokens, speed-up."""
+    row["matches_plain"] = tokens == base[0]
+    row["speedup"] = row["tokens_per_s"] / base[1]
+    if not row["matches_plain"]:
+        row |= {"status": "wrong", "reason": "speculative tokens differ from plain greedy"}
 
 
 def format_suffix(rows: list[dict]) -> str:
