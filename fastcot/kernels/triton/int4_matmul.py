@@ -65,6 +65,60 @@ def _biased_weights(words, BF16: tl.constexpr):
 
 
 @triton.jit
+def _halves(t, FLOAT: tl.constexpr):
+    """The two 16-bit floats of int32 `t`, low half first, joined on a new last axis."""
+    lo = (t & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
+    hi = (t >> 16).to(tl.int16).to(FLOAT, bitcast=True)
+    return tl.join(lo, hi)
+
+
+@triton.jit
+def _mma_order_weights(words, BF16: tl.constexpr):
+    """`16 + q` in 16-bit floats, `[8 * W, BLOCK_N]` (the dot's B operand), from `words
+    [BLOCK_N, W]` (W a multiple of 4), rows in the order of `_mma_order_x`. Each int32 t_j (as
+    in `_biased_weights`) holds nibbles j and j + 4 of a word: one operand register. A thread
+    loads a run of W / 4 words of a column (16 bytes when W = 16), and the rows are ordered
+    so that those are the K indices the mma.sync operand layout (kWidth 4: lane c of a quad
+    holds K 4c..4c+3 and 16+4c..16+4c+3 of every 32) gives it: joins, permute and reshape only
+    rename registers, and the tile reaches `tl.dot` without shared memory or shuffles."""
+    if BF16:
+        S: tl.constexpr = 3
+        MASK: tl.constexpr = 0x00780078
+        MAGIC: tl.constexpr = 0x41804180
+        FLOAT: tl.constexpr = tl.bfloat16
+    else:
+        S: tl.constexpr = 6
+        MASK: tl.constexpr = 0x03C003C0
+        MAGIC: tl.constexpr = 0x4C004C00
+        FLOAT: tl.constexpr = tl.float16
+    BN: tl.constexpr = words.shape[0]
+    W: tl.constexpr = words.shape[1]
+    w3 = tl.reshape(words, (BN, 4, W // 4))  # [n, c, r]: word c * W / 4 + r
+    t0 = ((w3 << S) & MASK) | MAGIC
+    t1 = ((w3 >> (4 - S)) & MASK) | MAGIC if S < 4 else ((w3 << (S - 4)) & MASK) | MAGIC
+    t2 = ((w3 >> (8 - S)) & MASK) | MAGIC
+    t3 = ((w3 >> (12 - S)) & MASK) | MAGIC
+    p0 = _halves(t0, FLOAT)
+    p1 = _halves(t1, FLOAT)
+    p2 = _halves(t2, FLOAT)
+    p3 = _halves(t3, FLOAT)
+    w = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [n, c, r, h, jlo, jhi]: nibble 2 jhi + jlo + 4 h
+    w = tl.permute(w, (2, 5, 1, 4, 3, 0))  # [r, jhi, c, jlo, h, n]
+    return tl.reshape(w, (8 * W, BN))
+
+
+@triton.jit
+def _mma_order_x(x):
+    """`x [BLOCK_M, BLOCK_K]`'s columns in the order of `_mma_order_weights`' rows: column
+    32 r + 16 jhi + 4 c + 2 jlo + h is input channel 8 (c * BLOCK_K / 32 + r) + 2 jhi + jlo + 4 h.
+    x is loaded contiguously; permute and reshape only rename registers."""
+    BM: tl.constexpr = x.shape[0]
+    BK: tl.constexpr = x.shape[1]
+    x6 = tl.reshape(x, (BM, 4, BK // 32, 2, 2, 2))  # [m, c, r, h, jhi, jlo]
+    return tl.reshape(tl.permute(x6, (0, 2, 4, 1, 5, 3)), (BM, BK))
+
+
+@triton.jit
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
     M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
@@ -128,7 +182,10 @@ def _int4_matmul_kernel(
         # rounds exactly like float32 math rounded once: dequantize natively when that is
         # the dot's dtype. `q * scale + min` would round twice natively: never DEQUANT_NATIVE.
         if BIASED_DOT:
-            w = _biased_weights(words, x_ptr.dtype.element_ty == tl.bfloat16)
+            if BLOCK_K % 32 == 0:
+                w_t = _mma_order_weights(words, x_ptr.dtype.element_ty == tl.bfloat16)
+            else:
+                w_t = tl.trans(_biased_weights(words, x_ptr.dtype.element_ty == tl.bfloat16))
         else:
             if DEQUANT_NATIVE:
                 dq_dtype = scale.dtype
@@ -152,10 +209,11 @@ def _int4_matmul_kernel(
         if BIASED_DOT:
             # The tile lies in one group: `s * (sum x (16 + q) - (16 + z) sum x)`, scale and zero
             # applied once per output and tile. Products are exact, offsets small (16 vs 0..15).
+            x_mma = _mma_order_x(x) if BLOCK_K % 32 == 0 else x
             if IEEE_FP32:
-                dot = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+                dot = tl.dot(x_mma.to(tl.float32), w_t.to(tl.float32), input_precision="ieee")
             else:
-                dot = tl.dot(x, tl.trans(w))
+                dot = tl.dot(x_mma, w_t)
             x_sum = tl.sum(x.to(tl.float32), axis=1)
             scale_f = tl.reshape(scale, (BLOCK_N,)).to(tl.float32)
             zero_f = tl.reshape(zero, (BLOCK_N,)).to(tl.float32) + 16.0
