@@ -120,14 +120,14 @@ def _mma_order_x(x):
 
 @triton.jit
 def _int4_matmul_kernel(
-    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
+    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr, partial_ptr, lock_ptr,
     M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
     GROUP_SIZE: tl.constexpr, TILE_GROUPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr, HAS_MINS: tl.constexpr,
-    BIASED_DOT: tl.constexpr = False,
+    BIASED_DOT: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -227,15 +227,32 @@ def _int4_matmul_kernel(
 
     result = acc
     out_mask = mask_m[:, None] & mask_n[None, :]
+    out_offs = offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
             result += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        out_offs = offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptr + out_offs, result.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # out_ptr is the float32 partials buffer [SPLIT_K, M, N].
-        part_offs = (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
-        tl.store(out_ptr + part_offs, result, mask=out_mask)
+        # float32 partials [SPLIT_K, M, N]: summed by `_splitk_reduce_kernel`, or here with
+        # FUSED_REDUCE by the program of this tile that arrives last (as in the GEMV: fixed
+        # order, deterministic, one launch; its counter is reset for the next launch).
+        part_rows = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        tl.store(partial_ptr + pid_k * M * N + part_rows, result, mask=out_mask)
+        if FUSED_REDUCE:
+            # Every thread's partial is written before the (single-thread) release below.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                # A runtime bound, so the compiler does not unroll SPLIT_K loads.
+                for s in range(0, SPLIT_K):
+                    # .cg: the other programs' partials from L2, never a stale L1 line.
+                    total += tl.load(partial_ptr + s * M * N + part_rows, mask=out_mask, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+                tl.atomic_xchg(lock_ptr + pid, 0)
 
 
 @triton.jit
