@@ -4,8 +4,9 @@ One kernel serves every M > 1 (M = 1 is the GEMV of `int4_gemv.py`): tensor-core
 tiles of ``BLOCK_M >= 16`` rows. Decode sizes (M <= 64) pad M to one tile and split K; prefill
 sizes use large tiles with a grouped launch order for L2 reuse.
 Weights are dequantized in registers right before use, in float32 exactly as the reference
-does, and accumulated in float32. A split of K writes float32 partials that a second small
-kernel sums (deterministic, unlike atomics), adding the bias and rounding once. With
+does, and accumulated in float32. A split of K writes float32 partials that the last program
+of each 16-row tile, or a second small kernel for wider tiles, sums in a fixed order
+(deterministic, unlike atomic adds), adding the bias and rounding once. With
 ``HAS_MINS`` the zero-point pointer holds float minimums per group in the weight domain
 (GGUF Q4_1) and ``w = q * scale + min``.
 """
