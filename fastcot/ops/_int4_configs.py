@@ -70,7 +70,9 @@ GEMV_TILES = ((256, 64, 2, 128, 8, 8), (512, 64, 2, 168, 6, 6), (1024, 64, 4, 16
 
 # Decode tensor-core tiles (BLOCK_N, BLOCK_K, warps, stages, programs per SM on H100 and on A100 at
 # M <= 16, whose register cap keeps float16 and bfloat16 at the same occupancy), best first.
-DOT_TILES = ((128, 128, 4, 2, 4, 3), (64, 128, 4, 2, 4, 3))
+# Three stages keep two steps' loads in flight (about 64 KB per SM on H100); shared memory
+# (25 KB) still allows the 4 programs per SM that the register cap sets.
+DOT_TILES = ((128, 128, 4, 3, 4, 4), (64, 128, 4, 3, 4, 4))
 DOT_REGISTERS = 128
 # 32- and 64-row tiles: 8 warps (4 spill on sm_80), no cap.
 WIDE_DOT_TILES = ((64, 128, 8, 2, 2, 2), (128, 128, 8, 2, 2, 2))
@@ -223,7 +225,7 @@ def aot_specs():
             signature={
                 "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}",
-                "out_ptr": "*fp32" if split else f"*{dtype}",
+                "out_ptr": f"*{dtype}", "partial_ptr": "*fp32", "lock_ptr": "*i32",
                 "M": "i32", "N": "i32", "K": "i32", "words_per_row": "i32",
                 "stride_xm": "i32", "stride_om": "i32", "k_per_split": "i32",
             },
@@ -235,9 +237,10 @@ def aot_specs():
                 # The launcher's rule for 16-bit x (decode tiles only: prefill tiles keep the
                 # dequantize-then-dot path, which fits their registers on sm_80).
                 "BIASED_DOT": cfg.block_m <= 64 and tile_groups == 1 and not mins,
+                "FUSED_REDUCE": split and cfg.block_m == 16,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
-                     "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
+                     "partial_ptr", "lock_ptr", "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
         )
 
     def gemv_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False):
@@ -298,7 +301,7 @@ def aot_specs():
             aligned=("qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "out_ptr", "N", "K"),
         ))
     for split in sorted({c.split_k for n, k in TUNED_SHAPES for m in TUNED_M for c in candidate_configs(m, n, k, 128, H100_SMS)
-                         if c.block_m > 1} - {1}):  # the M = 1 GEMV reduces in-kernel
+                         if c.block_m > 16} - {1}):  # the GEMV and 16-row tiles reduce in-kernel
         specs.append(KernelSpec(
             name=f"splitk_reduce split{split} fp16", fn=_splitk_reduce_kernel, num_warps=4, num_stages=1,
             signature={"partial_ptr": "*fp32", "bias_ptr": "*fp16", "out_ptr": "*fp16", "M": "i32", "N": "i32", "stride_om": "i32"},

@@ -217,14 +217,21 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
     k_per_split = triton_cdiv(triton_cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split_k = triton_cdiv(k, k_per_split)  # never launch a split with no K to cover
-    target = out if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-    grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n), split_k)
+    tiles = triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n)
+    # 16-row tiles reduce their split inside the kernel; wider ones (8 warps) in a second kernel.
+    fused_reduce = split_k > 1 and cfg.block_m == 16
+    if split_k > 1:
+        partial = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+        locks = gemv_locks(x.device, tiles) if fused_reduce else partial
+    else:
+        partial = locks = out  # unused
+    grid = (tiles, split_k)
     _int4_matmul_kernel[grid](
         x_ptr=x, qweight_ptr=qweight, scales_ptr=scales,
         zeros_ptr=_zeros_arg(scales, zeros, mins),
         perm_ptr=qweight if perm is None else perm,
         bias_ptr=scales if bias is None else bias,
-        out_ptr=target,
+        out_ptr=out, partial_ptr=partial, lock_ptr=locks,
         M=m, N=n, K=k, words_per_row=k // 8, stride_xm=x.stride(0), stride_om=out.stride(0),
         k_per_split=k_per_split,
         GROUP_SIZE=gs, TILE_GROUPS=tile_groups,
@@ -235,13 +242,14 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype and mins is None,
         HAS_MINS=mins is not None,
         BIASED_DOT=cfg.block_m <= 64 and x.dtype in (torch.float16, torch.bfloat16) and tile_groups == 1 and mins is None,
+        FUSED_REDUCE=fused_reduce,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )
-    if split_k > 1:
+    if split_k > 1 and not fused_reduce:
         block_n = 512
         _splitk_reduce_kernel[(m, triton_cdiv(n, block_n))](
-            partial_ptr=target, bias_ptr=scales if bias is None else bias, out_ptr=out,
+            partial_ptr=partial, bias_ptr=scales if bias is None else bias, out_ptr=out,
             M=m, N=n, stride_om=out.stride(0),
             SPLIT_K=split_k, BLOCK_N=block_n, HAS_BIAS=bias is not None,
             num_warps=4,
@@ -252,8 +260,9 @@ _gemv_locks: dict = {}
 
 
 def gemv_locks(device: torch.device, count: int) -> torch.Tensor:
-    """Per-device arrival counters of the GEMV's in-kernel split-K reduction, zero between
-    launches (the last program of each row block resets its counter). Allocated, zeroed, once."""
+    """Per-device arrival counters of the in-kernel split-K reductions (the GEMV's and the
+    16-row tensor-core tiles'), zero between launches (the last program of each row block or
+    tile resets its counter). Allocated, zeroed, once."""
     locks = _gemv_locks.get(device)
     if locks is None or locks.numel() < count:
         locks = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)

@@ -37,8 +37,8 @@ def test_triton_int4_plan_is_the_untuned_first_candidate(target, sms):
     assert main.threads == 32 * cfg.num_warps and main.kwargs["num_stages"] == cfg.num_stages
     split = main.grid[1]
     assert split <= cfg.split_k and main.grid[0] == math.ceil(s["n"] / cfg.block_n) * math.ceil(s["m"] / cfg.block_m)
-    gemv = main.name == "_int4_gemv_kernel"  # reduces its split inside the kernel
-    assert [launch.name for launch in plan.launches[1:]] == (["_splitk_reduce_kernel"] if split > 1 and not gemv else [])
+    fused = block_m <= 16  # the GEMV and 16-row tiles reduce their split inside the kernel
+    assert [launch.name for launch in plan.launches[1:]] == (["_splitk_reduce_kernel"] if split > 1 and not fused else [])
     # Every weight byte (and each group's scale and zero) is streamed once by the grid; the plan
     # counts the last split's K as long as the others (shorter by less than one step per split).
     streamed = s["n"] * s["k"] / 2 + 4 * (s["k"] // 128) * s["n"]

@@ -4,8 +4,9 @@ One kernel serves every M > 1 (M = 1 is the GEMV of `int4_gemv.py`): tensor-core
 tiles of ``BLOCK_M >= 16`` rows. Decode sizes (M <= 64) pad M to one tile and split K; prefill
 sizes use large tiles with a grouped launch order for L2 reuse.
 Weights are dequantized in registers right before use, in float32 exactly as the reference
-does, and accumulated in float32. A split of K writes float32 partials that a second small
-kernel sums (deterministic, unlike atomics), adding the bias and rounding once. With
+does, and accumulated in float32. A split of K writes float32 partials that the last program
+of each 16-row tile, or a second small kernel for wider tiles, sums in a fixed order
+(deterministic, unlike atomic adds), adding the bias and rounding once. With
 ``HAS_MINS`` the zero-point pointer holds float minimums per group in the weight domain
 (GGUF Q4_1) and ``w = q * scale + min``.
 """
@@ -65,15 +66,69 @@ def _biased_weights(words, BF16: tl.constexpr):
 
 
 @triton.jit
+def _halves(t, FLOAT: tl.constexpr):
+    """The two 16-bit floats of int32 `t`, low half first, joined on a new last axis."""
+    lo = (t & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
+    hi = (t >> 16).to(tl.int16).to(FLOAT, bitcast=True)
+    return tl.join(lo, hi)
+
+
+@triton.jit
+def _mma_order_weights(words, BF16: tl.constexpr):
+    """`16 + q` in 16-bit floats, `[8 * W, BLOCK_N]` (the dot's B operand), from `words
+    [BLOCK_N, W]` (W a multiple of 4), rows in the order of `_mma_order_x`. Each int32 t_j (as
+    in `_biased_weights`) holds nibbles j and j + 4 of a word: one operand register. A thread
+    loads a run of W / 4 words of a column (16 bytes when W = 16), and the rows are ordered
+    so that those are the K indices the mma.sync operand layout (kWidth 4: lane c of a quad
+    holds K 4c..4c+3 and 16+4c..16+4c+3 of every 32) gives it: joins, permute and reshape only
+    rename registers, and the tile reaches `tl.dot` without shared memory or shuffles."""
+    if BF16:
+        S: tl.constexpr = 3
+        MASK: tl.constexpr = 0x00780078
+        MAGIC: tl.constexpr = 0x41804180
+        FLOAT: tl.constexpr = tl.bfloat16
+    else:
+        S: tl.constexpr = 6
+        MASK: tl.constexpr = 0x03C003C0
+        MAGIC: tl.constexpr = 0x4C004C00
+        FLOAT: tl.constexpr = tl.float16
+    BN: tl.constexpr = words.shape[0]
+    W: tl.constexpr = words.shape[1]
+    w3 = tl.reshape(words, (BN, 4, W // 4))  # [n, c, r]: word c * W / 4 + r
+    t0 = ((w3 << S) & MASK) | MAGIC
+    t1 = ((w3 >> (4 - S)) & MASK) | MAGIC if S < 4 else ((w3 << (S - 4)) & MASK) | MAGIC
+    t2 = ((w3 >> (8 - S)) & MASK) | MAGIC
+    t3 = ((w3 >> (12 - S)) & MASK) | MAGIC
+    p0 = _halves(t0, FLOAT)
+    p1 = _halves(t1, FLOAT)
+    p2 = _halves(t2, FLOAT)
+    p3 = _halves(t3, FLOAT)
+    w = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [n, c, r, h, jlo, jhi]: nibble 2 jhi + jlo + 4 h
+    w = tl.permute(w, (2, 5, 1, 4, 3, 0))  # [r, jhi, c, jlo, h, n]
+    return tl.reshape(w, (8 * W, BN))
+
+
+@triton.jit
+def _mma_order_x(x):
+    """`x [BLOCK_M, BLOCK_K]`'s columns in the order of `_mma_order_weights`' rows: column
+    32 r + 16 jhi + 4 c + 2 jlo + h is input channel 8 (c * BLOCK_K / 32 + r) + 2 jhi + jlo + 4 h.
+    x is loaded contiguously; permute and reshape only rename registers."""
+    BM: tl.constexpr = x.shape[0]
+    BK: tl.constexpr = x.shape[1]
+    x6 = tl.reshape(x, (BM, 4, BK // 32, 2, 2, 2))  # [m, c, r, h, jhi, jlo]
+    return tl.reshape(tl.permute(x6, (0, 2, 4, 1, 5, 3)), (BM, BK))
+
+
+@triton.jit
 def _int4_matmul_kernel(
-    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr,
+    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr, partial_ptr, lock_ptr,
     M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
     GROUP_SIZE: tl.constexpr, TILE_GROUPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr, HAS_MINS: tl.constexpr,
-    BIASED_DOT: tl.constexpr = False,
+    BIASED_DOT: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -128,7 +183,10 @@ def _int4_matmul_kernel(
         # rounds exactly like float32 math rounded once: dequantize natively when that is
         # the dot's dtype. `q * scale + min` would round twice natively: never DEQUANT_NATIVE.
         if BIASED_DOT:
-            w = _biased_weights(words, x_ptr.dtype.element_ty == tl.bfloat16)
+            if BLOCK_K % 32 == 0:
+                w_t = _mma_order_weights(words, x_ptr.dtype.element_ty == tl.bfloat16)
+            else:
+                w_t = tl.trans(_biased_weights(words, x_ptr.dtype.element_ty == tl.bfloat16))
         else:
             if DEQUANT_NATIVE:
                 dq_dtype = scale.dtype
@@ -152,10 +210,11 @@ def _int4_matmul_kernel(
         if BIASED_DOT:
             # The tile lies in one group: `s * (sum x (16 + q) - (16 + z) sum x)`, scale and zero
             # applied once per output and tile. Products are exact, offsets small (16 vs 0..15).
+            x_mma = _mma_order_x(x) if BLOCK_K % 32 == 0 else x
             if IEEE_FP32:
-                dot = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+                dot = tl.dot(x_mma.to(tl.float32), w_t.to(tl.float32), input_precision="ieee")
             else:
-                dot = tl.dot(x, tl.trans(w))
+                dot = tl.dot(x_mma, w_t)
             x_sum = tl.sum(x.to(tl.float32), axis=1)
             scale_f = tl.reshape(scale, (BLOCK_N,)).to(tl.float32)
             zero_f = tl.reshape(zero, (BLOCK_N,)).to(tl.float32) + 16.0
@@ -169,15 +228,32 @@ def _int4_matmul_kernel(
 
     result = acc
     out_mask = mask_m[:, None] & mask_n[None, :]
+    out_offs = offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
             result += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        out_offs = offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         tl.store(out_ptr + out_offs, result.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # out_ptr is the float32 partials buffer [SPLIT_K, M, N].
-        part_offs = (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
-        tl.store(out_ptr + part_offs, result, mask=out_mask)
+        # float32 partials [SPLIT_K, M, N]: summed by `_splitk_reduce_kernel`, or here with
+        # FUSED_REDUCE by the program of this tile that arrives last (as in the GEMV: fixed
+        # order, deterministic, one launch; its counter is reset for the next launch).
+        part_rows = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        tl.store(partial_ptr + pid_k * M * N + part_rows, result, mask=out_mask)
+        if FUSED_REDUCE:
+            # Every thread's partial is written before the (single-thread) release below.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                # A runtime bound, so the compiler does not unroll SPLIT_K loads.
+                for s in range(0, SPLIT_K):
+                    # .cg: the other programs' partials from L2, never a stale L1 line.
+                    total += tl.load(partial_ptr + s * M * N + part_rows, mask=out_mask, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+                tl.atomic_xchg(lock_ptr + pid, 0)
 
 
 @triton.jit
