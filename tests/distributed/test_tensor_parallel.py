@@ -7,10 +7,10 @@ one engine and checks several things on it. `FASTCOT_TEST_TP_FULL=1` adds the re
 checkpoint and rank-count pairs.
 """
 
+import contextlib
 import dataclasses
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -121,6 +121,25 @@ def test_greedy_tokens_equal_one_rank(tp_checkpoints, name, tp, quantization):
     assert len({tuple(ids) for ids in want}) > 1  # the prompts do not all decode alike
 
 
+@contextlib.contextmanager
+def _at_forward(llm, n: int, action):
+    """Run `action` on rank 0 inside its n-th forward pass (a step every rank is in), before
+    the pass; yields the list of passes seen."""
+    local, calls = llm.model.local, []
+
+    def forward(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == n:
+            action()
+        return type(local).forward(local, *args, **kwargs)
+
+    local.forward = forward
+    try:
+        yield calls
+    finally:
+        del local.forward
+
+
 def test_llama_over_two_ranks(tp_checkpoints):
     """On one engine of 2 ranks: greedy tokens, n > 1 (shared prompt blocks, copy-on-write of
     the last one), seeded sampling, prefix-cache hits, logprobs and prompt logprobs (logits
@@ -160,20 +179,21 @@ def test_llama_over_two_ranks(tp_checkpoints):
                 assert [t for t, _ in ours] == [t for t, _ in theirs]
                 torch.testing.assert_close([lp for _, lp in ours], [lp for _, lp in theirs], atol=1e-4, rtol=1e-4)
 
-        # Ctrl-C in the middle of decoding: held until the step ends (the ranks stay in step),
-        # then the call stops; the next call gives the same tokens as one rank.
-        threading.Timer(0.3, signal.raise_signal, (signal.SIGINT,)).start()
-        with pytest.raises(KeyboardInterrupt):
-            llm.generate([PROMPTS[1]] * 4, fastcot.SamplingParams(temperature=0, max_tokens=400, ignore_eos=True),
-                         use_tqdm=False)
+        # Ctrl-C in the middle of decoding (raised inside the 10th forward pass, so a timer's
+        # timing cannot let the call end first): held until the step ends (the ranks stay in
+        # step), then the call stops; the next call gives the same tokens as one rank.
+        long = fastcot.SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+        with _at_forward(llm, 10, lambda: signal.raise_signal(signal.SIGINT)) as calls:
+            with pytest.raises(KeyboardInterrupt):
+                llm.generate([PROMPTS[1]] * 4, long, use_tqdm=False)
+        assert len(calls) == 10  # the step that saw the Ctrl-C ended, and no other began
         assert _ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == want["greedy"]
 
         victim = llm.model.procs[0]
-        long = fastcot.SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-        threading.Timer(0.5, os.kill, (victim.pid, signal.SIGKILL)).start()  # in the middle of decoding
         start = time.monotonic()
-        with pytest.raises(TensorParallelError, match=r"rank 1 \(pid \d+\) was killed by SIGKILL"):
-            llm.generate([PROMPTS[1]] * 4, long, use_tqdm=False)
+        with _at_forward(llm, 10, lambda: os.kill(victim.pid, signal.SIGKILL)):  # in the middle of decoding
+            with pytest.raises(TensorParallelError, match=r"rank 1 \(pid \d+\) was killed by SIGKILL"):
+                llm.generate([PROMPTS[1]] * 4, long, use_tqdm=False)
         assert time.monotonic() - start < 30
         with pytest.raises(TensorParallelError, match="rank 1"):  # and every later call
             llm.generate([PROMPTS[0]], GREEDY, use_tqdm=False)
