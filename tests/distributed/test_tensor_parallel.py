@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -182,16 +183,25 @@ def test_llama_over_two_ranks(tp_checkpoints):
         # Ctrl-C in the middle of decoding (raised inside the 10th forward pass, so a timer's
         # timing cannot let the call end first): held until the step ends (the ranks stay in
         # step), then the call stops; the next call gives the same tokens as one rank.
+        # Python's own handler, as in a terminal: a process started in the background by a shell
+        # without job control inherits SIGINT ignored, and the model then leaves it alone.
         long = fastcot.SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-        with _at_forward(llm, 10, lambda: signal.raise_signal(signal.SIGINT)) as calls:
-            with pytest.raises(KeyboardInterrupt):
-                llm.generate([PROMPTS[1]] * 4, long, use_tqdm=False)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with _at_forward(llm, 10, lambda: signal.raise_signal(signal.SIGINT)) as calls:
+                with pytest.raises(KeyboardInterrupt):
+                    llm.generate([PROMPTS[1]] * 4, long, use_tqdm=False)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         assert len(calls) == 10  # the step that saw the Ctrl-C ended, and no other began
         assert _ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == want["greedy"]
 
         victim = llm.model.procs[0]
         start = time.monotonic()
-        with _at_forward(llm, 10, lambda: os.kill(victim.pid, signal.SIGKILL)):  # in the middle of decoding
+        # Killed 50 ms after the 10th forward pass began: in the middle of decoding, whatever the
+        # machine's speed (390 steps remain).
+        kill = threading.Timer(0.05, os.kill, (victim.pid, signal.SIGKILL))
+        with _at_forward(llm, 10, kill.start):
             with pytest.raises(TensorParallelError, match=r"rank 1 \(pid \d+\) was killed by SIGKILL"):
                 llm.generate([PROMPTS[1]] * 4, long, use_tqdm=False)
         assert time.monotonic() - start < 30
