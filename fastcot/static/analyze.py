@@ -18,7 +18,8 @@ FIELDS = (
     "bytes_per_iteration", "loaded_bytes_per_iteration", "weights_per_iteration",
     "instructions_per_byte", "instructions_per_weight", "bytes_in_flight_per_sm", "copy_stages",
     "iteration_cycles", "block_cycles", "predicted_bw_fraction", "predicted_us", "bound", "limiter",
-    "limit_load", "model_rounds", "error",
+    "limit_load", "model_rounds", "pdl", "pdl_wait", "pdl_loads_before_wait", "pdl_overlap", "predicted_bw_fraction_no_pdl",
+    "error",
 )
 
 
@@ -77,8 +78,16 @@ def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
     pipes = {p: warp_count(lambda i, p=p: sass.pipe(i) == p) for p in sass.PIPES}
     work = BlockWork(cycles=timing.cycles, warp_instructions=warp_count(lambda i: 1), pipe_instructions=pipes,
                      bytes=plan.call_bytes / plan.grid_blocks)
-    pred = predict(work, plan.grid_blocks, occ.blocks_per_sm, machine, call_bytes=plan.call_bytes,
-                   extra_launches=len(plan.launches) - 1, extra_bytes=plan.extra_bytes)
+    # The launch overlaps the previous kernel only if the launcher asks for PDL on this arch and
+    # the SASS requests bytes before its wait and stores nothing before it.
+    overlap = sass.pdl_overlap(instrs)
+    credited = plan.main.pdl and overlap.streams_early
+
+    def prediction(pdl: bool):
+        return predict(work, plan.grid_blocks, occ.blocks_per_sm, machine, call_bytes=plan.call_bytes,
+                       extra_launches=len(plan.launches) - 1, extra_bytes=plan.extra_bytes, pdl=pdl)
+
+    pred = prediction(credited)
     resident = min(occ.blocks_per_sm, plan.grid_blocks / machine.sms)
     loaded = sum(sass.access_bytes(i) for i in path if sass.classify(i) in ("global_load", "async_copy"))
     row.update(
@@ -95,6 +104,8 @@ def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
         copy_stages=sass.depbar_depth(path), iteration_cycles=round(timing.iteration_cycles),
         block_cycles=round(timing.cycles), predicted_bw_fraction=round(pred.fraction, 3),
         predicted_us=round(pred.time_us, 2), bound=pred.bound, limiter=pred.limiter, limit_load=pred.load,
-        model_rounds=pred.rounds,
+        model_rounds=pred.rounds, pdl=plan.main.pdl, pdl_wait=overlap.waits,
+        pdl_loads_before_wait=overlap.loads_before,
+        pdl_overlap=credited, predicted_bw_fraction_no_pdl=round(prediction(False).fraction, 3),
     )
     return row

@@ -14,7 +14,11 @@ lasts as long as the slowest of four limits:
 
 The call then pays a fixed cost per kernel launched (the launch gap and ramp of a dependent
 kernel in a CUDA graph) and moves its extra bytes (split-K partials, split-KV partials) through
-the L2. Predicted fraction = (bytes / copy bandwidth) / predicted time. The assumptions
+the L2. A main kernel launched with programmatic dependent launch (PDL, sm_90+) that starts
+streaming its weights before it waits on the previous kernel (`griddepcontrol.wait`, ACQBULK in
+SASS: `fastcot.static.sass.pdl_overlap`) overlaps that gap with the previous kernel's tail and
+pays the smaller `pdl_launch_us` instead (what is left: the wait's release and the reads after
+it). Predicted fraction = (bytes / copy bandwidth) / predicted time. The assumptions
 (`Machine`) are printed with every report; docs/static_report.md explains how to read them.
 """
 
@@ -40,6 +44,7 @@ class Machine:
     dram_latency_ns: float  # a streaming load at high bandwidth (queueing included)
     l1_latency_cycles: float  # any other global load: data many threads share, taken as an L1 hit
     launch_us: float  # per kernel of a call, inside a CUDA graph
+    pdl_launch_us: float  # the same for a PDL launch whose weight loads start before its wait
     l2_bandwidth_gbs: float  # split partials are written and read back through the L2
     issue_rate: float = 4.0  # one warp-instruction per scheduler per clock
     pipe_rates: dict = field(default_factory=dict)
@@ -60,12 +65,12 @@ class Machine:
 # min/max, logic and IMAD 64; conversions and MUFU 16; shuffles and loads/stores 32 lanes.
 H100 = Machine(
     name="H100 SXM5 80GB (sm_90)", arch=90, sms=132, clock_ghz=1.755, copy_bandwidth_gbs=3000.0,
-    dram_latency_ns=800.0, l1_latency_cycles=40.0, launch_us=1.5, l2_bandwidth_gbs=6000.0,
+    dram_latency_ns=800.0, l1_latency_cycles=40.0, launch_us=1.5, pdl_launch_us=0.5, l2_bandwidth_gbs=6000.0,
     pipe_rates={"fma": 4.0, "alu": 2.0, "xu": 0.5, "lsu": 1.0, "tensor": 0.5, "uniform": 1.0},
 )
 A100 = Machine(
     name="A100 SXM4 80GB (sm_80)", arch=80, sms=108, clock_ghz=1.41, copy_bandwidth_gbs=1750.0,
-    dram_latency_ns=800.0, l1_latency_cycles=40.0, launch_us=1.5, l2_bandwidth_gbs=4000.0,
+    dram_latency_ns=800.0, l1_latency_cycles=40.0, launch_us=1.5, pdl_launch_us=1.5, l2_bandwidth_gbs=4000.0,
     pipe_rates={"fma": 2.0, "alu": 2.0, "xu": 0.5, "lsu": 1.0, "tensor": 0.5, "uniform": 1.0},
 )
 MACHINES = {90: H100, 80: A100}
@@ -108,9 +113,10 @@ def round_limits(work: BlockWork, blocks: int, machine: Machine) -> dict:
 
 
 def predict(work: BlockWork, grid: int, blocks_per_sm: int, machine: Machine, *, call_bytes: float,
-            extra_launches: int = 0, extra_bytes: float = 0.0) -> Prediction:
+            extra_launches: int = 0, extra_bytes: float = 0.0, pdl: bool = False) -> Prediction:
     """Predicted fraction of copy bandwidth for a call moving `call_bytes` with a main kernel of
-    `grid` blocks doing `work` each, plus `extra_launches` kernels moving `extra_bytes`."""
+    `grid` blocks doing `work` each, plus `extra_launches` kernels moving `extra_bytes`. `pdl`:
+    the main kernel is launched with PDL and streams before its wait (see the module docstring)."""
     if grid <= 0 or blocks_per_sm <= 0:
         raise ValueError(f"grid ({grid}) and blocks_per_sm ({blocks_per_sm}) must be positive")
     slots = blocks_per_sm * machine.sms
@@ -127,7 +133,8 @@ def predict(work: BlockWork, grid: int, blocks_per_sm: int, machine: Machine, *,
         cycles += repeat * limits[limiter]
         remaining -= repeat * n
     kernel_us = cycles / (machine.clock_ghz * 1e3)
-    overhead_us = (1 + extra_launches) * machine.launch_us + extra_bytes / (machine.l2_bandwidth_gbs * 1e3)
+    main_launch_us = machine.pdl_launch_us if pdl else machine.launch_us
+    overhead_us = main_launch_us + extra_launches * machine.launch_us + extra_bytes / (machine.l2_bandwidth_gbs * 1e3)
     time_us = kernel_us + overhead_us
     ideal_us = call_bytes / (machine.copy_bandwidth_gbs * 1e3)
     main = max(rounds, key=lambda r: r["repeat"] * r["cycles"])

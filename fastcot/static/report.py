@@ -20,7 +20,7 @@ from pathlib import Path
 from fastcot.static import analyze, cubins, targets
 from fastcot.static.model import MACHINES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: PDL fields (pdl, pdl_wait, pdl_loads_before_wait, pdl_overlap, predicted_bw_fraction_no_pdl)
 NOTE = ("predicted_bw_fraction is the output of an explicit model (docs/static_report.md), "
         "not a measurement: nothing here ran on a GPU")
 
@@ -77,6 +77,17 @@ def _bound(row: dict) -> str | None:
     return f"{row['bound']}:{row['limiter']}"
 
 
+def _pdl(row: dict) -> str | None:
+    """`early`: a PDL launch whose loads start before its wait (credited); `wait`: a PDL launch
+    that loads nothing before it (not credited); `NONE`: a PDL launch of a kernel with no wait,
+    which could read the previous kernel's output too early (a defect); `-`: an ordinary launch."""
+    if not row["pdl"]:
+        return None
+    if not row["pdl_wait"]:
+        return "NONE"
+    return "early" if row["pdl_overlap"] else "wait"
+
+
 COLUMNS = (
     ("kernel", 7, lambda r: "int4" if r["kernel"] == "int4_matmul" else "decode"),
     ("backend", 6, lambda r: r["backend"]), ("arch", 5, lambda r: r["arch"]),
@@ -92,6 +103,9 @@ COLUMNS = (
     ("KB/SM", 5, lambda r: r["bytes_in_flight_per_sm"] is not None and f"{r['bytes_in_flight_per_sm'] / 1024:.1f}"),
     ("it.cyc", 6, lambda r: r["iteration_cycles"]),
     ("bound", 8, lambda r: _bound(r)),
+    ("pdl", 5, lambda r: _pdl(r)),
+    ("noPDL%", 6, lambda r: r["predicted_bw_fraction_no_pdl"] is not None and r["pdl_overlap"]
+     and f"{100 * r['predicted_bw_fraction_no_pdl']:.0f}"),
     ("model%", 6, lambda r: r["predicted_bw_fraction"] is not None and f"{100 * r['predicted_bw_fraction']:.0f}"),
 )
 
@@ -136,7 +150,8 @@ def format_assumptions(archs) -> str:
         pipes = ", ".join(f"{k} {v:g}" for k, v in m.pipe_rates.items())
         lines.append(f"  sm_{arch}: {m.name}: {m.sms} SMs at {m.clock_ghz} GHz, copy bandwidth {m.copy_bandwidth_gbs:g} GB/s, "
                      f"DRAM latency {m.dram_latency_ns:g} ns, L1 hit {m.l1_latency_cycles:g} cycles, issue {m.issue_rate:g} "
-                     f"warp-instr/clk/SM, pipes ({pipes}) warp-instr/clk/SM, {m.launch_us:g} us per launch, "
+                     f"warp-instr/clk/SM, pipes ({pipes}) warp-instr/clk/SM, {m.launch_us:g} us per launch "
+                     f"({m.pdl_launch_us:g} us for a PDL launch that streams before its wait), "
                      f"L2 {m.l2_bandwidth_gbs:g} GB/s for split partials")
     return "\n".join(lines)
 

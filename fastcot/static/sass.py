@@ -315,3 +315,33 @@ def depbar_depth(path: list[Instruction]) -> int | None:
         return None
     waits = [int(m.group(1), 16) for i in path if i.base == "DEPBAR" and (m := _HEX.search(i.operands))]
     return 1 + max(waits, default=0)
+
+
+@dataclass(frozen=True)
+class PdlOverlap:
+    """How a kernel meets programmatic dependent launch: whether it waits on the previous grid
+    (`griddepcontrol.wait`, ACQBULK) and what it does before the first wait in program order."""
+
+    waits: bool
+    loads_before: int  # global loads, asynchronous copies and L2 prefetches issued before the wait
+    stores_before: int  # global stores and atomics before the wait (a PDL launch must have none)
+    triggers: bool  # `griddepcontrol.launch_dependents` (PREEXIT)
+
+    @property
+    def streams_early(self) -> bool:
+        """Its first bytes are requested while the previous kernel may still run, and it writes
+        nothing until that kernel is done."""
+        return self.waits and self.loads_before > 0 and self.stores_before == 0
+
+
+def pdl_overlap(instrs: list[Instruction]) -> PdlOverlap:
+    """Read the PDL wait and what precedes it. ptxas keeps `asm volatile` loads and cp.async
+    ahead of the wait but may sink ordinary loads below it, so only the SASS can tell."""
+    waits = [n for n, i in enumerate(instrs) if i.base == "ACQBULK"]
+    first = waits[0] if waits else len(instrs)
+    before = instrs[:first]
+    loads = sum(1 for i in before if classify(i) in ("global_load", "async_copy")
+                or (i.base == "CCTL" and any(m.startswith("PF") for m in i.modifiers)))
+    stores = sum(1 for i in before if classify(i) == "global_store" or i.base in ("ATOM", "ATOMG", "RED"))
+    return PdlOverlap(waits=bool(waits), loads_before=loads if waits else 0, stores_before=stores if waits else 0,
+                      triggers=any(i.base == "PREEXIT" for i in instrs))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastcot.kernels.pdl import pdl_enabled
+
 META = torch.device("meta")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 # (N, K) of Llama-3-8B layers: gate (and up), down, qkv, o.
@@ -74,6 +76,7 @@ class Launch:
     symbol: str = ""
     source: str = ""
     dynamic_shared: int = 0  # CUDA: bytes of dynamic shared memory the launcher asks for
+    pdl: bool = False  # launched with programmatic dependent launch (sm_90+)
 
 
 @dataclass
@@ -147,7 +150,7 @@ def _int4_call_bytes(s: dict) -> float:
     return n * k / 2 + 2 * (k // g) * n * elem + m * k * elem + m * n * elem
 
 
-def int4_triton(target: Target, sms: int) -> Plan:
+def int4_triton(target: Target, sms: int, arch: int = 90) -> Plan:
     from fastcot.kernels.triton import int4_gemv
     from fastcot.kernels.triton import int4_matmul as kernels
     from fastcot.ops._int4_configs import Autotuner, candidate_configs
@@ -160,7 +163,8 @@ def int4_triton(target: Target, sms: int) -> Plan:
     with triton_launches(kernels._int4_matmul_kernel, kernels._splitk_reduce_kernel,
                          int4_gemv._int4_gemv_kernel) as calls:
         int4_matmul_triton(x, qweight, scales, zeros, None, s["group_size"], None, out, config=config)
-    launches = [Launch(fn.__name__, grid, kw["num_warps"] * 32, fn, kw) for fn, grid, kw in calls]
+    launches = [Launch(fn.__name__, grid, kw["num_warps"] * 32, fn, kw, pdl=bool(kw.get("launch_pdl")))
+                for fn, grid, kw in calls]
     kw = launches[0].kwargs
     block_n, block_k, split = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
     groups_per_tile = max(1, block_k // s["group_size"])
@@ -225,7 +229,7 @@ def mma_warps(n: int, chunks: int, sms: int, resident: int, rows: int, max_warps
     return warps
 
 
-def int4_cuda(target: Target, sms: int) -> Plan:
+def int4_cuda(target: Target, sms: int, arch: int = 90) -> Plan:
     from fastcot.kernels import cuda
     from fastcot.ops.int4_matmul import int4_matmul_cuda
 
@@ -238,11 +242,11 @@ def int4_cuda(target: Target, sms: int) -> Plan:
     m, k = args[0].shape
     n = args[-1].shape[1]
     if mma_applies(s["dtype"], k, s["group_size"]):
-        return _int4_mma_plan(target, sms, m, n, k, x.element_size())
+        return _int4_mma_plan(target, sms, m, n, k, x.element_size(), pdl_enabled(arch))
     m_tile, vec = gemv_m_tile(m), gemv_vec(k, s["group_size"])
     symbol = f"_ZN7fastcot16int4_gemv_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}ELi{vec}EEEvNS_12Int4GemvArgsE"
     launch = Launch("int4_gemv_kernel", (math.ceil(n / GEMV_ROWS),), GEMV_THREADS, symbol=symbol,
-                    source="int4_gemv.cu")
+                    source="int4_gemv.cu", pdl=pdl_enabled(arch))
     chunks = k // (8 * vec)  # each lane takes 8 * VEC weights of each of the block's rows per step
     chunk_groups = GEMV_THREADS * 8 * vec // s["group_size"]  # groups one step of the block covers
     return Plan(
@@ -254,7 +258,7 @@ def int4_cuda(target: Target, sms: int) -> Plan:
     )
 
 
-def _int4_mma_plan(target: Target, sms: int, m: int, n: int, k: int, elem: int) -> Plan:
+def _int4_mma_plan(target: Target, sms: int, m: int, n: int, k: int, elem: int, pdl: bool) -> Plan:
     """The tensor-core kernel: a block of W warps owns 8 x tiles columns; per iteration each warp
     takes one 128-wide chunk of K, each lane one 16-byte vector per n8 tile (through the warp's
     cp.async ring)."""
@@ -268,7 +272,7 @@ def _int4_mma_plan(target: Target, sms: int, m: int, n: int, k: int, elem: int) 
     zeros = "1"  # the report's weights carry zero points
     symbol = f"_ZN7fastcot15int4_mma_kernelI{CUDA_TYPES[s['dtype']]}Li{m_tile}ELb{zeros}EEEvNS_11Int4MmaArgsE"
     launch = Launch("int4_mma_kernel", (math.ceil(n / rows),), 32 * warps, symbol=symbol, source="int4_gemv.cu",
-                    dynamic_shared=warps * mma_ring_bytes(m_tile))
+                    dynamic_shared=warps * mma_ring_bytes(m_tile), pdl=pdl)
     groups = warps * MMA_CHUNK / group  # groups one iteration of the block covers (a fraction for group -1)
     return Plan(
         target=target, backend="cuda", sms=sms,
@@ -339,7 +343,7 @@ def decode_tile_tokens(element_size: int) -> int:
     return DECODE_WARPS * (32 // element_size)
 
 
-def decode_cuda(target: Target, sms: int) -> Plan:
+def decode_cuda(target: Target, sms: int, arch: int = 90) -> Plan:
     from fastcot.kernels import cuda
     from fastcot.ops.paged_attention import decode_splits, paged_decode_cuda
 
@@ -380,6 +384,7 @@ PLANNERS = {
 
 
 def plan(target: Target, backend: str, sms: int, arch: int = 90) -> Plan:
-    """The launch plan on `sms` SMs of SM version `arch` (the Triton decode split count uses both)."""
+    """The launch plan on `sms` SMs of SM version `arch` (the Triton decode split count and the
+    int4 launches' PDL choice depend on it)."""
     planner = PLANNERS[(target.kernel, backend)]
-    return planner(target, sms, arch) if planner is decode_triton else planner(target, sms)
+    return planner(target, sms, arch)

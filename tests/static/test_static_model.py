@@ -8,7 +8,7 @@ import pytest
 from fastcot.static.model import A100, H100, BlockWork, Machine, predict
 
 TOY = Machine(name="toy", arch=90, sms=2, clock_ghz=1.0, copy_bandwidth_gbs=100.0, dram_latency_ns=100.0,
-              l1_latency_cycles=10.0, launch_us=0.0, l2_bandwidth_gbs=1000.0, pipe_rates={"xu": 0.5, "fma": 4.0})
+              l1_latency_cycles=10.0, launch_us=0.0, pdl_launch_us=0.0, l2_bandwidth_gbs=1000.0, pipe_rates={"xu": 0.5, "fma": 4.0})
 
 
 def work(cycles=10.0, warp_instructions=40.0, pipes=None, nbytes=1000.0):
@@ -53,6 +53,15 @@ def test_launches_and_split_partials_add_their_time():
     # 0.04 us of kernel + 2 launches of 1 us + 1 MB through a 1000 GB/s L2 (1 us).
     assert p.overhead_us == pytest.approx(3.0) and p.time_us == pytest.approx(3.04)
     assert p.fraction == pytest.approx(0.04 / 3.04)
+
+
+def test_a_pdl_launch_pays_only_the_main_kernels_smaller_charge():
+    toy = dataclasses.replace(TOY, launch_us=1.0, pdl_launch_us=0.25)
+    plain = predict(work(), grid=4, blocks_per_sm=2, machine=toy, call_bytes=4000, extra_launches=1)
+    pdl = predict(work(), grid=4, blocks_per_sm=2, machine=toy, call_bytes=4000, extra_launches=1, pdl=True)
+    # The main kernel's launch overlaps the previous kernel; an extra launch still pays in full.
+    assert plain.overhead_us == pytest.approx(2.0) and pdl.overhead_us == pytest.approx(1.25)
+    assert pdl.kernel_us == plain.kernel_us and pdl.fraction == pytest.approx(0.04 / 1.29)
 
 
 def test_bad_inputs_and_the_shipped_machines():

@@ -108,7 +108,7 @@ def test_benchmark_rows_get_the_prediction_next_to_the_measurement():
 def test_a_launcher_that_cannot_plan_gives_a_row_that_says_why(monkeypatch):
     from fastcot.static import report, targets
 
-    def broken(target, sms):
+    def broken(target, sms, arch):
         raise RuntimeError("cannot plan")
 
     monkeypatch.setitem(targets.PLANNERS, ("paged_decode_attention", "triton"), broken)

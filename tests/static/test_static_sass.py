@@ -118,3 +118,19 @@ def test_prologue_and_epilogue_paths():
     assert sum(i.base == "LDGSTS" for i in pro) == 2
     epi = sass.epilogue(instrs, loop)
     assert epi[0].address == 0x1120 and epi[-1].base == "EXIT"
+
+
+def test_pdl_overlap_counts_only_what_the_sass_keeps_before_the_wait():
+    # The PTX loads w before griddepcontrol.wait, but ptxas sinks the plain load below ACQBULK.
+    sunk = sass.pdl_overlap(load("pdl_sunk_load_sm90a.sass"))
+    assert (sunk.waits, sunk.loads_before, sunk.stores_before, sunk.triggers) == (True, 0, 0, True)
+    assert not sunk.streams_early
+    # An asm volatile load (LDG), a cp.async (LDGSTS) and an L2 prefetch (CCTL.E.PF2) stay above it.
+    early = sass.pdl_overlap(load("pdl_early_loads_sm90a.sass"))
+    assert (early.waits, early.loads_before, early.stores_before, early.triggers) == (True, 3, 0, False)
+    assert early.streams_early
+    # A kernel without the wait has nothing to overlap; one that stores before it may not overlap.
+    assert not sass.pdl_overlap(load("cuda_gemv_sm90a.sass")).waits
+    instrs = load("pdl_early_loads_sm90a.sass")
+    store = sass._instruction(0x10, "STG.E desc[UR4][R2.64], R11")
+    assert not sass.pdl_overlap([store, *instrs]).streams_early
