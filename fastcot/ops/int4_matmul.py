@@ -257,15 +257,21 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
 
 
 _gemv_locks: dict = {}
+# Every counter buffer ever handed out stays allocated: a CUDA graph captured with a smaller one
+# keeps its address, and freeing it on growth would let the graph's replays write freed memory.
+_retired_locks: list = []
 
 
 def gemv_locks(device: torch.device, count: int) -> torch.Tensor:
     """Per-device arrival counters of the in-kernel split-K reductions (the GEMV's and the
     16-row tensor-core tiles'), zero between launches (the last program of each row block or
-    tile resets its counter). Allocated, zeroed, once."""
+    tile resets its counter). Allocated, zeroed, once per size class (powers of two, at least
+    4096); a smaller buffer is kept alive, never freed, when a larger call replaces it."""
     locks = _gemv_locks.get(device)
     if locks is None or locks.numel() < count:
-        locks = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+        if locks is not None:
+            _retired_locks.append(locks)
+        locks = torch.zeros(max(4096, 1 << (max(count, 1) - 1).bit_length()), dtype=torch.int32, device=device)
         _gemv_locks[device] = locks
     return locks
 

@@ -109,3 +109,24 @@ def test_gemv_configurations_are_checked():
         x = torch.randn(m, 256)
         with pytest.raises(ValueError, match=msg):
             int4_matmul_triton(x, w.qweight, w.scales, w.zeros, None, 32, None, torch.empty(m, 16), config=cfg)
+
+
+def test_growing_the_split_k_counters_keeps_the_smaller_buffer_alive():
+    # A CUDA graph captured with the smaller buffer still points at it after a larger call.
+    import importlib
+
+    ops = importlib.import_module("fastcot.ops.int4_matmul")  # the module, not the op of that name
+    device = torch.device("cpu")
+    saved = ops._gemv_locks.pop(device, None)
+    try:
+        small = ops.gemv_locks(device, 10)
+        assert small.numel() == 4096 and int(small.abs().sum()) == 0
+        assert ops.gemv_locks(device, 4096) is small
+        big = ops.gemv_locks(device, 5000)
+        assert big.numel() == 8192 and int(big.abs().sum()) == 0
+        assert any(t is small for t in ops._retired_locks)
+        assert ops.gemv_locks(device, 100) is big
+    finally:
+        ops._gemv_locks.pop(device, None)
+        if saved is not None:
+            ops._gemv_locks[device] = saved
