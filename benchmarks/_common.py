@@ -96,12 +96,15 @@ def collect_env(device: torch.device) -> dict:
         "device_type": device.type,
         "env_vars": {
             k: os.environ[k]
-            for k in ("FASTCOT_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+            for k in ("FASTCOT_BACKEND", "FASTCOT_PDL", "FASTCOT_AUTOTUNE", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
             if k in os.environ
         },
     }
     if device.type == "cuda":
+        from fastcot.kernels.pdl import pdl_enabled
+
         props = torch.cuda.get_device_properties(device)
+        env["pdl"] = pdl_enabled(props.major * 10 + props.minor)
         l2 = getattr(props, "L2_cache_size", None)
         env.update(
             device_name=props.name,
