@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 
@@ -23,6 +24,7 @@ def collect_info() -> dict:
         ("numpy", lambda: __import__("numpy").__version__),
         ("device", _device_description),
         ("triton_interpreter", lambda: _backend().triton_interpreter_enabled()),
+        ("pdl", _pdl_status),
         ("cuda_extension", _extension_status),
         ("cuda_extension_build", lambda: _cuda().build_info()),
         ("requested_backend", lambda: _backend().requested_backend()),
@@ -33,6 +35,21 @@ def collect_info() -> dict:
         except Exception as e:  # a diagnostic tool reports what fails instead of failing
             info[key] = f"error: {type(e).__name__}: {e}"
     return info
+
+
+def _pdl_status() -> str:
+    """Whether the int4 kernels launch with programmatic dependent launch on this device."""
+    import torch
+
+    from fastcot.kernels.pdl import pdl_enabled
+
+    off = " (FASTCOT_PDL=0)" if os.environ.get("FASTCOT_PDL", "1") == "0" else ""
+    if not torch.cuda.is_available():
+        return f"off: no CUDA device{off}"
+    major, minor = torch.cuda.get_device_capability()
+    if pdl_enabled(major * 10 + minor):
+        return f"on (sm_{major}{minor}; FASTCOT_PDL=0 turns it off)"
+    return f"off: sm_{major}{minor}{off or ' (PDL needs sm_90 or later)'}"
 
 
 def _backend():

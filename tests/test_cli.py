@@ -30,11 +30,27 @@ def run_cli(*args, input=None, env=None, cwd=None, timeout=180):
 def test_info_json(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    for key in ("torch", "triton", "device", "cuda_extension", "backends"):
+    for key in ("torch", "triton", "device", "pdl", "cuda_extension", "backends"):
         assert key in info
     import fastcot
 
     assert set(info["backends"]) == set(fastcot.ops.OPS)
+
+
+def test_info_says_whether_pdl_is_on(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, env, expected in (((9, 0), None, "on (sm_90"), ((8, 0), None, "off: sm_80 (PDL needs sm_90"),
+                                      ((9, 0), "0", "off: sm_90 (FASTCOT_PDL=0)")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda c=capability: c)
+        if env is None:
+            monkeypatch.delenv("FASTCOT_PDL", raising=False)
+        else:
+            monkeypatch.setenv("FASTCOT_PDL", env)
+        from fastcot.cli import _pdl_status
+
+        assert _pdl_status().startswith(expected)
 
 
 def test_python_dash_m_info_text():
