@@ -48,7 +48,9 @@ Status launch(const Int4GemvParams& p, cudaStream_t stream) {
   if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the compute capability");
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kGemvRows)));
   error = launch_kernel(int4_gemv_kernel<XT, M_TILE, VEC>, grid, kGemvThreads, 0, stream, pdl, args);
-  if (error != cudaSuccess) return Status::Cuda(error, pdl ? "int4_gemv kernel launch (PDL)" : "int4_gemv kernel launch");
+  if (error != cudaSuccess) {
+    return Status::Cuda(error, pdl ? "int4_gemv kernel launch (PDL)" : "int4_gemv kernel launch");
+  }
   return Status::Ok();
 }
 
@@ -130,7 +132,8 @@ Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, rows)));
   error = launch_kernel(kernel, grid, warps * 32, smem, stream, pdl, args);
   if (error != cudaSuccess) {
-    return Status::Cuda(error, pdl ? "int4_gemv (tensor cores) kernel launch (PDL)" : "int4_gemv (tensor cores) kernel launch");
+    return Status::Cuda(error, pdl ? "int4_gemv (tensor cores) kernel launch (PDL)"
+                                   : "int4_gemv (tensor cores) kernel launch");
   }
   return Status::Ok();
 }

@@ -15,8 +15,9 @@ from fastcot.static.targets import CUDA_TYPES
 
 CUDA_SOURCE = (cubins.find_nvcc() is not None and cubins.csrc_dir() is not None) or cubins.extension_path() is not None
 pytestmark = [
-    pytest.mark.skipif(cubins.find_cuobjdump() is None, reason="no cuobjdump (triton's NVIDIA backend or a CUDA toolkit)"),
-    pytest.mark.skipif(not CUDA_SOURCE, reason="neither nvcc with csrc/ nor a built fastcot._C: no csrc kernels to read"),
+    pytest.mark.skipif(cubins.find_cuobjdump() is None,
+                       reason="no cuobjdump (triton's NVIDIA backend or a CUDA toolkit)"),
+    pytest.mark.skipif(not CUDA_SOURCE, reason="neither nvcc with csrc/ nor a built fastcot._C: no csrc kernels"),
 ]
 
 GLOBAL_ACCESS = {"LDG", "LD", "STG", "ST", "ATOM", "ATOMG", "RED", "LDGSTS"}

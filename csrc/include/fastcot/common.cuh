@@ -259,7 +259,7 @@ __device__ __forceinline__ void async_copy_wait() {
 }
 
 // ---- Programmatic dependent launch (PDL, sm_90+). A kernel launched with the programmatic
-// stream serialization attribute (fastcot/launch.h) may start while the kernel before it on the
+// stream serialization attribute (fastcot/launch.cuh) may start while the kernel before it on the
 // stream is still running: what it does before pdl_wait() must not touch memory that kernel
 // writes (its weights are safe; x, bias and every store are not). pdl_wait() returns once the
 // previous kernel has finished and its writes are visible; pdl_launch_dependents() lets the

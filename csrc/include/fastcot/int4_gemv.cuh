@@ -8,7 +8,7 @@
 // combine them. Activations are re-read through L1/L2 (they are tiny next to
 // the weights). The next chunk's weights are loaded before the current one is
 // consumed, so two loads per row are in flight per lane. Launched with PDL (sm_90+,
-// fastcot/launch.h), the first of them are issued before pdl_wait().
+// fastcot/launch.cuh), the first of them are issued before pdl_wait().
 #pragma once
 
 #include <cstdint>

@@ -26,7 +26,7 @@
 // one is computed. Each lane reads back only the 16-byte slots it copied itself, so the ring
 // needs no barrier. The warps' sums meet in shared memory (each in its own ring) at the end.
 //
-// Launched with PDL (sm_90+, fastcot/launch.h), the ring's first kMmaStages - 1 chunks are
+// Launched with PDL (sm_90+, fastcot/launch.cuh), the ring's first kMmaStages - 1 chunks are
 // copied before pdl_wait(), while the previous kernel on the stream finishes; every read of x,
 // scales, zeros and bias and every store comes after it.
 #pragma once
