@@ -1,13 +1,14 @@
 // Launcher for the int4 GEMV: checks what the kernels rely on, picks the tensor-core kernel
 // (int4_mma.cuh) where it applies and the SIMT kernel (int4_gemv.cuh) elsewhere, the M tile,
 // load width and warps per block, dispatches on the activation dtype and enqueues on the
-// caller's stream.
+// caller's stream, with programmatic dependent launch on sm_90+ (fastcot/launch.cuh).
 #include <cstdint>
 #include <string>
 
 #include "fastcot/api.h"
 #include "fastcot/int4_gemv.cuh"
 #include "fastcot/int4_mma.cuh"
+#include "fastcot/launch.cuh"
 
 namespace fastcot {
 namespace {
@@ -40,10 +41,16 @@ Status launch(const Int4GemvParams& p, cudaStream_t stream) {
       p.stride_xm,   p.stride_om,
       static_cast<int>(p.scale_dtype), static_cast<int>(p.bias_dtype),
   };
+  int device = 0;
+  bool pdl = false;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error == cudaSuccess) error = pdl_enabled(device, &pdl);
+  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the compute capability");
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kGemvRows)));
-  int4_gemv_kernel<XT, M_TILE, VEC><<<grid, kGemvThreads, 0, stream>>>(args);
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv kernel launch");
+  error = launch_kernel(int4_gemv_kernel<XT, M_TILE, VEC>, grid, kGemvThreads, 0, stream, pdl, args);
+  if (error != cudaSuccess) {
+    return Status::Cuda(error, pdl ? "int4_gemv kernel launch (PDL)" : "int4_gemv kernel launch");
+  }
   return Status::Ok();
 }
 
@@ -86,12 +93,16 @@ int mma_warps(int64_t n, int64_t chunks, int sms, int resident, int rows, int ma
 template <typename XT, int M_TILE, bool HAS_ZEROS>
 Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
   int device = 0, sms = 0, max_smem = 0;
+  bool pdl = false;
   cudaError_t error = cudaGetDevice(&device);
   if (error == cudaSuccess) error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (error == cudaSuccess) {
     error = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   }
-  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv: reading the SM count and shared memory");
+  if (error == cudaSuccess) error = pdl_enabled(device, &pdl);
+  if (error != cudaSuccess) {
+    return Status::Cuda(error, "int4_gemv: reading the SM count, shared memory and compute capability");
+  }
   const int64_t chunks = p.k / kMmaChunk;
   const int64_t chunks_per_group = resolved_group_size(p) / kMmaChunk;
   // floor(chunk / d) = umulhi(chunk, ceil(2^32 / d)) for chunk, d < 2^16.
@@ -119,9 +130,11 @@ Status launch_mma(const Int4GemvParams& p, cudaStream_t stream) {
     if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv (tensor cores): shared memory opt-in");
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, rows)));
-  kernel<<<grid, warps * 32, smem, stream>>>(args);
-  error = cudaGetLastError();
-  if (error != cudaSuccess) return Status::Cuda(error, "int4_gemv (tensor cores) kernel launch");
+  error = launch_kernel(kernel, grid, warps * 32, smem, stream, pdl, args);
+  if (error != cudaSuccess) {
+    return Status::Cuda(error, pdl ? "int4_gemv (tensor cores) kernel launch (PDL)"
+                                   : "int4_gemv (tensor cores) kernel launch");
+  }
   return Status::Ok();
 }
 

@@ -238,5 +238,16 @@ int simt_test_launch(float* out, int gx, int gy, int gz, int bx, int by, int bz)
   trivial<<<dim3(gx, gy, gz), dim3(bx, by, bz)>>>(out);
   return status();
 }
+// cudaLaunchKernelEx with one attribute (`attribute` its id, `value` its first int); returns
+// its own result, and 1000 + cudaGetLastError() when that differs.
+int simt_test_launch_ex(float* out, int blocks, int threads, int attribute, int value) {
+  cudaLaunchAttribute attr = {};
+  attr.id = static_cast<cudaLaunchAttributeID>(attribute);
+  attr.val.programmaticStreamSerializationAllowed = value;
+  const cudaLaunchConfig_t config = {dim3(blocks), dim3(threads), 0, nullptr, &attr, 1};
+  const cudaError_t e = cudaLaunchKernelEx(&config, trivial, out);
+  const cudaError_t last = cudaGetLastError();
+  return last == e ? int(e) : 1000 + int(last);
+}
 
 }  // extern "C"

@@ -9,7 +9,12 @@ launch configurations are tested here too, without nvcc or a GPU.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import emu_cases
 import pytest
@@ -122,6 +127,58 @@ def test_gemv_sixteen_warp_ring_fits_the_device(emu, device, sms):
     ref = emu_cases.reference.int4_matmul(x.double(), w.qweight, w.scales, w.zeros, w.perm, w.group_size, None,
                                          compute_dtype=torch.float64)
     assert torch.allclose(out.double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+PDL_SCRIPT = """
+import json, sys
+sys.path[:0] = sys.argv[1:]
+import emu_cases, torch
+from simt_emu import emulator
+gen = torch.Generator().manual_seed(3)
+x = torch.randn(2, 512, generator=gen).half()
+for group_size in (128, 64):  # the tensor-core kernel, then the SIMT one
+    emulator.int4_gemv(x, emu_cases.make_weight(40, 512, group_size, torch.float16, symmetric=False,
+                                                act_order=False, gen=gen))
+print(json.dumps([(entry["kernel"].split("<")[0], entry["programmatic"]) for entry in emulator.launches()]))
+"""
+
+
+def gemv_launches_in_a_process(environment: dict) -> list:
+    """(kernel, programmatic) of an int4_gemv call per kernel, in a fresh process (the launcher
+    reads FASTCOT_PDL once)."""
+    here = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, "-c", PDL_SCRIPT, str(here), str(here.parent)], check=False,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **environment})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [tuple(entry) for entry in json.loads(done.stdout.splitlines()[-1])]
+
+
+@pytest.mark.parametrize("device", ["sm_90", "sm_80"])
+def test_gemv_launches_with_pdl_from_sm_90(emu, device):
+    # sm_90 and later: cudaLaunchKernelEx with programmatic stream serialization, for both kernels.
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 512, generator=gen).half()
+    try:
+        emu.set_device(device)
+        emu.launches()
+        for group_size in (128, 64):  # the tensor-core kernel, then the SIMT one
+            w = emu_cases.make_weight(40, 512, group_size, torch.float16, symmetric=False, act_order=False, gen=gen)
+            emu.int4_gemv(x, w)
+        launches = emu.launches()
+    finally:
+        emu.set_device("sm_90")
+    expected = device == "sm_90" and os.environ.get("FASTCOT_PDL") != "0"
+    assert [(entry["kernel"].split("<")[0], entry["programmatic"], entry["error"]) for entry in launches] == [
+        ("void fastcot::int4_mma_kernel", expected, "cudaSuccess"),
+        ("void fastcot::int4_gemv_kernel", expected, "cudaSuccess"),
+    ]
+
+
+def test_fastcot_pdl_0_turns_pdl_off():
+    assert gemv_launches_in_a_process({"FASTCOT_PDL": "0", "SIMT_DEVICE": "sm_90"}) == [
+        ("void fastcot::int4_mma_kernel", False), ("void fastcot::int4_gemv_kernel", False)]
+    assert gemv_launches_in_a_process({"FASTCOT_PDL": "1", "SIMT_DEVICE": "sm_90"}) == [
+        ("void fastcot::int4_mma_kernel", True), ("void fastcot::int4_gemv_kernel", True)]
 
 
 # ---- the launchers' own checks, before any launch --------------------------------------------

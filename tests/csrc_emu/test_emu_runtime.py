@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(emulator.unavailable_reason() is not None,
 ORDERS = ["forward", "reverse", "random"]
 SOURCE = (SELFTEST_DIR / "selftest_kernels.cu").read_text().splitlines()
 SUCCESS, INVALID_VALUE, INVALID_CONFIGURATION, LAUNCH_FAILURE, OUT_OF_RESOURCES = 0, 1, 9, 719, 701
+NOT_SUPPORTED = 801
 
 
 def line_of(text: str) -> int:
@@ -168,6 +169,21 @@ def test_launch_configurations_the_driver_refuses(lib, grid, block):
     assert out.isnan().all()
     assert lib.simt_test_launch(ctypes.c_void_p(out.data_ptr()), 4, 1, 1, 1024, 1, 1) == SUCCESS
     assert (out == 1).all()
+
+
+def test_launch_kernel_ex_runs_with_programmatic_serialization_and_refuses_other_attributes(lib):
+    pdl, priority = 6, 8  # cudaLaunchAttributeProgrammaticStreamSerialization, cudaLaunchAttributePriority
+    emulator.launches(lib)
+    out = torch.full((4,), float("nan"))
+    assert run(lib, "launch_ex", out, 4, 32, pdl, 1) == (SUCCESS, "") and (out == 1).all()
+    assert run(lib, "launch_ex", out, 1, 2048, pdl, 0)[0] == INVALID_CONFIGURATION  # the same checks
+    out.fill_(float("nan"))
+    assert run(lib, "launch_ex", out, 4, 32, priority, 1)[0] == NOT_SUPPORTED and out.isnan().all()
+    log = [(entry["kernel"].split(" launched at ")[1].split(":")[0].rsplit("/", 1)[-1], entry["programmatic"],
+            entry["error"]) for entry in emulator.launches(lib)]
+    assert log == [("selftest_kernels.cu", True, "cudaSuccess"),
+                   ("selftest_kernels.cu", False, "cudaErrorInvalidConfiguration"),
+                   ("selftest_kernels.cu", False, "cudaErrorNotSupported")]
 
 
 # ---- bugs the emulator must catch ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""tools/simt/translate.py: the three CUDA constructs g++ cannot read, rewritten with every line
+"""tools/simt/translate.py: the three CUDA constructs g++ cannot read (or run), rewritten with every line
 kept in place (compiler messages and the emulator's reports point into the real sources)."""
 
 from __future__ import annotations
@@ -26,6 +26,16 @@ def test_launches_become_simt_launch_calls(launch, kernel, config):
     escaped = kernel.replace('"', '\\"')
     assert f'::simt::launch(SIMT_LAUNCH_SITE("{escaped}"), {kernel}, {config})(' in out
     assert "<<<" not in out and ">>>" not in out
+
+
+@pytest.mark.parametrize("call", ["cudaLaunchKernelEx(&config, kern<T>, args)",
+                                  ":: cudaLaunchKernelEx(\n      &config, kern<T>, args)"])
+def test_launch_kernel_ex_becomes_a_simt_launch_ex_call(call):
+    out = body(f"cudaError_t f() {{\n  return {call};\n  int after;\n}}\n")
+    assert '::simt::launch_ex(SIMT_LAUNCH_SITE("cudaLaunchKernelEx"), ' in out
+    assert "cudaLaunchKernelEx(" not in out.replace('"cudaLaunchKernelEx"', "")
+    assert out.splitlines()[-2] == "  int after;"
+    assert "cudaLaunchKernelExC(" in body("void f() { cudaLaunchKernelExC(&config, fn, args); }\n")
 
 
 def test_a_launch_spread_over_lines_keeps_the_lines_after_it():

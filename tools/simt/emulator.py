@@ -31,8 +31,9 @@ g++ >= 12 or no CUDA headers (`unavailable_reason()` says which; tests skip on i
 
 Settings: `thread_order("forward" | "reverse" | "random", seed)` (context manager; also
 SIMT_ORDER/SIMT_SEED), `set_workers(n)` (OS threads running blocks; SIMT_WORKERS),
-`set_device("sm_90" | "sm_80")` (the limits launches are checked against), `launches()`
-(kernel, grid, block and error of every launch since the last call). SIMT_VARIANT=asan loads
+`set_device("sm_90" | "sm_80")` (the limits launches are checked against, and the compute
+capability launchers read), `launches()` (kernel, grid, block, dynamic shared memory, whether
+it was a programmatic (PDL) launch, and error of every launch since the last call). SIMT_VARIANT=asan loads
 the AddressSanitizer build, in a process started with build.asan_environment().
 """
 
@@ -109,7 +110,8 @@ def take_failure(lib: ctypes.CDLL) -> str:
 
 
 def launches(lib: ctypes.CDLL | None = None) -> list[dict]:
-    """Every launch since the last call: {"kernel", "grid", "block", "dynamic_smem", "error"}."""
+    """Every launch since the last call: {"kernel", "grid", "block", "dynamic_smem", "programmatic",
+    "error"}."""
     lib = lib or library()
     size = 1 << 16
     while True:

@@ -86,10 +86,12 @@ void log_launch(const KernelLaunch& k, const std::string& name, cudaError_t stat
     if (c == '"' || c == '\\') escaped += '\\';
     escaped += c;
   }
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "\"grid\": [%u, %u, %u], \"block\": [%u, %u, %u], \"dynamic_smem\": %zu, \"error\": \"%s\"}\n",
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "\"grid\": [%u, %u, %u], \"block\": [%u, %u, %u], \"dynamic_smem\": %zu, \"programmatic\": %s, "
+                "\"error\": \"%s\"}\n",
                 k.grid.x, k.grid.y, k.grid.z, k.block.x, k.block.y, k.block.z, k.dynamic_smem,
-                cudaGetErrorName(status));
+                k.programmatic ? "true" : "false", cudaGetErrorName(status));
   rt.log += "{\"kernel\": \"" + escaped + "\", " + buf;
 }
 
@@ -139,7 +141,14 @@ void set_max_dynamic_smem(const void* kernel, size_t bytes) {
   runtime().max_dynamic_smem.emplace_back(kernel, bytes);
 }
 
-void launch_kernel(const KernelLaunch& k) {
+cudaError_t refuse_launch(LaunchSite site, const void* kernel, dim3 grid, dim3 block, size_t smem, cudaError_t error) {
+  const KernelLaunch k{kernel, nullptr, nullptr, site, grid, block, smem};
+  log_launch(k, kernel_name(k), error);
+  t_last_error = error;
+  return error;
+}
+
+cudaError_t launch_kernel(const KernelLaunch& k) {
   Runtime& rt = runtime();
   std::lock_guard<std::mutex> serial(rt.launch_mutex);
   settings();  // the environment is read before the first launch
@@ -150,7 +159,7 @@ void launch_kernel(const KernelLaunch& k) {
   log_launch(k, launch.name, config);
   if (config != cudaSuccess) {
     t_last_error = config;
-    return;
+    return config;
   }
   launch.threads = k.block.x * k.block.y * k.block.z;
   launch.blocks = uint64_t(k.grid.x) * k.grid.y * k.grid.z;
@@ -173,7 +182,9 @@ void launch_kernel(const KernelLaunch& k) {
     t_last_error = launch.error;
     std::lock_guard<std::mutex> lock(rt.state_mutex);
     rt.failure = launch.failure;
+    return launch.error;
   }
+  return cudaSuccess;
 }
 
 }  // namespace simt

@@ -96,17 +96,20 @@ struct KernelLaunch {
   dim3 grid;
   dim3 block;
   size_t dynamic_smem;
+  bool programmatic = false;  // cudaLaunchAttributeProgrammaticStreamSerialization (PDL)
 };
-void launch_kernel(const KernelLaunch& launch);  // errors go to cudaGetLastError
+// Runs the launch to its end; returns its error, which also goes to cudaGetLastError.
+cudaError_t launch_kernel(const KernelLaunch& launch);
 
 template <typename... P>
 class Launcher {
  public:
-  Launcher(LaunchSite site, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t)
-      : site_(site), kernel_(kernel), grid_(grid), block_(block), smem_(smem) {}
+  Launcher(LaunchSite site, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
+           bool programmatic = false)
+      : site_(site), kernel_(kernel), grid_(grid), block_(block), smem_(smem), programmatic_(programmatic) {}
 
   template <typename... A>
-  void operator()(A&&... args) const {
+  cudaError_t operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
     // Converted once, like the kernel parameter buffer; each thread gets its own copies.
     using Params = std::tuple<std::decay_t<P>...>;
@@ -119,7 +122,8 @@ class Launcher {
       const State& st = *static_cast<const State*>(s);
       std::apply(st.kernel, *st.params);
     };
-    launch_kernel(KernelLaunch{reinterpret_cast<const void*>(kernel_), run, &state, site_, grid_, block_, smem_});
+    return launch_kernel(
+        KernelLaunch{reinterpret_cast<const void*>(kernel_), run, &state, site_, grid_, block_, smem_, programmatic_});
   }
 
  private:
@@ -127,12 +131,33 @@ class Launcher {
   void (*kernel_)(P...);
   dim3 grid_, block_;
   size_t smem_;
+  bool programmatic_;
 };
 
 template <typename... P>
 Launcher<P...> launch(LaunchSite site, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem = 0,
                       cudaStream_t stream = nullptr) {
   return Launcher<P...>(site, kernel, grid, block, smem, stream);
+}
+
+// cudaLaunchKernelEx(config, kernel, args...) as translate.py rewrites it. Launches run one after
+// another here, so programmatic stream serialization (PDL) changes nothing but the launch log;
+// any other attribute is refused (cudaErrorNotSupported) rather than silently ignored.
+cudaError_t refuse_launch(LaunchSite site, const void* kernel, dim3 grid, dim3 block, size_t smem, cudaError_t error);
+
+template <typename... P, typename... A>
+cudaError_t launch_ex(LaunchSite site, const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
+  bool programmatic = false;
+  for (unsigned i = 0; i < config->numAttrs; ++i) {
+    const cudaLaunchAttribute& attribute = config->attrs[i];
+    if (attribute.id != cudaLaunchAttributeProgrammaticStreamSerialization) {
+      return refuse_launch(site, reinterpret_cast<const void*>(kernel), config->gridDim, config->blockDim,
+                           config->dynamicSmemBytes, cudaErrorNotSupported);
+    }
+    programmatic = attribute.val.programmaticStreamSerializationAllowed != 0;
+  }
+  return Launcher<P...>(site, kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes, config->stream,
+                        programmatic)(std::forward<A>(args)...);
 }
 
 // ---- helpers of the collectives ------------------------------------------------------------

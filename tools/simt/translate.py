@@ -1,10 +1,13 @@
 """CUDA C++ source -> C++ that g++ compiles against tools/simt/simt.h.
 
-Three constructs have no host C++ spelling, and only these are rewritten; everything else,
-kernels and launchers alike, reaches g++ as written:
+Three constructs have no host C++ spelling (or none the emulator can run), and only these are
+rewritten; everything else, kernels and launchers alike, reaches g++ as written:
 
 - launches: ``kernel<T><<<grid, block, smem, stream>>>(args)`` becomes
-  ``::simt::launch(SIMT_LAUNCH_SITE("kernel<T>"), kernel<T>, grid, block, smem, stream)(args)``;
+  ``::simt::launch(SIMT_LAUNCH_SITE("kernel<T>"), kernel<T>, grid, block, smem, stream)(args)``,
+  and ``cudaLaunchKernelEx(&config, kernel, args...)`` (whose host-mode definition passes the
+  arguments as untyped pointers the emulator cannot call a kernel with) becomes
+  ``::simt::launch_ex(SIMT_LAUNCH_SITE("cudaLaunchKernelEx"), &config, kernel, args...)``;
 - ``__shared__`` declarations inside a function: ``__shared__ float s[4][32];`` becomes a
   reference into the running block's shared-memory arena (fresh and poisoned for every
   block), and ``extern __shared__ T s[];`` a pointer to the launch's dynamic shared memory;
@@ -152,6 +155,12 @@ def _rewrite_launches(src: str, code: str, path: str, edits: list) -> None:
         edits.append((start, paren, _same_lines(original, replacement)))
 
 
+def _rewrite_launch_ex(src: str, code: str, path: str, edits: list) -> None:
+    for m in re.finditer(r"(?:::\s*)?\bcudaLaunchKernelEx\s*\(", code):
+        replacement = '::simt::launch_ex(SIMT_LAUNCH_SITE("cudaLaunchKernelEx"), '
+        edits.append((m.start(), m.end(), _same_lines(src[m.start() : m.end()], replacement)))
+
+
 # ---- __shared__ ----------------------------------------------------------------------------
 
 _ALIGN = r"(?:__align__|alignas)\s*\(\s*([^()]*)\s*\)"
@@ -235,6 +244,7 @@ def translate(src: str, path: str = "<source>") -> str:
     code = _mask(src)
     edits: list[tuple[int, int, str]] = []
     _rewrite_launches(src, code, path, edits)
+    _rewrite_launch_ex(src, code, path, edits)
     _rewrite_shared(src, code, path, edits)
     _rewrite_launch_bounds(src, code, path, edits)
     edits.sort()

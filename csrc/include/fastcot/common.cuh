@@ -258,6 +258,56 @@ __device__ __forceinline__ void async_copy_wait() {
 #endif
 }
 
+// ---- Programmatic dependent launch (PDL, sm_90+). A kernel launched with the programmatic
+// stream serialization attribute (fastcot/launch.cuh) may start while the kernel before it on the
+// stream is still running: what it does before pdl_wait() must not touch memory that kernel
+// writes (its weights are safe; x, bias and every store are not). pdl_wait() returns once the
+// previous kernel has finished and its writes are visible; pdl_launch_dependents() lets the
+// next kernel start once every block of this one has called it (or exited). Both are no-ops
+// for a kernel launched without the attribute, before sm_90, and on the host and the emulator
+// (whose launches run one after another).
+//
+// ptxas moves a plain load (even ld.global.nc of __restrict__ data) written before the wait to
+// after it; only cp.async and asm volatile loads stay ahead (check for LDGSTS before ACQBULK,
+// the wait's SASS, in the listing).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#else
+  // sm_80, the host and the emulator: a kernel starts after the one before it has finished
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#else
+  // sm_80, the host and the emulator: the next kernel starts after this one has finished
+#endif
+}
+
+// A load issued ahead of pdl_wait() that stays there: asm volatile, which ptxas does not sink
+// below the wait as it does a plain load. Only for memory no earlier kernel writes (weights).
+__device__ __forceinline__ uint4 ldg_before_wait(const uint4* ptr) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(ptr));
+  return v;
+#else
+  return __ldg(ptr);
+#endif
+}
+
+__device__ __forceinline__ uint32_t ldg_before_wait(const uint32_t* ptr) {
+#if defined(__CUDA_ARCH__)
+  uint32_t v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(ptr));
+  return v;
+#else
+  return __ldg(ptr);
+#endif
+}
+
 // `v` unchanged, but opaque to the compiler: a loop-invariant value (a constant, an address)
 // passed through it once before a loop stays in a register instead of being rebuilt from its
 // parts in every iteration. No instruction is emitted.

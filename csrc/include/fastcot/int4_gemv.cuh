@@ -7,7 +7,8 @@
 // interleaved chunks of K, and a shuffle reduction plus one shared-memory pass
 // combine them. Activations are re-read through L1/L2 (they are tiny next to
 // the weights). The next chunk's weights are loaded before the current one is
-// consumed, so two loads per row are in flight per lane.
+// consumed, so two loads per row are in flight per lane. Launched with PDL (sm_90+,
+// fastcot/launch.cuh), the first of them are issued before pdl_wait().
 #pragma once
 
 #include <cstdint>
@@ -77,6 +78,9 @@ template <>
 struct WordVec<4> {
   uint4 v;
   __device__ __forceinline__ void load(const uint32_t* p) { v = __ldg(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ void load_before_wait(const uint32_t* p) {
+    v = ldg_before_wait(reinterpret_cast<const uint4*>(p));
+  }
   __device__ __forceinline__ uint32_t operator[](int i) const {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
   }
@@ -85,6 +89,7 @@ template <>
 struct WordVec<1> {
   uint32_t v;
   __device__ __forceinline__ void load(const uint32_t* p) { v = __ldg(p); }
+  __device__ __forceinline__ void load_before_wait(const uint32_t* p) { v = ldg_before_wait(p); }
   __device__ __forceinline__ uint32_t operator[](int) const { return v; }
 };
 
@@ -126,12 +131,16 @@ __global__ void __launch_bounds__(kGemvThreads, gemv_min_blocks<M_TILE>())
     for (int r = 0; r < kGemvRows; ++r) acc[i][r] = 0.0f;
   }
 
+  // The first chunk's weights are loaded before pdl_wait() (under PDL they overlap the end of
+  // the kernel before); x, scales, zeros, bias and the stores come after it.
   int64_t chunk = int64_t(warp) * 32 + lane;
   WordVec<VEC> next[kGemvRows];
   if (chunk < chunks) {
 #pragma unroll
-    for (int r = 0; r < kGemvRows; ++r) next[r].load(rows[r] + chunk * VEC);
+    for (int r = 0; r < kGemvRows; ++r) next[r].load_before_wait(rows[r] + chunk * VEC);
   }
+  pdl_launch_dependents();
+  pdl_wait();
   for (; chunk < chunks; chunk += kGemvThreads) {
     WordVec<VEC> words[kGemvRows];
 #pragma unroll

@@ -25,6 +25,10 @@
 // cp.async (no registers held by loads in flight): kMmaStages - 1 chunks are in flight while
 // one is computed. Each lane reads back only the 16-byte slots it copied itself, so the ring
 // needs no barrier. The warps' sums meet in shared memory (each in its own ring) at the end.
+//
+// Launched with PDL (sm_90+, fastcot/launch.cuh), the ring's first kMmaStages - 1 chunks are
+// copied before pdl_wait(), while the previous kernel on the stream finishes; every read of x,
+// scales, zeros and bias and every store comes after it.
 #pragma once
 
 #include <cstdint>
@@ -173,6 +177,7 @@ __global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
   const XT* scales = static_cast<const XT*>(args.scales);
   const XT* zeros = static_cast<const XT*>(args.zeros);
 
+  pdl_launch_dependents();
   // Fill the ring: this warp's first kMmaStages - 1 chunks, one commit group each (empty past
   // the last chunk, so that group i is always chunk i's).
 #pragma unroll
@@ -186,6 +191,11 @@ __global__ void __launch_bounds__(mma_max_warps<M_TILE>() * 32,
     }
     async_copy_commit();
   }
+  // Under PDL everything above (the weights, which no kernel writes) overlaps the end of the
+  // kernel before; x, the scales and zeros (plain loads, which ptxas would sink below the wait
+  // anyway), the bias and the stores come after the wait. The next kernel may launch at once:
+  // launched with PDL itself, it waits in turn before touching what this one writes.
+  pdl_wait();
 
   float total[kHalves][kTiles][2] = {};  // x row 2c + e (+ 8h), column 8t + g
   static_assert((kMmaStages & (kMmaStages - 1)) == 0, "stage arithmetic by masks");
