@@ -78,9 +78,32 @@ DOT_REGISTERS = 128
 WIDE_DOT_TILES = ((64, 128, 8, 2, 2, 2), (128, 128, 8, 2, 2, 2))
 
 
+# One-step GEMV tiles (same columns), tried first: a grid whose programs run one 128-wide step
+# each (split = K / 128) and fill one wave of resident slots (ONE_STEP_FILL or more) loads every
+# program's whole step at once, keeps 48 KB or more in flight per SM, and halves the partials of
+# the 64-wide tiles' split; with PDL the step streams before the wait. On H100 this serves
+# 4096x4096 (128 rows) and 6144x4096 (256 rows, the cap leaving 6 programs per SM); elsewhere
+# such a grid overflows a wave or leaves it emptier, and GEMV_TILES decide.
+ONE_STEP_TILES = ((128, 128, 2, 128, 8, 8), (256, 128, 2, 168, 6, 6))
+ONE_STEP_FILL = 0.9
+
+
+def one_step_config(n: int, k: int, group_size: int, sms: int) -> Int4MatmulConfig | None:
+    """The first one-step tile whose grid fills one wave, or None."""
+    for bn, bk, warps, regs, per_sm90, per_sm80 in ONE_STEP_TILES:
+        slots = (per_sm90 if sms >= H100_SMS else per_sm80) * sms
+        bk = gemv_block_k(bk, k, group_size)
+        splits = triton_cdiv(k, bk)
+        if ONE_STEP_FILL * slots <= triton_cdiv(n, bn) * splits <= slots:
+            return Int4MatmulConfig(1, bn, bk, splits, 1, warps, 1, max_registers=regs)
+    return None
+
+
 def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
-    """M = 1: each tile with the split of K that best fills whole waves."""
-    out = []
+    """M = 1: a one-step grid that fills one wave where there is one, then each tile with the
+    split of K that best fills whole waves."""
+    one_step = one_step_config(n, k, group_size, sms)
+    out = [one_step] if one_step else []
     for bn, bk, warps, regs, per_sm90, per_sm80 in GEMV_TILES:
         per_sm = per_sm90 if sms >= H100_SMS else per_sm80
         bk = gemv_block_k(bk, k, group_size)

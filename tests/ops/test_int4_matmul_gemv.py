@@ -8,7 +8,15 @@ from helpers import TOLERANCE, assert_close, poisoned
 import fastcot
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._int4_configs import GEMV_TILES, Int4MatmulConfig, candidate_configs, triton_cdiv
+from fastcot.ops._int4_configs import (
+    GEMV_TILES,
+    ONE_STEP_FILL,
+    ONE_STEP_TILES,
+    Int4MatmulConfig,
+    candidate_configs,
+    one_step_config,
+    triton_cdiv,
+)
 from fastcot.ops.int4_matmul import _gemv_locks, gemv_split, int4_matmul_triton
 
 TRITON_HERE = torch.cuda.is_available() or _backend.triton_interpreter_enabled()
@@ -66,7 +74,8 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     """What FASTCOT_AUTOTUNE=0 and graph capture run: the heuristic first GEMV configuration,
     whose grid fills the SMs evenly (one wave, or several)."""
     cfg = candidate_configs(1, n, k, 128, sms)[0]
-    bn, _, warps, _, per_sm90, per_sm80 = GEMV_TILES[0]
+    tiles = ONE_STEP_TILES if one_step_config(n, k, 128, sms) else GEMV_TILES[:1]
+    bn, _, warps, _, per_sm90, per_sm80 = next(t for t in tiles if (t[0], t[3]) == (cfg.block_n, cfg.max_registers))
     assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (1, bn, warps)
     slots = (per_sm90 if sms == 132 else per_sm80) * sms
     _, splits = gemv_split(k, cfg.block_k, cfg.split_k)
@@ -80,6 +89,25 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     # gets 0.81 (176 programs in 324 slots) rather than 0.89 from 96 programs.
     assert grid >= slots / 2
     assert eff >= (0.9 if sms == 132 else 0.8)
+
+
+@pytest.mark.parametrize("sms", [132, 108])
+@pytest.mark.parametrize("n,k", [(14336, 4096), (4096, 14336), (6144, 4096), (4096, 4096), (28672, 4096),
+                                 (8192, 8192), (8192, 28672)])
+def test_one_step_grids_fill_one_wave(n, k, sms):
+    """The untuned pick runs one 128-wide step per program where such a grid fills one wave (0.9 or
+    more of the resident slots): H100's 4096x4096 and 6144x4096; every other shape keeps the
+    64-wide tiles' split."""
+    cfg = candidate_configs(1, n, k, 128, sms)[0]
+    expected = {(4096, 4096, 132): (128, 128), (6144, 4096, 132): (256, 168)}.get((n, k, sms))
+    if expected is None:
+        assert one_step_config(n, k, 128, sms) is None and cfg.block_k == 64
+        return
+    assert (cfg.block_n, cfg.max_registers) == expected
+    assert cfg.block_k == 128 and cfg.split_k == k // 128
+    per_sm = next(t[4] for t in ONE_STEP_TILES if (t[0], t[3]) == expected)
+    grid = triton_cdiv(n, cfg.block_n) * cfg.split_k
+    assert ONE_STEP_FILL * per_sm * sms <= grid <= per_sm * sms
 
 
 @needs_triton
