@@ -78,32 +78,33 @@ DOT_REGISTERS = 128
 WIDE_DOT_TILES = ((64, 128, 8, 2, 2, 2), (128, 128, 8, 2, 2, 2))
 
 
-# One-step GEMV tiles (same columns), tried first: a grid whose programs run one 128-wide step
-# each (split = K / 128) and fill one wave of resident slots (ONE_STEP_FILL or more) loads every
-# program's whole step at once, keeps 48 KB or more in flight per SM, and halves the partials of
-# the 64-wide tiles' split; with PDL the step streams before the wait. On H100 this serves
-# 4096x4096 (128 rows) and 6144x4096 (256 rows, the cap leaving 6 programs per SM); elsewhere
-# such a grid overflows a wave or leaves it emptier, and GEMV_TILES decide.
-ONE_STEP_TILES = ((128, 128, 2, 128, 8, 8), (256, 128, 2, 168, 6, 6))
-ONE_STEP_FILL = 0.9
+# The GEMV tile for short programs on H100 (same columns): 128 rows by 128-wide steps. Where its
+# split leaves each program at most SHORT_STEPS steps of K it leads (4096x4096: one step, 32
+# splits; 6144x4096: two, 16 splits): every program has its steps in flight almost at once, and
+# the split is half the 64-wide tiles', so are the float32 partials written and read back. Longer
+# programs keep the 64-wide tiles (fewer instructions per weight with float16 x, whose 128-wide
+# steps pass the activations through shared memory), and so does A100, where bfloat16 4096x4096
+# would wait on latency with it (the static report's model).
+SHORT_TILE = (128, 128, 2, 128, 8, 8)
+SHORT_STEPS = 2
 
 
-def one_step_config(n: int, k: int, group_size: int, sms: int) -> Int4MatmulConfig | None:
-    """The first one-step tile whose grid fills one wave, or None."""
-    for bn, bk, warps, regs, per_sm90, per_sm80 in ONE_STEP_TILES:
-        slots = (per_sm90 if sms >= H100_SMS else per_sm80) * sms
-        bk = gemv_block_k(bk, k, group_size)
-        splits = triton_cdiv(k, bk)
-        if ONE_STEP_FILL * slots <= triton_cdiv(n, bn) * splits <= slots:
-            return Int4MatmulConfig(1, bn, bk, splits, 1, warps, 1, max_registers=regs)
-    return None
+def short_config(n: int, k: int, group_size: int, sms: int) -> Int4MatmulConfig | None:
+    """SHORT_TILE with its split where its programs run at most SHORT_STEPS steps, on H100; or None."""
+    bn, bk, warps, regs, per_sm90, _ = SHORT_TILE
+    if sms < H100_SMS or gemv_block_k(bk, k, group_size) != bk:
+        return None
+    split = gemv_split_count(triton_cdiv(n, bn), k, bk, group_size, per_sm90 * sms, sms)
+    if triton_cdiv(triton_cdiv(k, bk), split) > SHORT_STEPS:
+        return None
+    return Int4MatmulConfig(1, bn, bk, split, 1, warps, 1, max_registers=regs)
 
 
 def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
-    """M = 1: a one-step grid that fills one wave where there is one, then each tile with the
-    split of K that best fills whole waves."""
-    one_step = one_step_config(n, k, group_size, sms)
-    out = [one_step] if one_step else []
+    """M = 1: the short-program tile where it applies, then each tile with the split of K that
+    best fills whole waves."""
+    short = short_config(n, k, group_size, sms)
+    out = [short] if short else []
     for bn, bk, warps, regs, per_sm90, per_sm80 in GEMV_TILES:
         per_sm = per_sm90 if sms >= H100_SMS else per_sm80
         bk = gemv_block_k(bk, k, group_size)

@@ -10,11 +10,11 @@ from fastcot.kernels import reference
 from fastcot.ops import _backend
 from fastcot.ops._int4_configs import (
     GEMV_TILES,
-    ONE_STEP_FILL,
-    ONE_STEP_TILES,
+    SHORT_STEPS,
+    SHORT_TILE,
     Int4MatmulConfig,
     candidate_configs,
-    one_step_config,
+    short_config,
     triton_cdiv,
 )
 from fastcot.ops.int4_matmul import _gemv_locks, gemv_split, int4_matmul_triton
@@ -74,8 +74,7 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     """What FASTCOT_AUTOTUNE=0 and graph capture run: the heuristic first GEMV configuration,
     whose grid fills the SMs evenly (one wave, or several)."""
     cfg = candidate_configs(1, n, k, 128, sms)[0]
-    tiles = ONE_STEP_TILES if one_step_config(n, k, 128, sms) else GEMV_TILES[:1]
-    bn, _, warps, _, per_sm90, per_sm80 = next(t for t in tiles if (t[0], t[3]) == (cfg.block_n, cfg.max_registers))
+    bn, _, warps, _, per_sm90, per_sm80 = SHORT_TILE if short_config(n, k, 128, sms) else GEMV_TILES[0]
     assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (1, bn, warps)
     slots = (per_sm90 if sms == 132 else per_sm80) * sms
     _, splits = gemv_split(k, cfg.block_k, cfg.split_k)
@@ -94,20 +93,16 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
 @pytest.mark.parametrize("sms", [132, 108])
 @pytest.mark.parametrize("n,k", [(14336, 4096), (4096, 14336), (6144, 4096), (4096, 4096), (28672, 4096),
                                  (8192, 8192), (8192, 28672)])
-def test_one_step_grids_fill_one_wave(n, k, sms):
-    """The untuned pick runs one 128-wide step per program where such a grid fills one wave (0.9 or
-    more of the resident slots): H100's 4096x4096 and 6144x4096; every other shape keeps the
-    64-wide tiles' split."""
+def test_short_programs_take_the_128_wide_tile_on_h100(n, k, sms):
+    """The untuned pick is the 128 x 128 tile where its programs run at most SHORT_STEPS steps of K
+    on H100 (4096x4096: one, 6144x4096: two); every other shape and A100 keep the 64-wide tiles."""
     cfg = candidate_configs(1, n, k, 128, sms)[0]
-    expected = {(4096, 4096, 132): (128, 128), (6144, 4096, 132): (256, 168)}.get((n, k, sms))
-    if expected is None:
-        assert one_step_config(n, k, 128, sms) is None and cfg.block_k == 64
+    if (n, k, sms) not in ((4096, 4096, 132), (6144, 4096, 132)):
+        assert short_config(n, k, 128, sms) is None and cfg.block_k == 64
         return
-    assert (cfg.block_n, cfg.max_registers) == expected
-    assert cfg.block_k == 128 and cfg.split_k == k // 128
-    per_sm = next(t[4] for t in ONE_STEP_TILES if (t[0], t[3]) == expected)
-    grid = triton_cdiv(n, cfg.block_n) * cfg.split_k
-    assert ONE_STEP_FILL * per_sm * sms <= grid <= per_sm * sms
+    assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.max_registers) == SHORT_TILE[:4]
+    steps = triton_cdiv(triton_cdiv(k, cfg.block_k), cfg.split_k)
+    assert steps == (1 if n == 4096 else 2) <= SHORT_STEPS
 
 
 @needs_triton

@@ -161,8 +161,10 @@ def _prefetch_step(w_rows, scales_ptr, zeros_ptr, pid_n, k0, N, K, BLOCK_N: tl.c
                    HALF: tl.constexpr, HAS_ZEROS: tl.constexpr, ONE_GROUP: tl.constexpr):
     """Fetch into L2 what the step at `k0` reads besides its first half (loaded already): the
     second half's words of every row, and the step's scales and zeros (one address per 128-byte
-    line of 64 rows). Before the grid-dependency wait: no earlier kernel writes any of them."""
-    prefetch_l2(tl.reshape(w_rows, (BLOCK_N,)) + tl.minimum(k0 + HALF, K - 1) // 8)
+    line of 64 rows). Before the grid-dependency wait: no earlier kernel writes any of them.
+    `w_rows` `[BLOCK_N, 1]` are the rows' pointers the loads use (no new address arithmetic)."""
+    if HALF > 32:  # else the second half lies in the first half's 32-byte sector, already on its way
+        prefetch_l2(w_rows + tl.minimum(k0 + HALF, K - 1) // 8)
     lines = tl.minimum(pid_n * BLOCK_N + tl.arange(0, (BLOCK_N + 63) // 64) * 64, N - 1)
     groups = K // GROUP_SIZE
     offs = tl.minimum(k0 // GROUP_SIZE, groups - 1) * N + lines
