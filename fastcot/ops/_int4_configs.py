@@ -78,9 +78,33 @@ DOT_REGISTERS = 128
 WIDE_DOT_TILES = ((64, 128, 8, 2, 2, 2), (128, 128, 8, 2, 2, 2))
 
 
+# The GEMV tile for short programs on H100 (same columns): 128 rows by 128-wide steps. Where its
+# split leaves each program at most SHORT_STEPS steps of K it leads (4096x4096: one step, 32
+# splits; 6144x4096: two, 16 splits): every program has its steps in flight almost at once, and
+# the split is half the 64-wide tiles', so are the float32 partials written and read back. Longer
+# programs keep the 64-wide tiles (fewer instructions per weight with float16 x, whose 128-wide
+# steps pass the activations through shared memory), and so does A100, where bfloat16 4096x4096
+# would wait on latency with it (the static report's model).
+SHORT_TILE = (128, 128, 2, 128, 8, 8)
+SHORT_STEPS = 2
+
+
+def short_config(n: int, k: int, group_size: int, sms: int) -> Int4MatmulConfig | None:
+    """SHORT_TILE with its split where its programs run at most SHORT_STEPS steps, on H100; or None."""
+    bn, bk, warps, regs, per_sm90, _ = SHORT_TILE
+    if sms < H100_SMS or gemv_block_k(bk, k, group_size) != bk:
+        return None
+    split = gemv_split_count(triton_cdiv(n, bn), k, bk, group_size, per_sm90 * sms, sms)
+    if triton_cdiv(triton_cdiv(k, bk), split) > SHORT_STEPS:
+        return None
+    return Int4MatmulConfig(1, bn, bk, split, 1, warps, 1, max_registers=regs)
+
+
 def gemv_configs(n: int, k: int, group_size: int, sms: int) -> list[Int4MatmulConfig]:
-    """M = 1: each tile with the split of K that best fills whole waves."""
-    out = []
+    """M = 1: the short-program tile where it applies, then each tile with the split of K that
+    best fills whole waves."""
+    short = short_config(n, k, group_size, sms)
+    out = [short] if short else []
     for bn, bk, warps, regs, per_sm90, per_sm80 in GEMV_TILES:
         per_sm = per_sm90 if sms >= H100_SMS else per_sm80
         bk = gemv_block_k(bk, k, group_size)
@@ -203,25 +227,25 @@ def aot_specs():
     """Compile specs for the AOT check: every shipped configuration with the common flags
     (fp16, asymmetric g128), plus the other dtype, flag and group-size variants on one decode
     and one prefill configuration, plus the split-K reduction."""
-    from fastcot.kernels.aot import KernelSpec
+    from fastcot.kernels.aot import ARCHS, KernelSpec
     from fastcot.kernels.triton.int4_matmul import (
         _int4_dequantize_kernel,
         _int4_matmul_kernel,
         _splitk_reduce_kernel,
     )
 
-    def matmul_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False):
+    def matmul_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False, pdl=False):
         gs = 4096 if group_size == -1 else group_size
         tile_groups = cfg.block_k // gs if cfg.block_k > gs else 1
         split = cfg.split_k > 1
         name = (
             f"int4_matmul m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
             f"{' splitk' if split else ''} {dtype} g{group_size}{'' if zeros or mins else ' sym'}"
-            f"{' perm' if perm else ''}{' bias' if bias else ''}{' mins' if mins else ''}"
+            f"{' perm' if perm else ''}{' bias' if bias else ''}{' mins' if mins else ''}{' pdl' if pdl else ''}"
         )
         return KernelSpec(
             name=name, fn=_int4_matmul_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            maxnreg=cfg.max_registers,
+            maxnreg=cfg.max_registers, archs=(90,) if pdl else ARCHS,
             signature={
                 "x_ptr": f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}",
@@ -237,13 +261,13 @@ def aot_specs():
                 # The launcher's rule for 16-bit x (decode tiles only: prefill tiles keep the
                 # dequantize-then-dot path, which fits their registers on sm_80).
                 "BIASED_DOT": cfg.block_m <= 64 and tile_groups == 1 and not mins,
-                "FUSED_REDUCE": split and cfg.block_m == 16,
+                "FUSED_REDUCE": split and cfg.block_m == 16, "USE_PDL": pdl,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
                      "partial_ptr", "lock_ptr", "N", "K", "words_per_row", "stride_xm", "stride_om", "k_per_split"),
         )
 
-    def gemv_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False):
+    def gemv_spec(cfg, dtype="fp16", group_size=128, zeros=True, perm=False, bias=False, mins=False, pdl=False):
         from fastcot.kernels.triton.int4_gemv import _int4_gemv_kernel
 
         gs = 4096 if group_size == -1 else group_size
@@ -253,11 +277,11 @@ def aot_specs():
         name = (
             f"int4_gemv n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps}{' splitk' if split else ''} {dtype} "
             f"g{group_size}{'' if zeros or mins else ' sym'}{' perm' if perm else ''}{' bias' if bias else ''}"
-            f"{' mins' if mins else ''}"
+            f"{' mins' if mins else ''}{' pdl' if pdl else ''}"
         )
         return KernelSpec(
             name=name, fn=_int4_gemv_kernel, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            maxnreg=cfg.max_registers,
+            maxnreg=cfg.max_registers, archs=(90,) if pdl else ARCHS,
             signature={
                 "x_ptr": "*i32" if x_pairs else f"*{dtype}", "qweight_ptr": "*i32", "scales_ptr": f"*{dtype}",
                 "zeros_ptr": f"*{dtype}", "perm_ptr": "*i32", "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
@@ -267,7 +291,7 @@ def aot_specs():
             constexprs={
                 "GROUP_SIZE": gs, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k,
                 "EVEN_K": True, "HAS_ZEROS": zeros or mins, "HAS_PERM": perm, "HAS_BIAS": bias, "HAS_MINS": mins,
-                "X_PAIRS": x_pairs,
+                "X_PAIRS": x_pairs, "USE_PDL": pdl,
             },
             aligned=("x_ptr", "qweight_ptr", "scales_ptr", "zeros_ptr", "perm_ptr", "bias_ptr", "out_ptr",
                      "partial_ptr", "lock_ptr", "N", "K", "words_per_row", "k_per_split"),
@@ -275,6 +299,8 @@ def aot_specs():
 
     configs = [c for c in shipped_configs() if not c.dequant_then_matmul]
     specs = [(gemv_spec if cfg.block_m == 1 else matmul_spec)(cfg) for cfg in configs]
+    # sm_90 launches them with programmatic dependent launch (fastcot.kernels.pdl).
+    specs += [(gemv_spec if cfg.block_m == 1 else matmul_spec)(cfg, pdl=True) for cfg in configs]
     decode = next(c for c in configs if c.block_m == 1 and c.split_k > 1)
     prefill = next(c for c in configs if c.block_m >= 64)
     for cfg in (decode, prefill):
@@ -287,6 +313,9 @@ def aot_specs():
             make(cfg, group_size=32, zeros=False, mins=True),  # GGUF Q4_1
         ]
     specs.append(gemv_spec(Int4MatmulConfig(**{**decode.__dict__, "split_k": 1}), bias=True))
+    rows16 = next(c for c in configs if c.block_m == 16)
+    specs += [gemv_spec(decode, dtype="bf16", pdl=True), gemv_spec(decode, group_size=32, zeros=False, mins=True, pdl=True),
+              gemv_spec(decode, zeros=False, perm=True, bias=True, pdl=True), matmul_spec(rows16, dtype="bf16", pdl=True)]
     for dtype, zeros, perm, mins in (("fp16", True, False, False), ("bf16", False, True, False),
                                      ("fp16", False, False, True)):
         cfg = next(c for c in shipped_configs() if c.dequant_then_matmul)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from fastcot.kernels import reference
+from fastcot.kernels.pdl import device_arch, pdl_enabled
 from fastcot.ops import _backend
 from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, num_sms, triton_cdiv
@@ -128,17 +129,24 @@ def check_cuda_mins(mins) -> None:
 
 
 def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, config: Int4MatmulConfig | None = None,
-                       *, mins=None):
+                       *, mins=None, arch=None):
     """Launch the Triton kernel(s) on 2-D `x [M, K]` into `out [M, N]` (layouts already checked).
 
     `config` forces a launch configuration (tests use it to cover every code path);
     otherwise the autotuner picks one. `mins` (with `zeros` None): float minimums per group.
+    `arch` is the SM version to build for (default the device's; none off CUDA): sm_90 and newer
+    launch with programmatic dependent launch (`fastcot.kernels.pdl`); the static report passes
+    its target's.
     """
     m, k = x.shape
     n = out.shape[1]
+    if arch is None:
+        arch = device_arch(x.device)
+    # The interpreter runs no inline assembly (the grid-dependency instructions).
+    use_pdl = pdl_enabled(arch) and not _backend.triton_interpreted(x.device)
 
     def run(cfg: Int4MatmulConfig) -> None:
-        _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg, mins)
+        _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg, mins, use_pdl)
 
     if config is None:
         key = (m_bucket(m), n, k, group_size, x.dtype, zeros is None, perm is None, bias is None, mins is None,
@@ -189,7 +197,8 @@ def _zeros_arg(scales, zeros, mins):
     return scales if zeros is None else zeros
 
 
-def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4MatmulConfig, mins=None) -> None:
+def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4MatmulConfig, mins=None,
+            use_pdl=False) -> None:
     from fastcot.kernels.triton.int4_matmul import _int4_matmul_kernel, _splitk_reduce_kernel
 
     m, k = x.shape
@@ -212,7 +221,7 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         if cfg.block_k % 64 or (group_size != -1 and cfg.block_k > 2 * gs):
             raise ValueError(f"GEMV configuration {cfg}: block_k must be a multiple of 64 and at most twice "
                              f"the group size ({gs})")
-        _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg, mins)
+        _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg, mins, use_pdl)
         return
     tile_groups = cfg.block_k // gs if (group_size != -1 and cfg.block_k > gs) else 1
     k_per_split = triton_cdiv(triton_cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
@@ -242,8 +251,8 @@ def _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg: Int4Mat
         DEQUANT_NATIVE=cfg.block_m > 1 and not fp32_dot and scales.dtype == x.dtype and mins is None,
         HAS_MINS=mins is not None,
         BIASED_DOT=cfg.block_m <= 64 and x.dtype in (torch.float16, torch.bfloat16) and tile_groups == 1 and mins is None,
-        FUSED_REDUCE=fused_reduce,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        FUSED_REDUCE=fused_reduce, USE_PDL=use_pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
         **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )
     if split_k > 1 and not fused_reduce:
@@ -283,7 +292,7 @@ def gemv_split(k: int, block_k: int, split_k: int) -> tuple[int, int]:
     return per_split * block_k, triton_cdiv(steps, per_split)
 
 
-def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4MatmulConfig, mins) -> None:
+def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4MatmulConfig, mins, use_pdl=False) -> None:
     """The decode GEMV (`x` is one row): split-K reduced inside the kernel, one launch."""
     from fastcot.kernels.triton.int4_gemv import _int4_gemv_kernel
 
@@ -309,7 +318,7 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
         N=n, K=k, words_per_row=k // 8, k_per_split=k_per_split,
         GROUP_SIZE=gs, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split_k, EVEN_K=k % cfg.block_k == 0,
         HAS_ZEROS=zeros is not None or mins is not None, HAS_PERM=perm is not None, HAS_BIAS=bias is not None,
-        HAS_MINS=mins is not None, X_PAIRS=x_pairs,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_MINS=mins is not None, X_PAIRS=x_pairs, USE_PDL=use_pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
         **({"maxnreg": cfg.max_registers} if cfg.max_registers else {}),
     )

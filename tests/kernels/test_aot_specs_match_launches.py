@@ -20,9 +20,10 @@ GROUP = 128
 
 
 def _plain_fp16_specs():
-    """The specs of each shipped configuration with the common flags (fp16, asymmetric g128)."""
-    return [s for s in aot_specs() if s.name.endswith(" fp16 g128") and s.fn is not kernels._splitk_reduce_kernel
-            and s.fn is not kernels._int4_dequantize_kernel]
+    """The specs of each shipped configuration with the common flags (fp16, asymmetric g128),
+    without and with programmatic dependent launch (sm_90's)."""
+    return [s for s in aot_specs() if s.name.endswith((" fp16 g128", " fp16 g128 pdl"))
+            and s.fn is not kernels._splitk_reduce_kernel and s.fn is not kernels._int4_dequantize_kernel]
 
 
 def _constexpr_names(fn) -> set:
@@ -33,7 +34,8 @@ def _constexpr_names(fn) -> set:
 
 
 @pytest.mark.parametrize("spec", _plain_fp16_specs(), ids=lambda s: s.name)
-def test_spec_is_the_launched_kernel(spec):
+def test_spec_is_the_launched_kernel(spec, monkeypatch):
+    monkeypatch.delenv("FASTCOT_PDL", raising=False)
     c = spec.constexprs
     gemv = spec.fn is int4_gemv._int4_gemv_kernel
     block_m = 1 if gemv else c["BLOCK_M"]
@@ -48,10 +50,13 @@ def test_spec_is_the_launched_kernel(spec):
     out = torch.empty((m, n), dtype=torch.float16, device=META)
     with triton_launches(kernels._int4_matmul_kernel, kernels._splitk_reduce_kernel,
                          int4_gemv._int4_gemv_kernel) as calls:
-        int4_matmul_triton(x, qweight, scales, zeros, None, GROUP, None, out, config=config)
+        # The launcher's choice for an sm_90 GPU (PDL) or for none (meta tensors: no PDL).
+        arch = 90 if spec.constexprs["USE_PDL"] else None
+        int4_matmul_triton(x, qweight, scales, zeros, None, GROUP, None, out, config=config, arch=arch)
     fn, _, kwargs = calls[0]
     assert fn is spec.fn
     launched = {name: kwargs[name] for name in _constexpr_names(fn) if name in kwargs}
     assert launched == c, f"{spec.name}: the launcher passes {launched}, the spec compiles {c}"
     assert kwargs["num_warps"] == spec.num_warps and kwargs["num_stages"] == spec.num_stages
     assert kwargs.get("maxnreg") == spec.maxnreg
+    assert kwargs["launch_pdl"] == spec.constexprs["USE_PDL"]

@@ -8,7 +8,15 @@ from helpers import TOLERANCE, assert_close, poisoned
 import fastcot
 from fastcot.kernels import reference
 from fastcot.ops import _backend
-from fastcot.ops._int4_configs import GEMV_TILES, Int4MatmulConfig, candidate_configs, triton_cdiv
+from fastcot.ops._int4_configs import (
+    GEMV_TILES,
+    SHORT_STEPS,
+    SHORT_TILE,
+    Int4MatmulConfig,
+    candidate_configs,
+    short_config,
+    triton_cdiv,
+)
 from fastcot.ops.int4_matmul import _gemv_locks, gemv_split, int4_matmul_triton
 
 TRITON_HERE = torch.cuda.is_available() or _backend.triton_interpreter_enabled()
@@ -66,7 +74,7 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     """What FASTCOT_AUTOTUNE=0 and graph capture run: the heuristic first GEMV configuration,
     whose grid fills the SMs evenly (one wave, or several)."""
     cfg = candidate_configs(1, n, k, 128, sms)[0]
-    bn, _, warps, _, per_sm90, per_sm80 = GEMV_TILES[0]
+    bn, _, warps, _, per_sm90, per_sm80 = SHORT_TILE if short_config(n, k, 128, sms) else GEMV_TILES[0]
     assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (1, bn, warps)
     slots = (per_sm90 if sms == 132 else per_sm80) * sms
     _, splits = gemv_split(k, cfg.block_k, cfg.split_k)
@@ -80,6 +88,21 @@ def test_untuned_first_candidate_fills_the_gpu(n, k, sms):
     # gets 0.81 (176 programs in 324 slots) rather than 0.89 from 96 programs.
     assert grid >= slots / 2
     assert eff >= (0.9 if sms == 132 else 0.8)
+
+
+@pytest.mark.parametrize("sms", [132, 108])
+@pytest.mark.parametrize("n,k", [(14336, 4096), (4096, 14336), (6144, 4096), (4096, 4096), (28672, 4096),
+                                 (8192, 8192), (8192, 28672)])
+def test_short_programs_take_the_128_wide_tile_on_h100(n, k, sms):
+    """The untuned pick is the 128 x 128 tile where its programs run at most SHORT_STEPS steps of K
+    on H100 (4096x4096: one, 6144x4096: two); every other shape and A100 keep the 64-wide tiles."""
+    cfg = candidate_configs(1, n, k, 128, sms)[0]
+    if (n, k, sms) not in ((4096, 4096, 132), (6144, 4096, 132)):
+        assert short_config(n, k, 128, sms) is None and cfg.block_k == 64
+        return
+    assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.max_registers) == SHORT_TILE[:4]
+    steps = triton_cdiv(triton_cdiv(k, cfg.block_k), cfg.split_k)
+    assert steps == (1 if n == 4096 else 2) <= SHORT_STEPS
 
 
 @needs_triton

@@ -18,6 +18,10 @@ layout (no shuffles or shared memory in the loop):
 - the next step's words, scales and zeros are loaded before the current step is used
   (registers as a second buffer), so a program keeps two steps of loads in flight.
 
+On sm_90 the kernel is launched with programmatic dependent launch (`fastcot.kernels.pdl`):
+the first half-step's words load, and the rest of the first step is fetched into L2, before the
+wait for the previous kernel (whose output x is).
+
 A split of K is reduced inside the kernel: each program writes its float32 partial row block,
 then counts itself in with an atomic on that row block's counter; the program that arrives last
 sums the partials in a fixed order (deterministic), adds the bias, stores the output and resets
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from fastcot.kernels.pdl import gdc_launch_dependents, gdc_wait, prefetch_l2
 
 # Products are accumulated as q * x * 2**ACC_EXP: see the module docstring.
 ACC_EXP = -60
@@ -151,12 +157,34 @@ def _fold(total, acc, x_sum, scale, zero, HAS_ZEROS: tl.constexpr, HAS_MINS: tl.
 
 
 @triton.jit
+def _prefetch_step(w_rows, scales_ptr, zeros_ptr, pid_n, k0, N, K, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr,
+                   HALF: tl.constexpr, HAS_ZEROS: tl.constexpr, ONE_GROUP: tl.constexpr):
+    """Fetch into L2 what the step at `k0` reads besides its first half (loaded already): the
+    second half's words of every row, and the step's scales and zeros (one address per 128-byte
+    line of 64 rows). Before the grid-dependency wait: no earlier kernel writes any of them.
+    `w_rows` `[BLOCK_N, 1]` are the rows' pointers the loads use (no new address arithmetic)."""
+    if HALF > 32:  # else the second half lies in the first half's 32-byte sector, already on its way
+        prefetch_l2(w_rows + tl.minimum(k0 + HALF, K - 1) // 8)
+    lines = tl.minimum(pid_n * BLOCK_N + tl.arange(0, (BLOCK_N + 63) // 64) * 64, N - 1)
+    groups = K // GROUP_SIZE
+    offs = tl.minimum(k0 // GROUP_SIZE, groups - 1) * N + lines
+    prefetch_l2(scales_ptr + offs)
+    if HAS_ZEROS:
+        prefetch_l2(zeros_ptr + offs)
+    if not ONE_GROUP:
+        offs = tl.minimum((k0 + HALF) // GROUP_SIZE, groups - 1) * N + lines
+        prefetch_l2(scales_ptr + offs)
+        if HAS_ZEROS:
+            prefetch_l2(zeros_ptr + offs)
+
+
+@triton.jit
 def _int4_gemv_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr, partial_ptr, lock_ptr,
     N, K, words_per_row, k_per_split,
     GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_MINS: tl.constexpr, X_PAIRS: tl.constexpr = False,
+    HAS_MINS: tl.constexpr, X_PAIRS: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     HALF: tl.constexpr = BLOCK_K // 2  # a step is two half-steps: see the loop
     C: tl.constexpr = HALF // 32  # 32-nibble runs per row and half-step
@@ -178,6 +206,14 @@ def _int4_gemv_kernel(
     k_end = tl.minimum(k_start + k_per_split, K)
     total = tl.zeros((BLOCK_N, C), dtype=tl.float32)  # in units of 2**ACC_EXP
     words_a = _load_words(w_rows, k_start, words_per_row, C, EVEN_K)
+    # With PDL the previous kernel may still be running: x (its output) is read, and anything is
+    # written, only after the wait; the first half-step's words are loaded before it, the rest of
+    # the step is fetched into L2.
+    if USE_PDL:
+        gdc_launch_dependents()
+        _prefetch_step(w_rows, scales_ptr, zeros_ptr, pid_n, k_start, N, K, BLOCK_N, GROUP_SIZE, HALF,
+                       HAS_ZEROS or HAS_MINS, ONE_GROUP)
+        gdc_wait()
     # Each step streams its second half while it computes the first, and the next step's first
     # half while it computes the second: two half-step buffers and no register copies, so only
     # the loads of the half-step in use are ever waited for.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fastcot.kernels.pdl import gdc_launch_dependents, gdc_wait, prefetch_l2
+
 
 @triton.jit
 def _group_scale_zero(scales_ptr, zeros_ptr, group, N, offs_n, mask_n, HAS_ZEROS: tl.constexpr):
@@ -120,6 +122,25 @@ def _mma_order_x(x):
 
 
 @triton.jit
+def _prefetch_steps(qweight_ptr, scales_ptr, zeros_ptr, offs_n, row0, k_start, k_end, N, words_per_row, num_groups,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr):
+    """Fetch into L2 the weights, scales and zeros of the first two steps from `k_start` (those the
+    pipeline's prologue loads), before the grid-dependency wait: no earlier kernel writes them.
+    The prologue's own loads come after the wait (Triton issues them right before the loop)."""
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64) * words_per_row
+    lines = tl.minimum(row0 + tl.arange(0, (BLOCK_N + 63) // 64) * 64, N - 1)
+    for step in tl.static_range(2):
+        k0 = tl.minimum(k_start + step * BLOCK_K, k_end - 1)
+        # A row's step is BLOCK_K / 2 bytes: one address per 64 bytes.
+        for part in tl.static_range(0, BLOCK_K // 8, 16):
+            prefetch_l2(qweight_ptr + rows + (k0 // 8 + part))
+        offs = tl.minimum(k0 // GROUP_SIZE, num_groups - 1).to(tl.int64) * N + lines
+        prefetch_l2(scales_ptr + offs)
+        if HAS_ZEROS:
+            prefetch_l2(zeros_ptr + offs)
+
+
+@triton.jit
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, scales_ptr, zeros_ptr, perm_ptr, bias_ptr, out_ptr, partial_ptr, lock_ptr,
     M, N, K, words_per_row, stride_xm, stride_om, k_per_split,
@@ -128,7 +149,7 @@ def _int4_matmul_kernel(
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     IEEE_FP32: tl.constexpr, DEQUANT_NATIVE: tl.constexpr, HAS_MINS: tl.constexpr,
-    BIASED_DOT: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False,
+    BIASED_DOT: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -158,6 +179,13 @@ def _int4_matmul_kernel(
     k_end = k_start + k_per_split
     if k_end > K:
         k_end = K
+    # With PDL the previous kernel may still be running: x (its output) is read, and anything
+    # is written, only after the wait; the first steps' weights stream into L2 before it.
+    if USE_PDL:
+        gdc_launch_dependents()
+        _prefetch_steps(qweight_ptr, scales_ptr, zeros_ptr, offs_n, pid_n * BLOCK_N, k_start, k_end, N,
+                        words_per_row, num_groups, BLOCK_N, BLOCK_K, GROUP_SIZE, HAS_ZEROS)
+        gdc_wait()
     for k0 in range(k_start, k_end, BLOCK_K):
         # k0 is a multiple of BLOCK_K; words_per_row (K // 8) is an argument so that Triton sees
         # its divisibility and can use 16-byte loads.
