@@ -72,12 +72,23 @@ def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
     streaming |= {i.address for i in pro if i.opcode in opcodes}
     timing = block_timing(pro, path, epi, plan.iterations, machine.latencies(), streaming)
 
+    # Issue and pipes count what the average program runs: in an in-kernel split-K reduction all
+    # but one program of each group leave at the first EXIT after the loop. The latency chain
+    # keeps the longest way out (the last program's, which ends the round).
+    g = plan.reduce_group
+    epi_common = sass.epilogue_to_first_exit(instrs, loop) if g > 1 else epi
+
     def warp_count(pred) -> float:
-        return warps * (sum(map(pred, pro)) + plan.iterations * sum(map(pred, path)) + sum(map(pred, epi)))
+        epi_avg = ((g - 1) * sum(map(pred, epi_common)) + sum(map(pred, epi))) / g
+        return warps * (sum(map(pred, pro)) + plan.iterations * sum(map(pred, path)) + epi_avg)
 
     pipes = {p: warp_count(lambda i, p=p: sass.pipe(i) == p) for p in sass.PIPES}
+    # Partials a kernel reduces itself move through the L2 during its rounds; those of an extra
+    # launch cost their time after it.
+    in_kernel = plan.reduce_group > 1
     work = BlockWork(cycles=timing.cycles, warp_instructions=warp_count(lambda i: 1), pipe_instructions=pipes,
-                     bytes=plan.call_bytes / plan.grid_blocks)
+                     bytes=plan.call_bytes / plan.grid_blocks,
+                     l2_bytes=plan.extra_bytes / plan.grid_blocks if in_kernel else 0.0)
     # The launch overlaps the previous kernel only if the launcher asks for PDL on this arch and
     # the SASS requests bytes before its wait and stores nothing before it.
     overlap = sass.pdl_overlap(instrs)
@@ -85,7 +96,8 @@ def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
 
     def prediction(pdl: bool):
         return predict(work, plan.grid_blocks, occ.blocks_per_sm, machine, call_bytes=plan.call_bytes,
-                       extra_launches=len(plan.launches) - 1, extra_bytes=plan.extra_bytes, pdl=pdl)
+                       extra_launches=len(plan.launches) - 1, extra_bytes=0.0 if in_kernel else plan.extra_bytes,
+                       pdl=pdl)
 
     pred = prediction(credited)
     resident = min(occ.blocks_per_sm, plan.grid_blocks / machine.sms)

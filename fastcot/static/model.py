@@ -10,11 +10,15 @@ lasts as long as the slowest of four limits:
   warp-instructions / 4;
 - pipes: each execution pipe has its own rate (e.g. MUFU and conversions on the XU at 16
   lanes per clock), r x the block's warp-instructions on that pipe / rate;
-- memory: the chip moves at most the copy bandwidth, n x the block's bytes / bandwidth.
+- memory: the chip moves at most the copy bandwidth, n x the block's bytes / bandwidth;
+- l2 (only for a kernel that reduces split-K partials itself): its streamed bytes and its
+  partials (written by every program, read back by the last of each group) through the L2,
+  n x (bytes + partial bytes) / L2 bandwidth.
 
 The call then pays a fixed cost per kernel launched (the launch gap and ramp of a dependent
 kernel in a CUDA graph) and moves its extra bytes (split-K partials, split-KV partials) through
-the L2. A main kernel launched with programmatic dependent launch (PDL, sm_90+) that starts
+the L2 (partials a kernel reduces itself move during its rounds: the `l2` limit above). A main
+kernel launched with programmatic dependent launch (PDL, sm_90+) that starts
 streaming its weights before it waits on the previous kernel (`griddepcontrol.wait`, ACQBULK in
 SASS: `fastcot.static.sass.pdl_overlap`) overlaps that gap with the previous kernel's tail and
 pays the smaller `pdl_launch_us` instead (what is left: the wait's release and the reads after
@@ -84,6 +88,7 @@ class BlockWork:
     warp_instructions: float
     pipe_instructions: dict  # pipe -> warp-instructions
     bytes: float  # bytes it moves from memory (the call's bytes / grid)
+    l2_bytes: float = 0.0  # split-K partials it writes and (the group's last) reads back, per block
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ def round_limits(work: BlockWork, blocks: int, machine: Machine) -> dict:
         "issue": per_sm * work.warp_instructions / machine.issue_rate,
         "memory": blocks * work.bytes / machine.bytes_per_cycle,
     }
+    if work.l2_bytes:
+        limits["l2"] = blocks * (work.bytes + work.l2_bytes) / (machine.l2_bandwidth_gbs / machine.clock_ghz)
     for pipe, count in work.pipe_instructions.items():
         if pipe in machine.pipe_rates and count:
             limits[pipe] = per_sm * count / machine.pipe_rates[pipe]
@@ -139,6 +146,6 @@ def predict(work: BlockWork, grid: int, blocks_per_sm: int, machine: Machine, *,
     ideal_us = call_bytes / (machine.copy_bandwidth_gbs * 1e3)
     main = max(rounds, key=lambda r: r["repeat"] * r["cycles"])
     limiter = main["limiter"]
-    bound = "memory" if limiter == "memory" else "latency" if limiter == "latency" else "issue"
+    bound = "memory" if limiter in ("memory", "l2") else "latency" if limiter == "latency" else "issue"
     return Prediction(fraction=min(1.0, ideal_us / time_us), bound=bound, limiter=limiter, time_us=time_us,
                       kernel_us=kernel_us, overhead_us=overhead_us, rounds=rounds, load=main["load"])

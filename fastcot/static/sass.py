@@ -308,6 +308,17 @@ def epilogue(instrs: list[Instruction], loop: Loop) -> list[Instruction]:
     return longest_path(instrs, start, lambda i: instrs[i].base == "EXIT", start, len(instrs) - 1)
 
 
+def epilogue_to_first_exit(instrs: list[Instruction], loop: Loop) -> list[Instruction]:
+    """From the instruction after the loop to the first EXIT after it in program order: the way
+    out of the programs of a split-K group that are not the last to arrive (the last one goes on
+    to reduce the group's partials). [] when no EXIT follows the loop."""
+    start = loop.tail + 1
+    exits = [n for n in range(start, len(instrs)) if instrs[n].base == "EXIT"]
+    if not exits:
+        return []
+    return longest_path(instrs, start, lambda i: i == exits[0], start, exits[0])
+
+
 def depbar_depth(path: list[Instruction]) -> int | None:
     """Copy groups (`LDGDEPBAR`) a loop leaves in flight while it computes: 1 + the largest N
     of its `DEPBAR.LE SB0, N` waits (None when it uses no asynchronous copies)."""

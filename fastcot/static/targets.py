@@ -91,7 +91,10 @@ class Plan:
     iterations: int  # main-loop iterations of the busiest block
     bytes_per_iteration: float  # weights (+ scales, zeros) or K and V per block per iteration
     call_bytes: float  # what the call must move (the benchmark's byte count)
-    extra_bytes: float = 0.0  # partials written and read back by the extra launches
+    extra_bytes: float = 0.0  # split partials written and read back (by an extra launch, or in-kernel: reduce_group)
+    # Programs that share one in-kernel split-K reduction: all but the last to arrive leave at
+    # the first EXIT after the loop; only the last runs the reduction (1: no such reduction).
+    reduce_group: int = 1
     weights_per_iteration: int | None = None
 
     @property
@@ -162,7 +165,7 @@ def int4_triton(target: Target, sms: int, arch: int = 90) -> Plan:
     config = Autotuner().pick(None, candidate_configs(s["m"], s["n"], s["k"], s["group_size"], sms), None, META)
     with triton_launches(kernels._int4_matmul_kernel, kernels._splitk_reduce_kernel,
                          int4_gemv._int4_gemv_kernel) as calls:
-        int4_matmul_triton(x, qweight, scales, zeros, None, s["group_size"], None, out, config=config)
+        int4_matmul_triton(x, qweight, scales, zeros, None, s["group_size"], None, out, config=config, arch=arch)
     launches = [Launch(fn.__name__, grid, kw["num_warps"] * 32, fn, kw, pdl=bool(kw.get("launch_pdl")))
                 for fn, grid, kw in calls]
     kw = launches[0].kwargs
@@ -177,6 +180,7 @@ def int4_triton(target: Target, sms: int, arch: int = 90) -> Plan:
         launches=launches, iterations=math.ceil(kw["k_per_split"] / block_k),
         bytes_per_iteration=block_n * block_k / 2 + 2 * groups_per_tile * block_n * elem,
         call_bytes=_int4_call_bytes(s), extra_bytes=extra, weights_per_iteration=block_n * block_k,
+        reduce_group=split if split > 1 and len(launches) == 1 else 1,
     )
 
 

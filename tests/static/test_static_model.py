@@ -11,8 +11,9 @@ TOY = Machine(name="toy", arch=90, sms=2, clock_ghz=1.0, copy_bandwidth_gbs=100.
               l1_latency_cycles=10.0, launch_us=0.0, pdl_launch_us=0.0, l2_bandwidth_gbs=1000.0, pipe_rates={"xu": 0.5, "fma": 4.0})
 
 
-def work(cycles=10.0, warp_instructions=40.0, pipes=None, nbytes=1000.0):
-    return BlockWork(cycles=cycles, warp_instructions=warp_instructions, pipe_instructions=pipes or {}, bytes=nbytes)
+def work(cycles=10.0, warp_instructions=40.0, pipes=None, nbytes=1000.0, l2=0.0):
+    return BlockWork(cycles=cycles, warp_instructions=warp_instructions, pipe_instructions=pipes or {}, bytes=nbytes,
+                     l2_bytes=l2)
 
 
 def test_memory_bound_reaches_the_copy_bandwidth():
@@ -62,6 +63,17 @@ def test_a_pdl_launch_pays_only_the_main_kernels_smaller_charge():
     # The main kernel's launch overlaps the previous kernel; an extra launch still pays in full.
     assert plain.overhead_us == pytest.approx(2.0) and pdl.overhead_us == pytest.approx(1.25)
     assert pdl.kernel_us == plain.kernel_us and pdl.fraction == pytest.approx(0.04 / 1.29)
+
+
+def test_partials_reduced_in_kernel_share_the_round_with_the_stream():
+    # 4 blocks of 1000 B, 2 an SM; 1000 B of partials a block through an L2 of 1000 GB/s (1000 B a
+    # cycle): l2 = 4 x 2000 / 1000 = 8 cycles, under memory's 40, so they cost nothing extra ...
+    p = predict(work(nbytes=1000, l2=1000.0), grid=4, blocks_per_sm=2, machine=TOY, call_bytes=4000)
+    assert p.limiter == "memory" and p.load["l2"] == pytest.approx(0.2) and p.fraction == pytest.approx(1.0)
+    # ... but bind when the L2 is slower than the copy bandwidth's share (l2 = 80 cycles).
+    slow = dataclasses.replace(TOY, l2_bandwidth_gbs=100.0)
+    p = predict(work(nbytes=1000, l2=1000.0), grid=4, blocks_per_sm=2, machine=slow, call_bytes=4000)
+    assert (p.bound, p.limiter) == ("memory", "l2") and p.fraction == pytest.approx(0.5)
 
 
 def test_bad_inputs_and_the_shipped_machines():

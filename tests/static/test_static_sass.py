@@ -134,3 +134,15 @@ def test_pdl_overlap_counts_only_what_the_sass_keeps_before_the_wait():
     instrs = load("pdl_early_loads_sm90a.sass")
     store = sass._instruction(0x10, "STG.E desc[UR4][R2.64], R11")
     assert not sass.pdl_overlap([store, *instrs]).streams_early
+
+
+def test_the_way_out_of_a_split_k_program_that_is_not_the_last_to_arrive():
+    body = ["LDG.E.128 R4, desc[UR4][R2.64]", "FFMA R8, R4, R5, R8", "@P0 BRA 0x0",  # the loop
+            "STG.E desc[UR4][R6.64], R8", "ATOMG.E.ADD.STRONG.GPU PT, R9, desc[UR4][R10.64], R11",
+            "ISETP.NE.U32.AND P2, PT, R9, 0x1f, PT", "@P2 EXIT",  # every program but the last
+            "LDG.E R12, desc[UR4][R6.64]", "FADD R8, R8, R12", "STG.E desc[UR4][R14.64], R8", "EXIT"]
+    instrs = [sass._instruction(16 * n, text) for n, text in enumerate(body)]
+    loop = sass.hot_loop(instrs)
+    assert (loop.head, loop.tail) == (0, 2)
+    assert [i.base for i in sass.epilogue_to_first_exit(instrs, loop)] == ["STG", "ATOMG", "ISETP", "EXIT"]
+    assert len(sass.epilogue(instrs, loop)) == 8  # the last program's way out, through the reduction
