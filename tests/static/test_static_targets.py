@@ -141,3 +141,13 @@ def test_the_cubins_are_built_like_setup_py_builds_the_extension():
     setup = (REPO / "setup.py").read_text()
     assert '"' + " ".join(cubins.NVCC_FLAGS) in setup
     assert 'DEFAULT_ARCHS = "80;90a"' in setup and set(cubins.CUDA_ARCH.values()) == {"sm_80", "sm_90a"}
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_int4_plans_launch_with_pdl_on_sm90_only(backend, monkeypatch):
+    target = targets.Target("int4_matmul", {"m": 1, "n": 4096, "k": 4096, "group_size": 128, "dtype": "fp16"})
+    monkeypatch.delenv("FASTCOT_PDL", raising=False)
+    assert targets.plan(target, backend, 132, 90).main.pdl
+    assert not targets.plan(target, backend, 108, 80).main.pdl
+    monkeypatch.setenv("FASTCOT_PDL", "0")
+    assert not targets.plan(target, backend, 132, 90).main.pdl
