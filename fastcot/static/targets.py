@@ -363,11 +363,12 @@ def decode_cuda(target: Target, sms: int, arch: int = 90) -> Plan:
     g, d = decode_group_tile(group), s["head_dim"]
     symbol = f"_ZN7fastcot19paged_decode_kernelI{CUDA_TYPES[s['kv_dtype']]}Li{d}ELi{g}EEEvNS_15PagedDecodeArgsE"
     grid = (s["batch"], s["kv_heads"] * math.ceil(group / g), splits)
-    launches = [Launch("paged_decode_kernel", grid, DECODE_THREADS, symbol=symbol, source="paged_decode.cu")]
+    launches = [Launch("paged_decode_kernel", grid, DECODE_THREADS, symbol=symbol, source="paged_decode.cu",
+                       pdl=pdl_enabled(arch))]
     if splits > 1:
         launches.append(Launch("paged_decode_merge_kernel", (s["batch"], s["q_heads"]), d,
                                symbol="_ZN7fastcot25paged_decode_merge_kernelENS_15PagedDecodeArgsEi",
-                               source="paged_decode.cu"))
+                               source="paged_decode.cu", pdl=pdl_enabled(arch)))
     tile = decode_tile_tokens(cache.element_size())
     per_split = math.ceil(math.ceil(s["context"] / splits) / DECODE_SPLIT_ALIGN) * DECODE_SPLIT_ALIGN
     return Plan(
