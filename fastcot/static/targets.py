@@ -323,7 +323,8 @@ def decode_triton(target: Target, sms: int, arch: int = 90) -> Plan:
     with triton_launches(kernels._paged_decode_kernel, kernels._decode_merge_kernel) as calls:
         paged_decode_triton(q, cache, cache, tables, seq_lens, out, s["head_dim"] ** -0.5, 1.0, 1.0,
                             num_splits=splits, arch=arch)
-    launches = [Launch(fn.__name__, grid, kw.get("num_warps", 4) * 32, fn, kw) for fn, grid, kw in calls]
+    launches = [Launch(fn.__name__, grid, kw.get("num_warps", 4) * 32, fn, kw, pdl=bool(kw.get("launch_pdl")))
+                for fn, grid, kw in calls]
     kw = launches[0].kwargs
     block_n = kw["BLOCK_N"]
     per_split = math.ceil(math.ceil(s["context"] / splits) / block_n) * block_n
