@@ -442,14 +442,14 @@ def aot_specs():
                       "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
 
     def decode(dtype, cache, head_dim, group, splits, arch=None, pdl=False):
+        if pdl:
+            arch = 90  # PDL variants are sm_90's
         # A float8 cache is passed as int16 pairs of codes converted by `cvt` on sm_90 and as
         # int32 words of four converted by bit operations on sm_80 (head_dim % 4 == 0).
         fp8 = cache == "fp8e4nv"
         pairs = fp8 and arch == 90
         view = "*i16" if pairs else "*i32" if fp8 else f"*{cache}"
         block_d, block_n = _decode_tiles(head_dim, fp8, pairs)
-        if pdl:
-            arch = 90
         return KernelSpec(
             name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}{' pdl' if pdl else ''}",
             fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,

@@ -71,6 +71,10 @@ def _launch(case: str, arch):
         q, cache = _empty((2, 32, 128), half), _empty((64, 16, 8, 128), half)
         paged_decode_triton(q, cache, cache, _empty((2, 32), i32), _empty((2,), i32), torch.empty_like(q),
                             128 ** -0.5, 1.0, 1.0, num_splits=16, arch=arch)
+    elif case == "paged_decode fp8":
+        q, cache = _empty((2, 32, 128), bf16), _empty((64, 16, 8, 128), torch.float8_e4m3fn)
+        paged_decode_triton(q, cache, cache, _empty((2, 32), i32), _empty((2,), i32), torch.empty_like(q),
+                            128 ** -0.5, 1.0, 1.0, num_splits=16, arch=arch)
     elif case == "decode_merge":
         q, cache = _empty((2, 32, 128), half), _empty((64, 16, 8, 128), half)
         paged_decode_triton(q, cache, cache, _empty((2, 32), i32), _empty((2,), i32), torch.empty_like(q),
@@ -83,7 +87,7 @@ def _launch(case: str, arch):
 
 
 @pytest.mark.parametrize("case", ["rms_norm", "rotary", "silu_and_mul", "write_kv_cache", "paged_decode",
-                                  "decode_merge", "cascade"])
+                                  "paged_decode fp8", "decode_merge", "cascade"])
 @pytest.mark.parametrize("arch", [90, 80])
 def test_launches_are_among_the_specs(monkeypatch, case, arch):
     monkeypatch.delenv("FASTCOT_PDL", raising=False)
@@ -94,7 +98,7 @@ def test_launches_are_among_the_specs(monkeypatch, case, arch):
     for fn, _, kwargs in calls:
         if case == "decode_merge" and fn is not paged_kernels._decode_merge_kernel:
             continue
-        if case == "paged_decode" and fn is not paged_kernels._paged_decode_kernel:
+        if case.startswith("paged_decode") and fn is not paged_kernels._paged_decode_kernel:
             continue
         launched = {name: kwargs[name] for name in _constexpr_names(fn) if name in kwargs}
         assert launched["USE_PDL"] == kwargs["launch_pdl"] == (arch >= 90)
