@@ -1,10 +1,12 @@
 // Launcher for split-KV paged decode attention: checks what the kernels rely on, picks the
 // query-head tile, dispatches on cache dtype and head size, enqueues the attention kernel
-// and (when split) the merge on the caller's stream.
+// and (when split) the merge on the caller's stream, both with programmatic dependent launch on
+// sm_90+ (fastcot/launch.cuh; the kernels wait before their first global access).
 #include <cstdint>
 #include <string>
 
 #include "fastcot/api.h"
+#include "fastcot/launch.cuh"
 #include "fastcot/paged_decode.cuh"
 
 namespace fastcot {
@@ -60,16 +62,23 @@ PagedDecodeArgs make_args(const PagedDecodeParams& p) {
 template <typename CacheT, int D, int G>
 Status launch(const PagedDecodeParams& p, cudaStream_t stream) {
   const PagedDecodeArgs args = make_args(p);
+  int device = 0;
+  bool pdl = false;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error == cudaSuccess) error = pdl_enabled(device, &pdl);
+  if (error != cudaSuccess) return Status::Cuda(error, "paged_decode: reading the compute capability");
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(p.num_kv_heads * args.group_tiles),
                   static_cast<unsigned>(p.num_splits));
-  paged_decode_kernel<CacheT, D, G><<<grid, kDecodeThreads, 0, stream>>>(args);
-  cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) return Status::Cuda(error, "paged_decode kernel launch");
+  error = launch_kernel(paged_decode_kernel<CacheT, D, G>, grid, kDecodeThreads, 0, stream, pdl, args);
+  if (error != cudaSuccess) {
+    return Status::Cuda(error, pdl ? "paged_decode kernel launch (PDL)" : "paged_decode kernel launch");
+  }
   if (p.num_splits > 1) {
     const dim3 merge_grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(p.q_heads));
-    paged_decode_merge_kernel<<<merge_grid, static_cast<unsigned>(D), 0, stream>>>(args, D);
-    error = cudaGetLastError();
-    if (error != cudaSuccess) return Status::Cuda(error, "paged_decode merge kernel launch");
+    error = launch_kernel(paged_decode_merge_kernel, merge_grid, static_cast<unsigned>(D), 0, stream, pdl, args, D);
+    if (error != cudaSuccess) {
+      return Status::Cuda(error, pdl ? "paged_decode merge kernel launch (PDL)" : "paged_decode merge kernel launch");
+    }
   }
   return Status::Ok();
 }

@@ -92,6 +92,16 @@ def triton_interpreted(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def triton_pdl(device: torch.device, arch: int | None = None) -> bool:
+    """Whether a Triton kernel launched on `device`'s tensors, built for SM version `arch`
+    (default the device's; none off CUDA), uses programmatic dependent launch
+    (`fastcot.kernels.pdl`): sm_90+ unless `FASTCOT_PDL=0`, never under the interpreter (no
+    inline assembly there). The static report passes its target's `arch` for `meta` tensors."""
+    from fastcot.kernels.pdl import device_arch, pdl_enabled
+
+    return pdl_enabled(device_arch(device) if arch is None else arch) and not triton_interpreted(device)
+
+
 def unavailable_reason(op: str, name: str, device: torch.device) -> str | None:
     """Why backend `name` cannot run `op` on `device`, or None if it can."""
     if name == "torch":

@@ -69,33 +69,35 @@ def _(x, out, backend):
     return None
 
 
-def silu_and_mul_triton(x, out) -> None:
-    """Launch the Triton kernel on 2-D `x [T, 2*I]` into `out [T, I]` (layouts already checked)."""
+def silu_and_mul_triton(x, out, *, arch: int | None = None) -> None:
+    """Launch the Triton kernel on 2-D `x [T, 2*I]` into `out [T, I]` (layouts already checked).
+    `arch`: the SM version to build for (default the device's), which decides PDL (`_backend.triton_pdl`)."""
     from fastcot.kernels.triton.activation import _silu_and_mul_kernel
 
     t, i = out.shape
+    use_pdl = _backend.triton_pdl(x.device, arch)
     _silu_and_mul_kernel[(t, -(-i // BLOCK))](
         x_ptr=x, out_ptr=out, I=i, stride_x=x.stride(0), stride_out=out.stride(0),
-        BLOCK=BLOCK, num_warps=NUM_WARPS,
+        BLOCK=BLOCK, USE_PDL=use_pdl, num_warps=NUM_WARPS, launch_pdl=use_pdl,
     )
 
 
 def aot_specs():
     """Compile specs for the AOT check: fp16 and bf16. One spec per dtype covers every shipped
     width (Llama MLP widths 8192, 14336, 28672): the code depends on I only through its
-    divisibility by 16, which the spec assumes."""
-    from fastcot.kernels.aot import KernelSpec
+    divisibility by 16, which the spec assumes. Each also with PDL, as sm_90 launches it (sm_90 only)."""
+    from fastcot.kernels.aot import ARCHS, KernelSpec
     from fastcot.kernels.triton.activation import _silu_and_mul_kernel
 
     return [
         KernelSpec(
-            name=f"silu_and_mul block{BLOCK} w{NUM_WARPS} {dtype}",
-            fn=_silu_and_mul_kernel, num_warps=NUM_WARPS, num_stages=1,
+            name=f"silu_and_mul block{BLOCK} w{NUM_WARPS} {dtype}{' pdl' if pdl else ''}",
+            fn=_silu_and_mul_kernel, num_warps=NUM_WARPS, num_stages=1, archs=(90,) if pdl else ARCHS,
             signature={
                 "x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "I": "i32", "stride_x": "i32", "stride_out": "i32",
             },
-            constexprs={"BLOCK": BLOCK},
+            constexprs={"BLOCK": BLOCK, "USE_PDL": pdl},
             aligned=("x_ptr", "out_ptr", "I", "stride_x", "stride_out"),
         )
-        for dtype in ("fp16", "bf16")
+        for dtype in ("fp16", "bf16") for pdl in (False, True)
     ]

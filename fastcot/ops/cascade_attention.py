@@ -8,6 +8,7 @@ then each row reads its own suffix; the two partial results are merged by log-su
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -247,9 +248,11 @@ def _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale):
 
 
 def cascade_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, group_rows, shared_lens, shared_block_tables,
-                          row_groups, out, scale, k_scale, v_scale, *, prefix_splits=None, suffix_splits=None):
+                          row_groups, out, scale, k_scale, v_scale, *, prefix_splits=None, suffix_splits=None,
+                          arch=None):
     """Launch the prefix pass, the suffix pass and the merge. `prefix_splits`/`suffix_splits`
-    force split counts (tests); by default `cascade_splits` decides from shapes."""
+    force split counts (tests); by default `cascade_splits` decides from shapes. `arch`: the SM
+    version to build for (default the device's), which decides PDL (`_backend.triton_pdl`)."""
     from fastcot.kernels.triton.cascade_attention import (
         _cascade_merge_kernel,
         _cascade_prefix_kernel,
@@ -275,9 +278,11 @@ def cascade_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, group_row
     part_out = torch.empty((batch, q_heads, slots, block_d), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((batch, q_heads, slots), dtype=torch.float32, device=q.device)
     k_cache, v_cache, qk_scale, v_scale, consts = _kv_operands(q, k_cache, v_cache, scale, k_scale, v_scale)
+    use_pdl = _backend.triton_pdl(q.device, arch)
     common = dict(stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
                   qk_scale=qk_scale, v_scale=v_scale, NUM_HEADS=q_heads, HEAD_DIM=head_dim, GROUP=group,
-                  BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SLOTS=slots, **consts)
+                  BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SLOTS=slots, **consts,
+                  USE_PDL=use_pdl, launch_pdl=use_pdl)
     if prefix_splits > 0:
         _cascade_prefix_kernel[(groups * chunks, num_kv_heads, prefix_splits)](
             q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, group_rows_ptr=group_rows,
@@ -301,14 +306,15 @@ def cascade_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, group_row
         part_out_ptr=part_out, part_lse_ptr=part_lse, row_groups_ptr=row_groups, out_ptr=out,
         stride_out_b=out.stride(0), stride_out_h=out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, PREFIX_SPLITS=prefix_splits, NUM_SLOTS=slots,
-        SLOTS_PAD=max(2, _pow2(slots)), num_warps=4,
+        SLOTS_PAD=max(2, _pow2(slots)), USE_PDL=use_pdl, num_warps=4, launch_pdl=use_pdl,
     )
 
 
 def aot_specs():
     """The prefix pass at full tiles (M = 64) for GQA 1/4/8 and head sizes 64/128, 16-bit and
-    float8 caches; the suffix pass; the merge."""
-    from fastcot.kernels.aot import KernelSpec
+    float8 caches; the suffix pass; the merge; each also with PDL as sm_90 launches them
+    (`pdl` variants, sm_90 only)."""
+    from fastcot.kernels.aot import ARCHS, KernelSpec
     from fastcot.kernels.triton.cascade_attention import (
         _cascade_merge_kernel,
         _cascade_prefix_kernel,
@@ -320,12 +326,13 @@ def aot_specs():
     scalars = {"stride_q_b": "i32", "stride_q_h": "i32", "stride_block": "i64", "stride_slot": "i32",
                "stride_head": "i32", "qk_scale": "fp32", "v_scale": "fp32"}
 
-    def consts(dtype, cache, head_dim, group, prefix_splits, slots):
+    def consts(dtype, cache, head_dim, group, prefix_splits, slots, pdl):
         block_d = max(16, _pow2(head_dim))
         fp8 = cache == "fp8e4nv"
         return dict(NUM_HEADS=8 * group, HEAD_DIM=head_dim, GROUP=group, BLOCK_D=block_d,
                     BLOCK_N=64 if block_d <= 128 else 32, BLOCK_SIZE=16, NUM_SLOTS=slots,
-                    PREFIX_SPLITS=prefix_splits, IEEE_FP32=False, KV_FP8=fp8, K_BF16=fp8 and dtype == "bf16")
+                    PREFIX_SPLITS=prefix_splits, IEEE_FP32=False, KV_FP8=fp8, K_BF16=fp8 and dtype == "bf16",
+                    USE_PDL=pdl)
 
     def kv(dtype, cache):
         return {"q_ptr": f"*{dtype}", "k_cache_ptr": "*u8" if cache == "fp8e4nv" else f"*{cache}",
@@ -333,33 +340,36 @@ def aot_specs():
                 "part_lse_ptr": "*fp32"}
 
     specs = []
-    for dtype, cache, head_dim, group in [("fp16", "fp16", 128, 4), ("bf16", "bf16", 128, 8), ("fp16", "fp16", 64, 1),
-                                          ("bf16", "fp8e4nv", 128, 4)]:
+    for (dtype, cache, head_dim, group), pdl in itertools.product(
+            [("fp16", "fp16", 128, 4), ("bf16", "bf16", 128, 8), ("fp16", "fp16", 64, 1), ("bf16", "fp8e4nv", 128, 4)],
+            (False, True)):
         rows, tile_m = prefix_tile(group, 32)
+        archs, tag = ((90,), " pdl") if pdl else (ARCHS, "")
         specs.append(KernelSpec(
-            name=f"cascade_prefix {dtype} cache={cache} d{head_dim} gqa{group} rows={rows}",
-            fn=_cascade_prefix_kernel, num_warps=4 if tile_m <= 32 else 8, num_stages=2,
+            name=f"cascade_prefix {dtype} cache={cache} d{head_dim} gqa{group} rows={rows}{tag}",
+            fn=_cascade_prefix_kernel, num_warps=4 if tile_m <= 32 else 8, num_stages=2, archs=archs,
             signature=kv(dtype, cache) | {"group_rows_ptr": "*i32", "shared_lens_ptr": "*i32",
                                           "shared_tables_ptr": "*i32", "stride_group_rows": "i32",
                                           "stride_shared_table": "i32"} | scalars,
-            constexprs=consts(dtype, cache, head_dim, group, 16, 32) | dict(MAX_ROWS=32, ROWS=rows, M=tile_m),
+            constexprs=consts(dtype, cache, head_dim, group, 16, 32, pdl) | dict(MAX_ROWS=32, ROWS=rows, M=tile_m),
             aligned=pointers + strides + ("group_rows_ptr", "shared_lens_ptr", "shared_tables_ptr"),
         ))
         specs.append(KernelSpec(
-            name=f"cascade_suffix {dtype} cache={cache} d{head_dim} gqa{group}",
-            fn=_cascade_suffix_kernel, num_warps=4, num_stages=2,
+            name=f"cascade_suffix {dtype} cache={cache} d{head_dim} gqa{group}{tag}",
+            fn=_cascade_suffix_kernel, num_warps=4, num_stages=2, archs=archs,
             signature=kv(dtype, cache) | {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
                                           "row_groups_ptr": "*i32", "shared_lens_ptr": "*i32",
                                           "stride_table_b": "i32"} | scalars,
-            constexprs=consts(dtype, cache, head_dim, group, 16, 32) | dict(M=max(16, _pow2(group)),
+            constexprs=consts(dtype, cache, head_dim, group, 16, 32, pdl) | dict(M=max(16, _pow2(group)),
                                                                             SUFFIX_SPLITS=16),
             aligned=pointers + strides + ("block_tables_ptr", "seq_lens_ptr", "row_groups_ptr", "shared_lens_ptr"),
         ))
-    specs.append(KernelSpec(
-        name="cascade_merge fp16 d128 slots=32", fn=_cascade_merge_kernel, num_warps=4, num_stages=1,
+    specs += [KernelSpec(
+        name=f"cascade_merge fp16 d128 slots=32{' pdl' if pdl else ''}", fn=_cascade_merge_kernel, num_warps=4,
+        num_stages=1, archs=(90,) if pdl else ARCHS,
         signature={"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "row_groups_ptr": "*i32", "out_ptr": "*fp16",
                    "stride_out_b": "i32", "stride_out_h": "i32"},
-        constexprs=dict(HEAD_DIM=128, BLOCK_D=128, PREFIX_SPLITS=16, NUM_SLOTS=32, SLOTS_PAD=32),
+        constexprs=dict(HEAD_DIM=128, BLOCK_D=128, PREFIX_SPLITS=16, NUM_SLOTS=32, SLOTS_PAD=32, USE_PDL=pdl),
         aligned=("part_out_ptr", "part_lse_ptr", "row_groups_ptr", "out_ptr", "stride_out_b", "stride_out_h"),
-    ))
+    ) for pdl in (False, True)]
     return specs

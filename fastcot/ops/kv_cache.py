@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from fastcot.kernels import reference
@@ -90,34 +92,40 @@ def _(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, backend):
     return None
 
 
-def _write_triton(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale) -> None:
+def _write_triton(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, *, arch: int | None = None) -> None:
+    """Launch the Triton cache write; `arch`: the SM version to build for (default the device's),
+    which decides PDL (`_backend.triton_pdl`)."""
     from fastcot.kernels.triton.paged_attention import _write_kv_cache_kernel
 
     tokens, row_size = key.shape
     block = min(1024, 1 << (row_size - 1).bit_length())
+    use_pdl = _backend.triton_pdl(key.device, arch)
     _write_kv_cache_kernel[(tokens, -(-row_size // block))](
         key_ptr=key, value_ptr=value, k_cache_ptr=k_cache, v_cache_ptr=v_cache, slot_mapping_ptr=slot_mapping,
         stride_key_t=key.stride(0), stride_value_t=value.stride(0), row_size=row_size,
         k_scale=k_scale, v_scale=v_scale,
-        BLOCK=block, FP8=k_cache.dtype == FP8,
-        num_warps=4,
+        BLOCK=block, FP8=k_cache.dtype == FP8, USE_PDL=use_pdl,
+        num_warps=4, launch_pdl=use_pdl,
     )
 
 
 def aot_specs():
-    """The cache write for 16-bit and float8 caches (Hkv * D = 1024 per token)."""
+    """The cache write for 16-bit and float8 caches (Hkv * D = 1024 per token), each also with PDL
+    as sm_90 launches it (sm_90 only)."""
     from fastcot.kernels.aot import KernelSpec
     from fastcot.kernels.triton.paged_attention import _write_kv_cache_kernel
 
     specs = []
-    for src, cache in (("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv")):
+    for (src, cache), pdl in itertools.product((("fp16", "fp16"), ("bf16", "bf16"), ("bf16", "fp8e4nv")),
+                                               (False, True)):
         specs.append(KernelSpec(
-            name=f"write_kv_cache {src} -> {cache}", fn=_write_kv_cache_kernel, num_warps=4, num_stages=1,
+            name=f"write_kv_cache {src} -> {cache}{' pdl' if pdl else ''}", fn=_write_kv_cache_kernel,
+            num_warps=4, num_stages=1,
             signature={"key_ptr": f"*{src}", "value_ptr": f"*{src}", "k_cache_ptr": f"*{cache}",
                        "v_cache_ptr": f"*{cache}", "slot_mapping_ptr": "*i32", "stride_key_t": "i32",
                        "stride_value_t": "i32", "row_size": "i32", "k_scale": "fp32", "v_scale": "fp32"},
-            constexprs={"BLOCK": 1024, "FP8": cache == "fp8e4nv"},
+            constexprs={"BLOCK": 1024, "FP8": cache == "fp8e4nv", "USE_PDL": pdl},
             aligned=("key_ptr", "value_ptr", "k_cache_ptr", "v_cache_ptr", "stride_key_t", "stride_value_t", "row_size"),
-            archs=(90,) if cache == "fp8e4nv" else (80, 90),
+            archs=(90,) if cache == "fp8e4nv" or pdl else (80, 90),
         ))
     return specs

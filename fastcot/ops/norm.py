@@ -132,8 +132,9 @@ def launch_config(hidden_size: int) -> tuple[int, int]:
     return block_h, min(16, max(1, block_h // 512))
 
 
-def rms_norm_triton(x, residual, weight, out, eps: float) -> None:
-    """Launch the Triton kernel on 2-D `x [T, H]` (and `residual`) into `out [T, H]` (layouts checked)."""
+def rms_norm_triton(x, residual, weight, out, eps: float, *, arch: int | None = None) -> None:
+    """Launch the Triton kernel on 2-D `x [T, H]` (and `residual`) into `out [T, H]` (layouts checked).
+    `arch`: the SM version to build for (default the device's), which decides PDL (`_backend.triton_pdl`)."""
     from fastcot.kernels.triton.rms_norm import _rms_norm_kernel
 
     t, h = x.shape
@@ -142,35 +143,37 @@ def rms_norm_triton(x, residual, weight, out, eps: float) -> None:
             f"backend 'triton' cannot run rms_norm: hidden size {h} exceeds {MAX_HIDDEN_SIZE} (one row per program)"
         )
     block_h, num_warps = launch_config(h)
+    use_pdl = _backend.triton_pdl(x.device, arch)
     _rms_norm_kernel[(t,)](
         x_ptr=x, residual_ptr=x if residual is None else residual, weight_ptr=weight, out_ptr=out,
         H=h, stride_x=x.stride(0), stride_residual=0 if residual is None else residual.stride(0),
         stride_out=out.stride(0), eps=eps,
-        BLOCK_H=block_h, HAS_RESIDUAL=residual is not None,
-        num_warps=num_warps,
+        BLOCK_H=block_h, HAS_RESIDUAL=residual is not None, USE_PDL=use_pdl,
+        num_warps=num_warps, launch_pdl=use_pdl,
     )
 
 
 def aot_specs():
     """Compile specs for the AOT check: every shipped row width, fp16 and bf16, with and without
-    the fused residual add."""
-    from fastcot.kernels.aot import KernelSpec
+    the fused residual add; sm_90 launches them with PDL (`pdl` variants, sm_90 only)."""
+    from fastcot.kernels.aot import ARCHS, KernelSpec
     from fastcot.kernels.triton.rms_norm import _rms_norm_kernel
 
     specs = []
     configs = sorted({launch_config(h) for h in SHIPPED_HIDDEN_SIZES})
     for block_h, num_warps in configs:
         for dtype in ("fp16", "bf16"):
-            for has_residual in (False, True):
+            for has_residual, pdl in ((False, False), (True, False), (False, True), (True, True)):
                 specs.append(KernelSpec(
-                    name=f"rms_norm h{block_h} w{num_warps} {dtype}{' residual' if has_residual else ''}",
-                    fn=_rms_norm_kernel, num_warps=num_warps, num_stages=1,
+                    name=(f"rms_norm h{block_h} w{num_warps} {dtype}{' residual' if has_residual else ''}"
+                          f"{' pdl' if pdl else ''}"),
+                    fn=_rms_norm_kernel, num_warps=num_warps, num_stages=1, archs=(90,) if pdl else ARCHS,
                     signature={
                         "x_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "weight_ptr": f"*{dtype}",
                         "out_ptr": f"*{dtype}", "H": "i32", "stride_x": "i32", "stride_residual": "i32",
                         "stride_out": "i32", "eps": "fp32",
                     },
-                    constexprs={"BLOCK_H": block_h, "HAS_RESIDUAL": has_residual},
+                    constexprs={"BLOCK_H": block_h, "HAS_RESIDUAL": has_residual, "USE_PDL": pdl},
                     aligned=("x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "H", "stride_x",
                              "stride_residual", "stride_out"),
                 ))

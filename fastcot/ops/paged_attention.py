@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -328,12 +329,15 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
     """Launch the split-KV decode kernel (and the merge when split). `num_splits` forces a
     split count (tests compare counts); by default `decode_num_splits` decides. `arch` is the
     SM version to build for (default the device's, 90 off CUDA): it picks the float8 path and
-    tiles; the static report passes its target's, tests pass 80 to run the sm_80 path."""
+    tiles, and on sm_90+ both kernels launch with PDL (`_backend.triton_pdl`: only for a given
+    `arch` or a CUDA device's, never under the interpreter); the static report passes its
+    target's, tests pass 80 to run the sm_80 path."""
     from fastcot.kernels.triton.paged_attention import _decode_merge_kernel, _paged_decode_kernel
 
     batch, q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = q_heads // num_kv_heads
+    use_pdl = _backend.triton_pdl(q.device, arch)
     if arch is None:
         arch = sm_version(q.device)
     kv_fp8 = k_cache.element_size() == 1
@@ -357,15 +361,15 @@ def paged_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, out, scale,
         stride_block=k_cache.stride(0), stride_slot=k_cache.stride(1), stride_head=k_cache.stride(2),
         qk_scale=qk_scale, v_scale=v_scale,
         HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, _pow2(group)), BLOCK_D=block_d,
-        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, **kv_consts,
-        num_warps=4, num_stages=DECODE_STAGES,
+        BLOCK_N=block_n, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, **kv_consts, USE_PDL=use_pdl,
+        num_warps=4, num_stages=DECODE_STAGES, launch_pdl=use_pdl,
     )
     if num_splits > 1:
         _decode_merge_kernel[(batch, q_heads)](
             part_out_ptr=part_out, part_lse_ptr=part_lse, out_ptr=out,
             stride_out_b=out.stride(0), stride_out_h=out.stride(1),
             HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, SPLITS_PAD=max(2, _pow2(num_splits)),
-            num_warps=4,
+            USE_PDL=use_pdl, num_warps=4, launch_pdl=use_pdl,
         )
 
 
@@ -425,7 +429,8 @@ def paged_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_le
 
 def aot_specs():
     """Decode for head sizes 64/128/256, GQA 1/4/8, split or not, 16-bit and float8 caches;
-    its merge; prefill for each head size, causal or not."""
+    its merge; prefill for each head size, causal or not. sm_90 launches decode and merge with
+    PDL: `pdl` variants (sm_90 only) of the merge and of the decode kernels at head size 128."""
     from fastcot.kernels.aot import KernelSpec
     from fastcot.kernels.triton.paged_attention import (
         _decode_merge_kernel,
@@ -436,7 +441,9 @@ def aot_specs():
     aligned_common = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "block_tables_ptr", "seq_lens_ptr", "out_ptr",
                       "stride_q_h", "stride_out_h", "stride_block", "stride_slot", "stride_head")
 
-    def decode(dtype, cache, head_dim, group, splits, arch=None):
+    def decode(dtype, cache, head_dim, group, splits, arch=None, pdl=False):
+        if pdl:
+            arch = 90  # PDL variants are sm_90's
         # A float8 cache is passed as int16 pairs of codes converted by `cvt` on sm_90 and as
         # int32 words of four converted by bit operations on sm_80 (head_dim % 4 == 0).
         fp8 = cache == "fp8e4nv"
@@ -444,7 +451,7 @@ def aot_specs():
         view = "*i16" if pairs else "*i32" if fp8 else f"*{cache}"
         block_d, block_n = _decode_tiles(head_dim, fp8, pairs)
         return KernelSpec(
-            name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}",
+            name=f"paged_decode {dtype} cache={cache} d{head_dim} gqa{group} splits={splits}{' pdl' if pdl else ''}",
             fn=_paged_decode_kernel, num_warps=4, num_stages=DECODE_STAGES,
             signature={"q_ptr": f"*{dtype}", "k_cache_ptr": view, "v_cache_ptr": view,
                        "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "out_ptr": f"*{dtype}",
@@ -455,7 +462,7 @@ def aot_specs():
             constexprs={"HEAD_DIM": head_dim, "GROUP": group, "GROUP_PAD": max(16, _pow2(group)), "BLOCK_D": block_d,
                         "BLOCK_N": block_n, "BLOCK_SIZE": 16, "NUM_SPLITS": splits, "IEEE_FP32": False,
                         "KV_FP8": fp8, "Q_TO_F16": fp8 and dtype == "bf16", "FP8_WORDS": fp8 and not pairs,
-                        "FP8_PAIRS": pairs, "FP8_CVT": pairs, "POS_SCALE": fp8},
+                        "FP8_PAIRS": pairs, "FP8_CVT": pairs, "POS_SCALE": fp8, "USE_PDL": pdl},
             aligned=aligned_common + ("part_out_ptr", "part_lse_ptr"),
             **({"archs": (arch,)} if arch else {}),
         )
@@ -463,13 +470,17 @@ def aot_specs():
     specs = [decode("fp16", "fp16", d, g, s) for d in (64, 128, 256) for g in (1, 4, 8) for s in (1, 16)]
     specs += [decode("bf16", "bf16", 128, 4, s) for s in (1, 16)]
     specs += [decode("bf16", "fp8e4nv", 128, 4, s, arch) for s in (1, 16) for arch in (80, 90)]
-    for head_dim in (64, 128, 256):
+    specs += [decode(dtype, cache, 128, g, s, pdl=True) for dtype, cache in (("fp16", "fp16"), ("bf16", "bf16"))
+              for g in (1, 4, 8) for s in (1, 16)]
+    specs += [decode("bf16", "fp8e4nv", 128, 4, s, pdl=True) for s in (1, 16)]
+    for head_dim, pdl in itertools.product((64, 128, 256), (False, True)):
         block_d, _ = _decode_tiles(head_dim)
         specs.append(KernelSpec(
-            name=f"decode_merge fp16 d{head_dim} splits=64", fn=_decode_merge_kernel, num_warps=4, num_stages=1,
+            name=f"decode_merge fp16 d{head_dim} splits=64{' pdl' if pdl else ''}", fn=_decode_merge_kernel,
+            num_warps=4, num_stages=1, archs=(90,) if pdl else (80, 90),
             signature={"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": "*fp16",
                        "stride_out_b": "i32", "stride_out_h": "i32"},
-            constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "NUM_SPLITS": 64, "SPLITS_PAD": 64},
+            constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "NUM_SPLITS": 64, "SPLITS_PAD": 64, "USE_PDL": pdl},
             aligned=("part_out_ptr", "part_lse_ptr", "out_ptr", "stride_out_b", "stride_out_h"),
         ))
     for dtype, cache, head_dim, causal in [("fp16", "fp16", 64, True), ("fp16", "fp16", 128, True),

@@ -260,8 +260,9 @@ def launch_config(head_dim: int, max_heads: int) -> tuple[int, int]:
     return block_half, block_heads
 
 
-def rotary_embedding_triton(positions, q, k, turns, out_q, out_k) -> None:
-    """Launch the Triton kernel (layouts already checked: unit last strides, contiguous outputs)."""
+def rotary_embedding_triton(positions, q, k, turns, out_q, out_k, *, arch: int | None = None) -> None:
+    """Launch the Triton kernel (layouts already checked: unit last strides, contiguous outputs).
+    `arch`: the SM version to build for (default the device's), which decides PDL (`_backend.triton_pdl`)."""
     from fastcot.kernels.triton.rotary import _rotary_kernel
 
     t, num_q_heads, head_dim = q.shape
@@ -270,14 +271,15 @@ def rotary_embedding_triton(positions, q, k, turns, out_q, out_k) -> None:
     head_blocks = -(-num_q_heads // block_heads) + -(-num_kv_heads // block_heads)
     if t == 0 or head_blocks == 0:
         return
+    use_pdl = _backend.triton_pdl(q.device, arch)
     _rotary_kernel[(t, head_blocks)](
         positions_ptr=positions, turns_ptr=turns, q_ptr=q, k_ptr=k, q_out_ptr=out_q, k_out_ptr=out_k,
         num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
         stride_qt=q.stride(0), stride_qh=q.stride(1), stride_kt=k.stride(0), stride_kh=k.stride(1),
         stride_q_out_t=out_q.stride(0), stride_q_out_h=out_q.stride(1),
         stride_k_out_t=out_k.stride(0), stride_k_out_h=out_k.stride(1),
-        HALF=head_dim // 2, BLOCK_HALF=block_half, BLOCK_HEADS=block_heads,
-        num_warps=NUM_WARPS,
+        HALF=head_dim // 2, BLOCK_HALF=block_half, BLOCK_HEADS=block_heads, USE_PDL=use_pdl,
+        num_warps=NUM_WARPS, launch_pdl=use_pdl,
     )
 
 
@@ -287,15 +289,16 @@ _SHIPPED_SHAPES = ((64, 32, 8), (128, 32, 8), (128, 64, 8))
 
 def aot_specs():
     """Compile specs for the AOT check: every shipped (head_dim, head block) configuration in
-    fp16 and bf16 with int64 positions, plus int32 positions for one of them."""
-    from fastcot.kernels.aot import KernelSpec
+    fp16 and bf16 with int64 positions, plus int32 positions for one of them; each also with
+    PDL, as sm_90 launches them (`pdl` variants, sm_90 only)."""
+    from fastcot.kernels.aot import ARCHS, KernelSpec
     from fastcot.kernels.triton.rotary import _rotary_kernel
 
-    def spec(head_dim, heads, dtype, positions="i64"):
+    def spec(head_dim, heads, dtype, positions="i64", pdl=False):
         block_half, block_heads = launch_config(head_dim, heads)
         return KernelSpec(
-            name=f"rotary d{head_dim} heads{block_heads} w{NUM_WARPS} {dtype} pos-{positions}",
-            fn=_rotary_kernel, num_warps=NUM_WARPS, num_stages=1,
+            name=f"rotary d{head_dim} heads{block_heads} w{NUM_WARPS} {dtype} pos-{positions}{' pdl' if pdl else ''}",
+            fn=_rotary_kernel, num_warps=NUM_WARPS, num_stages=1, archs=(90,) if pdl else ARCHS,
             signature={
                 "positions_ptr": f"*{positions}", "turns_ptr": "*i64",
                 "q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "q_out_ptr": f"*{dtype}", "k_out_ptr": f"*{dtype}",
@@ -303,7 +306,7 @@ def aot_specs():
                 "stride_qt": "i32", "stride_qh": "i32", "stride_kt": "i32", "stride_kh": "i32",
                 "stride_q_out_t": "i32", "stride_q_out_h": "i32", "stride_k_out_t": "i32", "stride_k_out_h": "i32",
             },
-            constexprs={"HALF": head_dim // 2, "BLOCK_HALF": block_half, "BLOCK_HEADS": block_heads},
+            constexprs={"HALF": head_dim // 2, "BLOCK_HALF": block_half, "BLOCK_HEADS": block_heads, "USE_PDL": pdl},
             aligned=("positions_ptr", "turns_ptr", "q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr", "stride_qt",
                      "stride_qh", "stride_kt", "stride_kh", "stride_q_out_t", "stride_q_out_h", "stride_k_out_t",
                      "stride_k_out_h"),
@@ -312,6 +315,7 @@ def aot_specs():
     configs = {}
     for head_dim, hq, hkv in _SHIPPED_SHAPES:
         configs.setdefault((head_dim, launch_config(head_dim, max(hq, hkv))), (head_dim, max(hq, hkv)))
-    specs = [spec(head_dim, heads, dtype) for head_dim, heads in configs.values() for dtype in ("fp16", "bf16")]
-    specs.append(spec(128, 32, "bf16", positions="i32"))
+    specs = [spec(head_dim, heads, dtype, pdl=pdl) for head_dim, heads in configs.values()
+             for dtype in ("fp16", "bf16") for pdl in (False, True)]
+    specs += [spec(128, 32, "bf16", positions="i32", pdl=pdl) for pdl in (False, True)]
     return specs

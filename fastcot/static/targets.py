@@ -323,7 +323,8 @@ def decode_triton(target: Target, sms: int, arch: int = 90) -> Plan:
     with triton_launches(kernels._paged_decode_kernel, kernels._decode_merge_kernel) as calls:
         paged_decode_triton(q, cache, cache, tables, seq_lens, out, s["head_dim"] ** -0.5, 1.0, 1.0,
                             num_splits=splits, arch=arch)
-    launches = [Launch(fn.__name__, grid, kw.get("num_warps", 4) * 32, fn, kw) for fn, grid, kw in calls]
+    launches = [Launch(fn.__name__, grid, kw.get("num_warps", 4) * 32, fn, kw, pdl=bool(kw.get("launch_pdl")))
+                for fn, grid, kw in calls]
     kw = launches[0].kwargs
     block_n = kw["BLOCK_N"]
     per_split = math.ceil(math.ceil(s["context"] / splits) / block_n) * block_n
@@ -363,11 +364,12 @@ def decode_cuda(target: Target, sms: int, arch: int = 90) -> Plan:
     g, d = decode_group_tile(group), s["head_dim"]
     symbol = f"_ZN7fastcot19paged_decode_kernelI{CUDA_TYPES[s['kv_dtype']]}Li{d}ELi{g}EEEvNS_15PagedDecodeArgsE"
     grid = (s["batch"], s["kv_heads"] * math.ceil(group / g), splits)
-    launches = [Launch("paged_decode_kernel", grid, DECODE_THREADS, symbol=symbol, source="paged_decode.cu")]
+    launches = [Launch("paged_decode_kernel", grid, DECODE_THREADS, symbol=symbol, source="paged_decode.cu",
+                       pdl=pdl_enabled(arch))]
     if splits > 1:
         launches.append(Launch("paged_decode_merge_kernel", (s["batch"], s["q_heads"]), d,
                                symbol="_ZN7fastcot25paged_decode_merge_kernelENS_15PagedDecodeArgsEi",
-                               source="paged_decode.cu"))
+                               source="paged_decode.cu", pdl=pdl_enabled(arch)))
     tile = decode_tile_tokens(cache.element_size())
     per_split = math.ceil(math.ceil(s["context"] / splits) / DECODE_SPLIT_ALIGN) * DECODE_SPLIT_ALIGN
     return Plan(

@@ -136,6 +136,10 @@ __device__ __forceinline__ void load_words(const uint8_t* src, uint32_t (&dst)[W
 template <typename CacheT, int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
     paged_decode_kernel(const PagedDecodeArgs args) {
+  // Launched with PDL on sm_90 (csrc/paged_decode.cu): every input (q, the cache, the tables)
+  // may be written by the kernel before, so the wait comes before any global access.
+  pdl_launch_dependents();
+  pdl_wait();
   using Traits = DecodeTraits<CacheT, D>;
   using MmaT = typename Traits::MmaT;
   constexpr int kElem = Traits::kElem;
@@ -420,6 +424,8 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_min_blocks<D>())
 // out[b, h] = the splits' normalized partial outputs weighted by their share of the
 // softmax mass. Block (b, h), one thread per dim.
 __global__ void __launch_bounds__(256) paged_decode_merge_kernel(const PagedDecodeArgs args, int head_dim) {
+  pdl_launch_dependents();
+  pdl_wait();  // the partials come from the attention kernel just before
   const int b = blockIdx.x;
   const int head = blockIdx.y;
   const int d = threadIdx.x;

@@ -12,6 +12,10 @@ normalized partial output once.
 Partials are `[B, Hq, NUM_SLOTS, BLOCK_D]` (log2-sum-exp2 `[B, Hq, NUM_SLOTS]`): slots
 `[0, PREFIX_SPLITS)` belong to the prefix pass, the rest to the suffix pass. A row in no group
 has its prefix slots unwritten; the merge skips them by its `row_groups` entry (-1).
+
+With USE_PDL (sm_90, `fastcot.kernels.pdl`) each kernel is launched with programmatic dependent
+launch and waits for the previous kernel before its first global access (q, the cache and the
+partials may all be its output).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fastcot.kernels.pdl import gdc_launch_dependents, gdc_wait
 from fastcot.kernels.triton.paged_attention import _attention_step  # one base-2 online-softmax step
 
 
@@ -100,12 +105,15 @@ def _cascade_prefix_kernel(
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, MAX_ROWS: tl.constexpr,
     ROWS: tl.constexpr, M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, PREFIX_SPLITS: tl.constexpr, NUM_SLOTS: tl.constexpr,
-    IEEE_FP32: tl.constexpr, KV_FP8: tl.constexpr, K_BF16: tl.constexpr,
+    IEEE_FP32: tl.constexpr, KV_FP8: tl.constexpr, K_BF16: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """Program (group x chunk of ROWS rows, KV head, split): the chunk's rows times the GQA
     group's query heads (tile row i * GROUP + j: row slot i, head j) against the group's
     shared positions `[0, shared_len)`, read once for all of them. Padding rows (-1) are
     masked; a group of length 0 writes -inf for its rows."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     chunks: tl.constexpr = (MAX_ROWS + ROWS - 1) // ROWS
     pid = tl.program_id(0)
     g = (pid // chunks).to(tl.int64)
@@ -148,11 +156,14 @@ def _cascade_suffix_kernel(
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, M: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     PREFIX_SPLITS: tl.constexpr, SUFFIX_SPLITS: tl.constexpr, NUM_SLOTS: tl.constexpr,
-    IEEE_FP32: tl.constexpr, KV_FP8: tl.constexpr, K_BF16: tl.constexpr,
+    IEEE_FP32: tl.constexpr, KV_FP8: tl.constexpr, K_BF16: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """Program (row, KV head, split): the row's GQA group of query heads against its own
     positions `[shared_len, seq_len)` through its block table (shared_len 0 for a row in no
     group), split on the device so the grid depends only on shapes."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -184,10 +195,13 @@ def _cascade_suffix_kernel(
 def _cascade_merge_kernel(
     part_out_ptr, part_lse_ptr, row_groups_ptr, out_ptr, stride_out_b, stride_out_h,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PREFIX_SPLITS: tl.constexpr, NUM_SLOTS: tl.constexpr,
-    SLOTS_PAD: tl.constexpr,
+    SLOTS_PAD: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """out[b, h] = the partials weighted by their share of the softmax mass; a row in no group
     skips the prefix slots, which nothing wrote. Nothing seen at all gives zeros."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     row0 = (b * tl.num_programs(1) + h) * NUM_SLOTS

@@ -6,12 +6,19 @@ kernel gathers keys and values token by token through the block table, so any po
 block size works, and all cache offsets are int64 (a long-context cache passes 2^31
 elements). Softmax runs in base 2 in float32: `qk_scale` already holds
 `scale * k_scale * log2(e)`, and `v_scale` multiplies the normalized output once.
+
+The decode-path kernels (cache write, decode, merge) take USE_PDL: on sm_90 they are launched
+with programmatic dependent launch (`fastcot.kernels.pdl`) and wait for the previous kernel
+before their first global access, since any input (the cache included) may be its output.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from fastcot.kernels.pdl import gdc_launch_dependents, gdc_wait
+
 
 @triton.jit
 def _e4m3_code(x):
@@ -37,11 +44,14 @@ def _e4m3_code(x):
 def _write_kv_cache_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
     stride_key_t, stride_value_t, row_size, k_scale, v_scale,
-    BLOCK: tl.constexpr, FP8: tl.constexpr,
+    BLOCK: tl.constexpr, FP8: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """One program per (token, chunk of its Hkv * D values); a slot of -1 writes nothing. A
     float8 cache stores `value / scale` (a correctly rounded division, not a product with the
     reciprocal, which is one float32 step off near rounding midpoints)."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + t).to(tl.int64)
     if slot >= 0:
@@ -252,7 +262,7 @@ def _paged_decode_kernel(
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_FP32: tl.constexpr,
     KV_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, FP8_WORDS: tl.constexpr, FP8_PAIRS: tl.constexpr,
-    FP8_CVT: tl.constexpr, POS_SCALE: tl.constexpr,
+    FP8_CVT: tl.constexpr, POS_SCALE: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """Program (sequence, KV head, split): the whole GQA group of query heads against one
     contiguous slice of the sequence, so each KV tile is read once for the group. The split
@@ -265,6 +275,9 @@ def _paged_decode_kernel(
     while tile i is computed. Loads past the split's end are masked (predicated), not branched.
     (With the table read in the same iteration the pipeliner gives the table a stage of its own
     and keeps a single K/V buffer: a copy waited on right after it is issued.)"""
+    if USE_PDL:  # q (rotary), the cache (its write) and the tables may all be just written
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -377,8 +390,12 @@ def _store_decode_out(acc, offs_d, mask, m, l, v_scale, b, heads, mask_g, split,
 def _decode_merge_kernel(
     part_out_ptr, part_lse_ptr, out_ptr, stride_out_b, stride_out_h,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """out[b, h] = the splits' partial outputs weighted by their share of the softmax mass."""
+    if USE_PDL:  # the partials are the decode kernel's output
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     row0 = (b * tl.num_programs(1) + h) * NUM_SPLITS

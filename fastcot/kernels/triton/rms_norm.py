@@ -5,6 +5,10 @@ the hidden size), so the row is read once and the residual stream written once. 
 float32; the two roundings HF makes are kept on purpose: the new residual stream is stored in
 the activation dtype and normalized as stored, and the normalized row is rounded to the
 activation dtype before the weight multiply.
+
+With USE_PDL (sm_90, `fastcot.kernels.pdl`) the kernel is launched with programmatic dependent
+launch and waits for the previous kernel before its first global access: every input may be
+that kernel's output.
 """
 
 from __future__ import annotations
@@ -12,13 +16,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fastcot.kernels.pdl import gdc_launch_dependents, gdc_wait
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr,
     H, stride_x, stride_residual, stride_out, eps,
-    BLOCK_H: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_H: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < H

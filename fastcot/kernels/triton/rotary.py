@@ -12,12 +12,17 @@ exactly), takes the quadrant from the top two bits and evaluates short polynomia
 remainder in [-pi/4, pi/4). The phase is exact up to the table's rounding (under 2^-33 turn
 for any int32 position); what is left is float32 rounding of the remainder, below 1e-7 rad.
 Only plain arithmetic is used, so the interpreter runs the same code.
+
+With USE_PDL (sm_90, `fastcot.kernels.pdl`) the kernel waits for the previous kernel (the q/k/v
+projection writes q and k) before its first global access.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from fastcot.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
@@ -64,8 +69,11 @@ def _rotary_kernel(
     num_q_heads, num_kv_heads,
     stride_qt, stride_qh, stride_kt, stride_kh,
     stride_q_out_t, stride_q_out_h, stride_k_out_t, stride_k_out_h,
-    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_HALF)
