@@ -36,16 +36,22 @@ class Latencies:
 
 def streaming_loads(path: list[Instruction], bytes_per_thread: float) -> set[int]:
     """Addresses of the global loads that bring the streamed data (weights, KV): vector loads
-    (8 or 16 bytes a thread), the widest first, asynchronous copies before plain loads of a
-    width, in program order, as long as they fit in
-    `bytes_per_thread`. The other global loads
+    (8 or 16 bytes a thread), those marked evict-first before unmarked and evict-last ones, the
+    widest first, asynchronous copies before plain loads of a width, in program order, as long
+    as they fit in `bytes_per_thread`. The other global loads
     read data many threads share (the activation vector every block of an SM re-reads, the
     block-table entries of a tile, a group's scales): they are assumed to hit L1."""
     loads = [i for i in path if classify(i) in ("global_load", "async_copy") and access_bytes(i) >= 8]
     chosen, covered = set(), 0.0
-    # Stable sort: program order within a width, asynchronous copies (the multi-stage stream)
-    # before plain loads of the same width, whatever order the compiler scheduled them in.
-    for ins in sorted(loads, key=lambda i: (-access_bytes(i), classify(i) != "async_copy")):
+    # Stable sort: loads the kernel marks evict-first (`.EF`, its declared stream) before unmarked
+    # ones and evict-last ones (`.EL`, declared reuse: the activations) after; then the widest;
+    # then asynchronous copies (the multi-stage stream) before plain loads of the same width;
+    # then program order, whatever order the compiler scheduled them in.
+    def rank(ins):
+        hint = 0 if "EF" in ins.modifiers else 2 if "EL" in ins.modifiers else 1
+        return hint, -access_bytes(ins), classify(ins) != "async_copy"
+
+    for ins in sorted(loads, key=rank):
         if covered + access_bytes(ins) > bytes_per_thread:
             break
         chosen.add(ins.address)
