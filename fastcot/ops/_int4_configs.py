@@ -273,7 +273,7 @@ def aot_specs():
         gs = 4096 if group_size == -1 else group_size
         cfg = Int4MatmulConfig(**{**cfg.__dict__, "block_k": min(cfg.block_k, 2 * gs)})  # half-steps inside a group
         split = cfg.split_k > 1
-        x_pairs = dtype == "bf16" and not perm  # what the launcher passes for bfloat16 x
+        x_pairs = dtype in ("fp16", "bf16") and not perm  # what the launcher passes for bfloat16 x
         name = (
             f"int4_gemv n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps}{' splitk' if split else ''} {dtype} "
             f"g{group_size}{'' if zeros or mins else ' sym'}{' perm' if perm else ''}{' bias' if bias else ''}"
