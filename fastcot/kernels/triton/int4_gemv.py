@@ -3,7 +3,7 @@
 Each program streams `BLOCK_N` weight rows over its share of K (`k_per_split`, a whole number
 of `BLOCK_K` steps; `BLOCK_K` divides the group size, so a step lies inside one group). Per step
 a thread holds 32-nibble runs (one 16-byte load: 4 packed words) of several rows, and the 32
-activations of that run (one contiguous 64-byte load); the arithmetic stays in that register
+activations of that run (64 contiguous bytes); the arithmetic stays in that register
 layout (no shuffles or shared memory in the loop):
 
 - nibble -> float for free: ``word & (0xF << s)``, read as a float32, is the *subnormal*
