@@ -300,9 +300,9 @@ def _launch_gemv(x, qweight, scales, zeros, perm, gs, bias, out, cfg: Int4Matmul
     n = out.shape[1]
     k_per_split, split_k = gemv_split(k, cfg.block_k, cfg.split_k)
     row_blocks = triton_cdiv(n, cfg.block_n)
-    # bfloat16 activations are read as int32 pairs (two bit operations make both floats); an
-    # act-order gather reads them one by one.
-    x_pairs = x.dtype == torch.bfloat16 and perm is None
+    # 16-bit activations are read as int32 pairs (two instructions make both floats, in the
+    # registers of the threads that use them); an act-order gather reads them one by one.
+    x_pairs = x.dtype in (torch.float16, torch.bfloat16) and perm is None
     if x_pairs:
         row = x[0]  # unit stride (checked by the op)
         x = (row if row.storage_offset() % 2 == 0 else row.clone()).view(torch.int32)

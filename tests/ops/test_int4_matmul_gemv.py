@@ -109,8 +109,8 @@ def test_short_programs_take_the_128_wide_tile_on_h100(n, k, sms):
 @pytest.mark.parametrize("form", ["zeros", "symmetric", "mins"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gemv_16_bit_activations(form, dtype, device):
-    """16-bit x, scales in x's dtype: bfloat16 x is read as int32 pairs (also from an odd offset,
-    which the launcher copies), float16 x converted per element; ragged K, two groups per step."""
+    """16-bit x, scales in x's dtype: read as int32 pairs (also from an odd offset, which the
+    launcher copies); ragged K, two groups per step."""
     n, k = 70, 448
     torch.manual_seed(k + (dtype == torch.bfloat16))
     w = fastcot.quantize_int4(torch.randn(n, k, device=device).to(dtype), group_size=64,
@@ -122,6 +122,27 @@ def test_gemv_16_bit_activations(form, dtype, device):
     out = run(x, w, zeros, None, mins, torch.randn(n, device=device).to(dtype),
               Int4MatmulConfig(1, 32, 128, split_k=2, num_warps=2))
     assert torch.isfinite(out).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("values", ["subnormal", "extreme"])
+def test_gemv_float16_pairs_convert_exactly(values, device):
+    """Each half of a float16 pair becomes its float32 value: signs, subnormals (a flushed one
+    would zero these outputs) and the largest finite values, in both halves."""
+    n, k = 64, 256
+    torch.manual_seed(1)
+    sign = torch.where(torch.rand(k) < 0.5, -1.0, 1.0)
+    if values == "subnormal":
+        w = fastcot.quantize_int4(torch.randn(n, k, device=device).to(torch.float16) * 100, group_size=128)
+        x = torch.randint(1, 1024, (k,)) * 2.0 ** -24 * sign  # every float16 subnormal magnitude range
+        x[:4] = torch.tensor([-0.0, 2.0 ** -24, -(2.0 ** -14), 2.0 ** -14])
+    else:
+        w = fastcot.quantize_int4(torch.randn(n, k, device=device).to(torch.float16) * 0.01, group_size=128)
+        x = torch.randn(k)
+        x[:4] = torch.tensor([65504.0, -65504.0, -32768.0, 2.0 ** 15 + 32])
+    x = x.to(torch.float16).reshape(1, k).to(device)
+    out = run(x, w, w.zeros, None, None, None, Int4MatmulConfig(1, 32, 128, split_k=2, num_warps=2))
+    assert out.abs().max() > 0.01
 
 
 def test_gemv_configurations_are_checked():

@@ -3,7 +3,7 @@
 Each program streams `BLOCK_N` weight rows over its share of K (`k_per_split`, a whole number
 of `BLOCK_K` steps; `BLOCK_K` divides the group size, so a step lies inside one group). Per step
 a thread holds 32-nibble runs (one 16-byte load: 4 packed words) of several rows, and the 32
-activations of that run (one contiguous 64-byte load); the arithmetic stays in that register
+activations of that run (64 contiguous bytes); the arithmetic stays in that register
 layout (no shuffles or shared memory in the loop):
 
 - nibble -> float for free: ``word & (0xF << s)``, read as a float32, is the *subnormal*
@@ -15,12 +15,15 @@ layout (no shuffles or shared memory in the loop):
 - the group's scale is applied once per row and 32-weight run, the zero point (or the GGUF
   minimum) through the run's sum of activations: ``s * (sum x q - z sum x)`` is the same
   algebra as dequantizing each weight, in float32 throughout.
-- the next step's words, scales and zeros are loaded before the current step is used
-  (registers as a second buffer), so a program keeps two steps of loads in flight.
+- each half-step's words are reloaded with the next step's as soon as they are used (two
+  half-step buffers in registers), so every load has a whole step to land.
+- 16-bit activations are read as int32 pairs, each thread the 32 of its run, already in the
+  registers that use them; two instructions make both floats (a shift and a mask for bfloat16,
+  the hardware's half-to-float conversion of each half for float16).
 
 On sm_90 the kernel is launched with programmatic dependent launch (`fastcot.kernels.pdl`):
-the first half-step's words load, and the rest of the first step is fetched into L2, before the
-wait for the previous kernel (whose output x is).
+the first step's words load, and its scales and zeros are fetched into L2, before the wait for
+the previous kernel (whose output x is).
 
 A split of K is reduced inside the kernel: each program writes its float32 partial row block,
 then counts itself in with an atomic on that row block's counter; the program that arrives last
@@ -61,23 +64,30 @@ def _acc_nibble(acc, src, x, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _run_dot(acc, words, xv, C: tl.constexpr, X_PAIRS: tl.constexpr):
+def _unpair(p, X_DTYPE: tl.constexpr):
+    """The two 16-bit floats packed in int32 `p` (low half first), as float32, exactly: bfloat16
+    ones are `bits << 16` and `bits & 0xFFFF0000`; float16 ones take one conversion each (ptxas
+    folds the truncation and the shift into its half selector: `HADD2.F32 d, -RZ, p.H1_H1`)."""
+    if X_DTYPE == tl.bfloat16:
+        return (p << 16).to(tl.float32, bitcast=True), (p & -65536).to(tl.float32, bitcast=True)
+    lo = p.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (p >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _run_dot(acc, words, xv, C: tl.constexpr, X_PAIRS: tl.constexpr, X_DTYPE: tl.constexpr):
     """Adds `sum x q` (times 2**ACC_EXP) of each row and 32-nibble run to `acc [BLOCK_N, C, 4]`,
     for `words [BLOCK_N, C, 4]` and their activations `xv` (see `_load_x`); returns it and each
     run's sum of activations `[C]` (also times 2**ACC_EXP)."""
-    if X_PAIRS:
-        # bfloat16 pairs in int32: the low one is `bits << 16`, the high one `bits & 0xFFFF0000`.
+    if X_PAIRS:  # `X_DTYPE` pairs in int32
         even, odd = tl.split(tl.reshape(xv, (C, 4, 2, 2)))
         p0, p2 = tl.split(even)
         p1, p3 = tl.split(odd)
-        x0 = (p0 << 16).to(tl.float32, bitcast=True)
-        x1 = (p0 & -65536).to(tl.float32, bitcast=True)
-        x2 = (p1 << 16).to(tl.float32, bitcast=True)
-        x3 = (p1 & -65536).to(tl.float32, bitcast=True)
-        x4 = (p2 << 16).to(tl.float32, bitcast=True)
-        x5 = (p2 & -65536).to(tl.float32, bitcast=True)
-        x6 = (p3 << 16).to(tl.float32, bitcast=True)
-        x7 = (p3 & -65536).to(tl.float32, bitcast=True)
+        x0, x1 = _unpair(p0, X_DTYPE)
+        x2, x3 = _unpair(p1, X_DTYPE)
+        x4, x5 = _unpair(p2, X_DTYPE)
+        x6, x7 = _unpair(p3, X_DTYPE)
     else:
         x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(xv.to(tl.float32), (C, 4, 8)), C)
     x_run = tl.sum(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), axis=1) * (2.0 ** -60)
@@ -109,9 +119,14 @@ def _load_words(w_rows, k, words_per_row, C: tl.constexpr, EVEN_K: tl.constexpr)
 def _load_x(x_ptr, perm_ptr, k, K, C: tl.constexpr, EVEN_K: tl.constexpr, HAS_PERM: tl.constexpr,
             X_PAIRS: tl.constexpr):
     """The activations of one half-step at column `k` (zero past K): `[C * 32]` as loaded, or
-    with `X_PAIRS` (bfloat16 x read as int32) `[C * 16]` packed pairs."""
+    with `X_PAIRS` (16-bit x read as int32) `[C * 16]` packed pairs."""
     if X_PAIRS:
         offs = k // 2 + tl.arange(0, C * 16)
+        if C > 1:
+            # 8-byte loads of x in the 128-wide steps: `fastcot bench static` takes a loop's
+            # widest loads, in program order, as the streamed weights, and ptxas issues these
+            # before the words; as 16-byte loads the model would charge x DRAM latency.
+            offs = tl.max_contiguous(offs, 2)
         inside = offs < K // 2
     else:
         offs = k + tl.arange(0, C * 32)
@@ -157,14 +172,10 @@ def _fold(total, acc, x_sum, scale, zero, HAS_ZEROS: tl.constexpr, HAS_MINS: tl.
 
 
 @triton.jit
-def _prefetch_step(w_rows, scales_ptr, zeros_ptr, pid_n, k0, N, K, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr,
+def _prefetch_step(scales_ptr, zeros_ptr, pid_n, k0, N, K, BLOCK_N: tl.constexpr, GROUP_SIZE: tl.constexpr,
                    HALF: tl.constexpr, HAS_ZEROS: tl.constexpr, ONE_GROUP: tl.constexpr):
-    """Fetch into L2 what the step at `k0` reads besides its first half (loaded already): the
-    second half's words of every row, and the step's scales and zeros (one address per 128-byte
-    line of 64 rows). Before the grid-dependency wait: no earlier kernel writes any of them.
-    `w_rows` `[BLOCK_N, 1]` are the rows' pointers the loads use (no new address arithmetic)."""
-    if HALF > 32:  # else the second half lies in the first half's 32-byte sector, already on its way
-        prefetch_l2(w_rows + tl.minimum(k0 + HALF, K - 1) // 8)
+    """Fetch into L2 the scales and zeros of the step at `k0` (one address per 128-byte line of
+    64 rows). Before the grid-dependency wait: no earlier kernel writes them."""
     lines = tl.minimum(pid_n * BLOCK_N + tl.arange(0, (BLOCK_N + 63) // 64) * 64, N - 1)
     groups = K // GROUP_SIZE
     offs = tl.minimum(k0 // GROUP_SIZE, groups - 1) * N + lines
@@ -206,35 +217,37 @@ def _int4_gemv_kernel(
     k_end = tl.minimum(k_start + k_per_split, K)
     total = tl.zeros((BLOCK_N, C), dtype=tl.float32)  # in units of 2**ACC_EXP
     words_a = _load_words(w_rows, k_start, words_per_row, C, EVEN_K)
+    words_b = _load_words(w_rows, k_start + HALF, words_per_row, C, EVEN_K)
     # With PDL the previous kernel may still be running: x (its output) is read, and anything is
-    # written, only after the wait; the first half-step's words are loaded before it, the rest of
-    # the step is fetched into L2.
+    # written, only after the wait; the first step's words are loaded before it, its scales and
+    # zeros fetched into L2.
     if USE_PDL:
         gdc_launch_dependents()
-        _prefetch_step(w_rows, scales_ptr, zeros_ptr, pid_n, k_start, N, K, BLOCK_N, GROUP_SIZE, HALF,
+        _prefetch_step(scales_ptr, zeros_ptr, pid_n, k_start, N, K, BLOCK_N, GROUP_SIZE, HALF,
                        HAS_ZEROS or HAS_MINS, ONE_GROUP)
         gdc_wait()
-    # Each step streams its second half while it computes the first, and the next step's first
-    # half while it computes the second: two half-step buffers and no register copies, so only
-    # the loads of the half-step in use are ever waited for.
+    # Two half-step buffers, each reloaded with the next step's half as soon as it is used: every
+    # load has a whole step to land, no register copies, and a program of one or two steps has
+    # its first step's words all in flight at once.
     for k0 in range(k_start, k_end, BLOCK_K):
         k0 = tl.multiple_of(k0, BLOCK_K)
-        words_b = _load_words(w_rows, k0 + HALF, words_per_row, C, EVEN_K)
         scale_a, zero_a = _load_group(scales_ptr, zeros_ptr, sz_rows, N, k0 // GROUP_SIZE, True, EVEN_K,
                                       HAS_ZEROS or HAS_MINS)
         if not ONE_GROUP:
             scale_b, zero_b = _load_group(scales_ptr, zeros_ptr, sz_rows, N, (k0 + HALF) // GROUP_SIZE,
                                           k0 + HALF < K, EVEN_K, HAS_ZEROS or HAS_MINS)
+        # The last step loads its own words again (L2 hits) rather than masked loads.
+        k_next = tl.minimum(k0 + BLOCK_K, k_end - 1) // BLOCK_K * BLOCK_K
         acc = tl.zeros((BLOCK_N, C, 4), dtype=tl.float32)
-        acc, x_sum = _run_dot(acc, words_a, _load_x(x_ptr, perm_ptr, k0, K, C, EVEN_K, HAS_PERM, X_PAIRS), C, X_PAIRS)
+        acc, x_sum = _run_dot(acc, words_a, _load_x(x_ptr, perm_ptr, k0, K, C, EVEN_K, HAS_PERM, X_PAIRS), C,
+                              X_PAIRS, out_ptr.dtype.element_ty)
+        words_a = _load_words(w_rows, k_next, words_per_row, C, EVEN_K)
         if not ONE_GROUP:
             total = _fold(total, acc, x_sum, scale_a, zero_a, HAS_ZEROS, HAS_MINS)
             acc = tl.zeros((BLOCK_N, C, 4), dtype=tl.float32)
-        # The last step loads its own first half again (an L2 hit) rather than a masked load.
-        k_next = tl.minimum(k0 + BLOCK_K, k_end - 1) // BLOCK_K * BLOCK_K
-        words_a = _load_words(w_rows, k_next, words_per_row, C, EVEN_K)
         acc, x_sum_b = _run_dot(acc, words_b, _load_x(x_ptr, perm_ptr, k0 + HALF, K, C, EVEN_K, HAS_PERM, X_PAIRS), C,
-                                 X_PAIRS)
+                                X_PAIRS, out_ptr.dtype.element_ty)
+        words_b = _load_words(w_rows, k_next + HALF, words_per_row, C, EVEN_K)
         if ONE_GROUP:  # the whole step lies in one group
             total = _fold(total, acc, x_sum + x_sum_b, scale_a, zero_a, HAS_ZEROS, HAS_MINS)
         else:
