@@ -122,11 +122,6 @@ def _load_x(x_ptr, perm_ptr, k, K, C: tl.constexpr, EVEN_K: tl.constexpr, HAS_PE
     with `X_PAIRS` (16-bit x read as int32) `[C * 16]` packed pairs."""
     if X_PAIRS:
         offs = k // 2 + tl.arange(0, C * 16)
-        if C > 1:
-            # 8-byte loads of x in the 128-wide steps: `fastcot bench static` takes a loop's
-            # widest loads, in program order, as the streamed weights, and ptxas issues these
-            # before the words; as 16-byte loads the model would charge x DRAM latency.
-            offs = tl.max_contiguous(offs, 2)
         inside = offs < K // 2
     else:
         offs = k + tl.arange(0, C * 32)
