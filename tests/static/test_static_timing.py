@@ -71,3 +71,15 @@ def test_streaming_loads_are_the_widest_vector_loads_in_program_order_up_to_the_
     assert streaming_loads(path, 40) == {16, 64}  # the third 16-byte load would pass 40: stop there
     assert streaming_loads(path, 56) == {16, 64, 80, 48}
     assert streaming_loads(path, 1000) == {16, 48, 64, 80}  # narrow loads (2 and 4 bytes) never stream
+
+
+def test_streamed_loads_are_those_marked_evict_first_whatever_the_program_order():
+    from fastcot.static import sass
+    from fastcot.static.timing import streaming_loads
+
+    x = sass._instruction(0x00, "LDG.E.EL.128 R4, desc[UR4][R2.64]")  # activations: declared reuse
+    w = sass._instruction(0x10, "LDG.E.EF.128 R8, desc[UR4][R6.64]")  # weights: declared stream
+    plain = sass._instruction(0x20, "LDG.E.128 R12, desc[UR4][R10.64]")
+    assert streaming_loads([x, w], 16) == {0x10}
+    assert streaming_loads([x, plain, w], 32) == {0x10, 0x20}
+    assert streaming_loads([x, plain], 16) == {0x20}  # unmarked before evict-last
