@@ -38,7 +38,8 @@ def collect_info() -> dict:
 
 
 def _pdl_status() -> str:
-    """Whether the int4 kernels launch with programmatic dependent launch on this device."""
+    """Whether the decode kernels (int4, attention, norms, rotary, activation, KV write) launch with
+    programmatic dependent launch on this device."""
     import torch
 
     from fastcot.kernels.pdl import pdl_enabled

@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 
 from fastcot.kernels import reference
-from fastcot.kernels.pdl import device_arch, pdl_enabled
 from fastcot.ops import _backend
 from fastcot.ops._checks import check_buffer, dense_input, unit_stride_rows
 from fastcot.ops._int4_configs import Autotuner, Int4MatmulConfig, candidate_configs, m_bucket, num_sms, triton_cdiv
@@ -140,10 +139,7 @@ def int4_matmul_triton(x, qweight, scales, zeros, perm, group_size, bias, out, c
     """
     m, k = x.shape
     n = out.shape[1]
-    if arch is None:
-        arch = device_arch(x.device)
-    # The interpreter runs no inline assembly (the grid-dependency instructions).
-    use_pdl = pdl_enabled(arch) and not _backend.triton_interpreted(x.device)
+    use_pdl = _backend.triton_pdl(x.device, arch)
 
     def run(cfg: Int4MatmulConfig) -> None:
         _launch(x, qweight, scales, zeros, perm, group_size, bias, out, cfg, mins, use_pdl)
