@@ -31,40 +31,23 @@ def _group_scale_zero(scales_ptr, zeros_ptr, group, N, offs_n, mask_n, HAS_ZEROS
 
 
 @triton.jit
-def _biased_weights(words, BF16: tl.constexpr):
-    """`16 + q` in 16-bit floats, `[BLOCK_N, 8 * W]` in column order, from `words [BLOCK_N, W]`:
-    per packed word four shifts and four mask-and-ORs put nibbles i and i + 4 into the top
-    mantissa bits of the two halves of an int32 whose exponent is 16's (`0x4C00 | q << 6` is
-    float16 `16 + q`, `0x4180 | q << 3` bfloat16 `16 + q`, both exact); no conversions."""
+def _biased_words(words, BF16: tl.constexpr):
+    """Four int32s per packed word: t_j holds nibbles j and j + 4 in the top mantissa bits of its
+    two halves, whose exponent is 16's (`0x4C00 | q << 6` is float16 `16 + q`, `0x4180 | q << 3`
+    bfloat16 `16 + q`, both exact): four shifts and four mask-and-ORs, no conversions."""
     if BF16:
         S: tl.constexpr = 3
         MASK: tl.constexpr = 0x00780078
         MAGIC: tl.constexpr = 0x41804180
-        FLOAT: tl.constexpr = tl.bfloat16
     else:
         S: tl.constexpr = 6
         MASK: tl.constexpr = 0x03C003C0
         MAGIC: tl.constexpr = 0x4C004C00
-        FLOAT: tl.constexpr = tl.float16
     t0 = ((words << S) & MASK) | MAGIC
     t1 = ((words >> (4 - S)) & MASK) | MAGIC if S < 4 else ((words << (S - 4)) & MASK) | MAGIC
     t2 = ((words >> (8 - S)) & MASK) | MAGIC
     t3 = ((words >> (12 - S)) & MASK) | MAGIC
-    lo0 = (t0 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
-    lo1 = (t1 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
-    lo2 = (t2 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
-    lo3 = (t3 & 0xFFFF).to(tl.int16).to(FLOAT, bitcast=True)
-    hi0 = (t0 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
-    hi1 = (t1 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
-    hi2 = (t2 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
-    hi3 = (t3 >> 16).to(tl.int16).to(FLOAT, bitcast=True)
-    # [.., h, a, b] holds nibble 4h + 2a + b: the joins' order puts the columns in order.
-    p0 = tl.join(lo0, hi0)
-    p1 = tl.join(lo1, hi1)
-    p2 = tl.join(lo2, hi2)
-    p3 = tl.join(lo3, hi3)
-    w = tl.join(tl.join(p0, p2), tl.join(p1, p3))
-    return tl.reshape(w, (words.shape[0], words.shape[1] * 8))
+    return t0, t1, t2, t3
 
 
 @triton.jit
@@ -76,31 +59,34 @@ def _halves(t, FLOAT: tl.constexpr):
 
 
 @triton.jit
+def _biased_weights(words, BF16: tl.constexpr):
+    """`16 + q` in 16-bit floats, `[BLOCK_N, 8 * W]` in column order, from `words [BLOCK_N, W]`
+    (`_biased_words`' halves)."""
+    FLOAT: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
+    t0, t1, t2, t3 = _biased_words(words, BF16)
+    # [.., h, a, b] holds nibble 4h + 2a + b: the joins' order puts the columns in order.
+    p0 = _halves(t0, FLOAT)
+    p1 = _halves(t1, FLOAT)
+    p2 = _halves(t2, FLOAT)
+    p3 = _halves(t3, FLOAT)
+    w = tl.join(tl.join(p0, p2), tl.join(p1, p3))
+    return tl.reshape(w, (words.shape[0], words.shape[1] * 8))
+
+
+@triton.jit
 def _mma_order_weights(words, BF16: tl.constexpr):
     """`16 + q` in 16-bit floats, `[8 * W, BLOCK_N]` (the dot's B operand), from `words
     [BLOCK_N, W]` (W a multiple of 4), rows in the order of `_mma_order_x`. Each int32 t_j (as
-    in `_biased_weights`) holds nibbles j and j + 4 of a word: one operand register. A thread
+    in `_biased_words`) holds nibbles j and j + 4 of a word: one operand register. A thread
     loads a run of W / 4 words of a column (16 bytes when W = 16), and the rows are ordered
     so that those are the K indices the mma.sync operand layout (kWidth 4: lane c of a quad
     holds K 4c..4c+3 and 16+4c..16+4c+3 of every 32) gives it: joins, permute and reshape only
     rename registers, and the tile reaches `tl.dot` without shared memory or shuffles."""
-    if BF16:
-        S: tl.constexpr = 3
-        MASK: tl.constexpr = 0x00780078
-        MAGIC: tl.constexpr = 0x41804180
-        FLOAT: tl.constexpr = tl.bfloat16
-    else:
-        S: tl.constexpr = 6
-        MASK: tl.constexpr = 0x03C003C0
-        MAGIC: tl.constexpr = 0x4C004C00
-        FLOAT: tl.constexpr = tl.float16
+    FLOAT: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
     BN: tl.constexpr = words.shape[0]
     W: tl.constexpr = words.shape[1]
     w3 = tl.reshape(words, (BN, 4, W // 4))  # [n, c, r]: word c * W / 4 + r
-    t0 = ((w3 << S) & MASK) | MAGIC
-    t1 = ((w3 >> (4 - S)) & MASK) | MAGIC if S < 4 else ((w3 << (S - 4)) & MASK) | MAGIC
-    t2 = ((w3 >> (8 - S)) & MASK) | MAGIC
-    t3 = ((w3 >> (12 - S)) & MASK) | MAGIC
+    t0, t1, t2, t3 = _biased_words(w3, BF16)
     p0 = _halves(t0, FLOAT)
     p1 = _halves(t1, FLOAT)
     p2 = _halves(t2, FLOAT)
