@@ -215,8 +215,8 @@ def _cascade_merge_kernel(
     # Slots that saw nothing (-inf) are neither weighted nor read: their outputs were not written.
     seen = mask_s & (lse > float("-inf"))
     weight = tl.where(seen, weight, 0.0)
-    parts = tl.load(part_out_ptr + (row0 + offs_s)[:, None] * BLOCK_D + offs_d[None, :], mask=seen[:, None],
-                    other=0.0)
+    parts = tl.load(part_out_ptr + (row0 + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
+                    mask=seen[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)  # the padding: never written
     total = tl.sum(weight, axis=0)
     o = tl.sum(parts * weight[:, None], axis=0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + b * stride_out_b + h * stride_out_h + offs_d, o.to(out_ptr.dtype.element_ty),

@@ -405,7 +405,9 @@ def _decode_merge_kernel(
     lse = tl.load(part_lse_ptr + row0 + offs_s, mask=mask_s, other=float("-inf"))
     top = tl.max(lse, axis=0)
     weight = tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top))
-    parts = tl.load(part_out_ptr + (row0 + offs_s)[:, None] * BLOCK_D + offs_d[None, :], mask=mask_s[:, None], other=0.0)
+    # The decode kernel writes HEAD_DIM of each BLOCK_D-wide partial row: the padding is never read.
+    parts = tl.load(part_out_ptr + (row0 + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
+                    mask=mask_s[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
     total = tl.sum(weight, axis=0)
     o = tl.sum(parts * weight[:, None], axis=0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + b * stride_out_b + h * stride_out_h + offs_d, o.to(out_ptr.dtype.element_ty),
