@@ -18,8 +18,8 @@ FIELDS = (
     "bytes_per_iteration", "loaded_bytes_per_iteration", "weights_per_iteration",
     "instructions_per_byte", "instructions_per_weight", "bytes_in_flight_per_sm", "copy_stages",
     "iteration_cycles", "block_cycles", "predicted_bw_fraction", "predicted_us", "bound", "limiter",
-    "limit_load", "model_rounds", "pdl", "pdl_wait", "pdl_loads_before_wait", "pdl_overlap", "predicted_bw_fraction_no_pdl",
-    "error",
+    "limit_load", "model_rounds", "pdl", "pdl_wait", "pdl_loads_before_wait", "pdl_overlap",
+    "predicted_bw_fraction_no_pdl", "error",
 )
 
 
@@ -85,7 +85,7 @@ def analyze(plan: Plan, machine: Machine, kernel: cubins.Kernel) -> dict:
     pipes = {p: warp_count(lambda i, p=p: sass.pipe(i) == p) for p in sass.PIPES}
     # Partials a kernel reduces itself move through the L2 during its rounds; those of an extra
     # launch cost their time after it.
-    in_kernel = plan.reduce_group > 1
+    in_kernel = g > 1
     work = BlockWork(cycles=timing.cycles, warp_instructions=warp_count(lambda i: 1), pipe_instructions=pipes,
                      bytes=plan.call_bytes / plan.grid_blocks,
                      l2_bytes=plan.extra_bytes / plan.grid_blocks if in_kernel else 0.0)

@@ -77,6 +77,7 @@ A100 = Machine(
     dram_latency_ns=800.0, l1_latency_cycles=40.0, launch_us=1.5, pdl_launch_us=1.5, l2_bandwidth_gbs=4000.0,
     pipe_rates={"fma": 2.0, "alu": 2.0, "xu": 0.5, "lsu": 1.0, "tensor": 0.5, "uniform": 1.0},
 )
+# sm_80 has no programmatic dependent launch: its PDL charge is the plain one (never used).
 MACHINES = {90: H100, 80: A100}
 
 
