@@ -180,23 +180,28 @@ def _query_as_f16(q_a, q_b, qk_scale):
 
 
 @triton.jit
+def _softmax_shift(s, m):
+    """The online-softmax update for scores `s` (masked keys at -inf) after running maxima `m`:
+    (the new maxima, the factor rescaling what was summed so far, the tile's exponentials).
+    Rows that have seen no visible key keep m = -inf; they are shifted by 0 instead, so no
+    `-inf - -inf` ever reaches exp2."""
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return m_new, tl.exp2(m - shift), tl.exp2(s - shift[:, None])
+
+
+@triton.jit
 def _attention_step(q, k, v, m, l, acc, visible, qk_scale, IEEE_FP32: tl.constexpr):
     """One online-softmax step over a key tile; returns the updated (m, l, acc). With
     IEEE_FP32 the dots run on float32 operands (q is float32 then): float32 queries, and
-    bfloat16 ones under the interpreter, which has no bfloat16 arithmetic.
-
-    Rows that have seen no visible key keep m = -inf; they are shifted by 0 instead, so no
-    `-inf - -inf` ever reaches exp2."""
+    bfloat16 ones under the interpreter, which has no bfloat16 arithmetic. The update itself is
+    `_softmax_shift`'s."""
     k = k.to(q.dtype)  # a no-op but on float32 dots: the caller gives K in q's dtype
     if IEEE_FP32:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
-    s = tl.where(visible, s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, axis=1))
-    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m - shift)
-    p = tl.exp2(s - shift[:, None])
+    m_new, alpha, p = _softmax_shift(tl.where(visible, s * qk_scale, float("-inf")), m)
     l = l * alpha + tl.sum(p, axis=1)
     if IEEE_FP32:
         acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
@@ -226,11 +231,7 @@ def _attention_step_pairs(q_a, q_b, k_a, k_b, v_a, v_b, m, l, acc_a, acc_b, visi
         alpha = tl.exp2(m * qk_scale - shift)
         p = tl.exp2(s * qk_scale - shift[:, None])
     else:
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - shift)
-        p = tl.exp2(s - shift[:, None])
+        m_new, alpha, p = _softmax_shift(tl.where(visible, s * qk_scale, float("-inf")), m)
     l = l * alpha + tl.sum(p, axis=1)
     if IEEE_FP32:
         acc_a = acc_a * alpha[:, None] + tl.dot(p, v_a.to(tl.float32), input_precision="ieee")
